@@ -1,0 +1,266 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/hashicorp/serf/serf"
+)
+
+// Member is one node as this node sees it.
+type Member struct {
+	Name    string
+	Addr    string // gossip address, host:port
+	Status  string // alive, leaving, left, failed
+	Version string
+	// Protocol is the member's advertised range; zero when it advertises none.
+	Protocol ProtocolRange
+	Tags     map[string]string
+}
+
+// Cluster is this node's membership in a Serf cluster.
+type Cluster struct {
+	cfg   Config
+	log   *slog.Logger
+	merge *mergeDelegate
+
+	// Set by Start, read-only after.
+	serf   *serf.Serf
+	events chan serf.Event
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex // guards the fields below
+	userTags map[string]string
+	closed   bool
+}
+
+// New checks the config and returns a Cluster that has not touched the network.
+func New(cfg Config) (*Cluster, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Cluster{
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "cluster"),
+		userTags: maps.Clone(cfg.Tags),
+	}
+	c.merge = newMergeDelegate(cfg.NodeName, cfg.Protocol, c.log)
+	return c, nil
+}
+
+// Start binds the gossip address and starts Serf. If a snapshot from an
+// earlier run exists, Serf rejoins the members it lists by itself.
+func (c *Cluster) Start(ctx context.Context) error {
+	if err := checkBindable(c.cfg.BindAddr); err != nil {
+		return err
+	}
+	sc := c.cfg.serfConfig()
+	sc.Tags = c.tags(c.userTags)
+	c.events = make(chan serf.Event, 256)
+	sc.EventCh = c.events
+	sc.Merge = c.merge
+	sc.Logger = newStdLogger(c.cfg.Logger)
+	sc.MemberlistConfig.Logger = sc.Logger
+
+	s, err := serf.Create(sc)
+	if err != nil {
+		return fmt.Errorf("start gossip on %s: %w", c.cfg.BindAddr, err)
+	}
+	c.serf = s
+	c.merge.setLocal(func() []Member { return c.Members() })
+
+	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	c.cancel = cancel
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.eventLoop(loopCtx)
+	}()
+	c.log.Info("gossip started", "node", c.cfg.NodeName, "addr", c.LocalAddr(),
+		"version", c.cfg.Version, "protocol", c.cfg.Protocol.String(), "encrypted", c.cfg.Keyring != nil)
+	return nil
+}
+
+// checkBindable tries the gossip port on TCP and UDP first, so that a port in
+// use is reported plainly rather than deep inside memberlist's error.
+func checkBindable(addr string) error {
+	host, port, err := SplitHostPort(addr)
+	if err != nil || port == 0 {
+		return err
+	}
+	hp := net.JoinHostPort(host, strconv.Itoa(port))
+	l, err := net.Listen("tcp", hp)
+	if err != nil {
+		return fmt.Errorf("gossip address %s (TCP) is not available: %w; choose another port with --bind or stop the process using it", hp, err)
+	}
+	l.Close()
+	p, err := net.ListenPacket("udp", hp)
+	if err != nil {
+		return fmt.Errorf("gossip address %s (UDP) is not available: %w; choose another port with --bind or stop the process using it", hp, err)
+	}
+	p.Close()
+	return nil
+}
+
+func (c *Cluster) tags(user map[string]string) map[string]string {
+	t := maps.Clone(user)
+	if t == nil {
+		t = map[string]string{}
+	}
+	t[TagVersion] = c.cfg.Version
+	t[TagProtocol] = c.cfg.Protocol.String()
+	return t
+}
+
+// Join contacts the given gossip addresses and returns how many answered.
+// It fails when none did; when this node was refused for its protocol range,
+// the error wraps ErrIncompatibleProtocol and names both ranges.
+func (c *Cluster) Join(addrs []string) (int, error) {
+	c.merge.clearRefusal()
+	n, err := c.serf.Join(addrs, true)
+	if n > 0 {
+		return n, nil
+	}
+	if r := c.merge.refusal(); r != nil {
+		return 0, r
+	}
+	hint := ""
+	if c.cfg.Keyring != nil {
+		hint = " (if the cluster is up, check that this node's gossip key matches the cluster's)"
+	} else {
+		hint = " (if the cluster is up and uses gossip encryption, give this node its key with --encrypt or --keyring-file)"
+	}
+	return 0, fmt.Errorf("join %s: %w%s", strings.Join(addrs, ", "), err, hint)
+}
+
+// SetTags replaces this node's extra tags (TagVersion and TagProtocol stay).
+func (c *Cluster) SetTags(tags map[string]string) error {
+	for _, k := range []string{TagVersion, TagProtocol} {
+		if _, ok := tags[k]; ok {
+			return fmt.Errorf("tag %q is reserved for peerd", k)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.serf.SetTags(c.tags(tags)); err != nil {
+		return fmt.Errorf("set tags: %w", err)
+	}
+	c.userTags = maps.Clone(tags)
+	return nil
+}
+
+// LocalAddr is the gossip address other nodes reach this one at.
+func (c *Cluster) LocalAddr() string {
+	m := c.serf.LocalMember()
+	return net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port)))
+}
+
+// LocalMember returns this node as the cluster sees it.
+func (c *Cluster) LocalMember() Member { return toMember(c.serf.LocalMember()) }
+
+// Members returns every member this node knows of, including failed and left ones.
+func (c *Cluster) Members() []Member {
+	sm := c.serf.Members()
+	out := make([]Member, 0, len(sm))
+	for _, m := range sm {
+		out = append(out, toMember(m))
+	}
+	return out
+}
+
+func toMember(m serf.Member) Member {
+	r, _ := ParseProtocolRange(m.Tags[TagProtocol])
+	return Member{
+		Name:     m.Name,
+		Addr:     net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port))),
+		Status:   m.Status.String(),
+		Version:  m.Tags[TagVersion],
+		Protocol: r,
+		Tags:     m.Tags,
+	}
+}
+
+// inCluster reports whether a member still counts for the active protocol:
+// a failed node may come back at the version it had, so only a node that
+// left gracefully stops counting.
+func inCluster(m Member) bool { return m.Status != serf.StatusLeft.String() }
+
+// ProtocolRange returns the range every member still in the cluster speaks;
+// its Max is the cluster's active protocol.
+func (c *Cluster) ProtocolRange() ProtocolRange {
+	r, _ := ClusterRange(ranges(c.Members(), ""))
+	return r
+}
+
+// ranges lists the protocol ranges of members still in the cluster, except skip.
+func ranges(members []Member, skip string) []ProtocolRange {
+	var out []ProtocolRange
+	for _, m := range members {
+		if m.Name != skip && inCluster(m) {
+			out = append(out, m.Protocol)
+		}
+	}
+	return out
+}
+
+// Leave tells the cluster this node is going away and waits for the message
+// to spread (bounded by the profile's broadcast timeout) or for ctx.
+func (c *Cluster) Leave(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- c.serf.Leave() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("leave cluster: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("leave cluster: %w", ctx.Err())
+	}
+}
+
+// Close stops gossip without saying goodbye (the others will mark this node
+// failed unless Leave ran first) and waits for the event loop. It is idempotent.
+func (c *Cluster) Close() error {
+	c.mu.Lock()
+	if c.closed || c.serf == nil {
+		c.closed = true
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	err := c.serf.Shutdown()
+	c.cancel()
+	c.wg.Wait()
+	if err != nil {
+		return fmt.Errorf("shut down gossip: %w", err)
+	}
+	return nil
+}
+
+// ShutdownCh is closed when Serf stops, whatever the reason.
+func (c *Cluster) ShutdownCh() <-chan struct{} { return c.serf.ShutdownCh() }
+
+func (c *Cluster) eventLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e := <-c.events:
+			if me, ok := e.(serf.MemberEvent); ok {
+				for _, m := range me.Members {
+					c.log.Info("member "+strings.TrimPrefix(me.EventType().String(), "member-"),
+						"member", m.Name, "addr", m.Addr.String(), "version", m.Tags[TagVersion], "protocol", m.Tags[TagProtocol])
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,169 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/serf/serf"
+)
+
+// Tags this package owns. Other packages may add their own tags, but never
+// these: they carry the node's identity for version-compatible peering.
+const (
+	TagVersion  = "v"
+	TagProtocol = "p"
+)
+
+// Gossip timing profiles, after memberlist's defaults.
+const (
+	ProfileLAN   = "lan"   // memberlist's LAN defaults: failure detection in seconds
+	ProfileWAN   = "wan"   // tolerant of high latency
+	ProfileLocal = "local" // a single host or rack
+	// ProfileFast detects failures in about a second. It is meant for
+	// loopback clusters (demos and tests), where packets are never lost.
+	ProfileFast = "fast"
+)
+
+// Config configures one node's membership. It does not change after New.
+type Config struct {
+	NodeName string
+	// BindAddr is the gossip address, host:port (UDP and TCP). Port 0 picks a free port.
+	BindAddr string
+	// AdvertiseAddr is the host:port other nodes reach this one at, when it
+	// differs from BindAddr (NAT, 0.0.0.0 binds).
+	AdvertiseAddr string
+	// Version and Protocol are this build's identity, advertised in tags.
+	Version  string
+	Protocol ProtocolRange
+	// Tags are extra tags to advertise. They must not use TagVersion or TagProtocol.
+	Tags map[string]string
+	// Keyring encrypts gossip; nil means unencrypted.
+	Keyring *memberlist.Keyring
+	// KeyringFile is where Serf persists key rotations (optional).
+	KeyringFile string
+	// SnapshotPath lets a restarted node rejoin the members it last knew.
+	SnapshotPath string
+	// Profile is one of the Profile* gossip timings.
+	Profile string
+	Logger  *slog.Logger
+}
+
+// DefaultConfig returns a config with the LAN profile and an unset node name
+// and identity, which the caller must fill in.
+func DefaultConfig() Config {
+	return Config{
+		BindAddr: "0.0.0.0:7946",
+		Protocol: ProtocolRange{Min: 1, Max: 1},
+		Profile:  ProfileLAN,
+		Logger:   slog.Default(),
+	}
+}
+
+// TestConfig returns a config for an in-process test node on loopback with
+// a free port and the fast profile.
+func TestConfig(name string) Config {
+	c := DefaultConfig()
+	c.NodeName = name
+	c.BindAddr = "127.0.0.1:0"
+	c.Version = "0.0.0-test"
+	c.Profile = ProfileFast
+	return c
+}
+
+// Validate reports every problem with the config at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.NodeName == "" {
+		errs = append(errs, errors.New("node name is empty"))
+	}
+	if _, _, err := SplitHostPort(c.BindAddr); err != nil {
+		errs = append(errs, fmt.Errorf("bind address: %w", err))
+	}
+	if c.AdvertiseAddr != "" {
+		if _, _, err := SplitHostPort(c.AdvertiseAddr); err != nil {
+			errs = append(errs, fmt.Errorf("advertise address: %w", err))
+		}
+	}
+	if err := c.Protocol.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	for _, k := range []string{TagVersion, TagProtocol} {
+		if _, ok := c.Tags[k]; ok {
+			errs = append(errs, fmt.Errorf("tag %q is reserved for peerd", k))
+		}
+	}
+	switch c.Profile {
+	case ProfileLAN, ProfileWAN, ProfileLocal, ProfileFast:
+	default:
+		errs = append(errs, fmt.Errorf("gossip profile %q: want one of lan, wan, local, fast", c.Profile))
+	}
+	if c.Logger == nil {
+		errs = append(errs, errors.New("logger is nil"))
+	}
+	return errors.Join(errs...)
+}
+
+// SplitHostPort parses a host:port address with a numeric port and an IP or
+// empty host, naming what is wrong in its error.
+func SplitHostPort(addr string) (host string, port int, err error) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("%q is not HOST:PORT (e.g. 127.0.0.1:7946)", addr)
+	}
+	port, err = strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, p)
+	}
+	if h != "" && net.ParseIP(h) == nil {
+		return "", 0, fmt.Errorf("%q: host %q is not an IP address", addr, h)
+	}
+	return h, port, nil
+}
+
+// serfConfig translates the config into Serf's, with the timing profile applied.
+func (c Config) serfConfig() *serf.Config {
+	sc := serf.DefaultConfig()
+	switch c.Profile {
+	case ProfileWAN:
+		sc.MemberlistConfig = memberlist.DefaultWANConfig()
+	case ProfileLocal:
+		sc.MemberlistConfig = memberlist.DefaultLocalConfig()
+	case ProfileFast:
+		ml := memberlist.DefaultLocalConfig()
+		ml.ProbeInterval = 200 * time.Millisecond
+		ml.ProbeTimeout = 100 * time.Millisecond
+		ml.GossipInterval = 50 * time.Millisecond
+		ml.PushPullInterval = 5 * time.Second
+		ml.SuspicionMult = 3
+		ml.TCPTimeout = 2 * time.Second
+		sc.MemberlistConfig = ml
+		sc.LeavePropagateDelay = 200 * time.Millisecond
+		sc.BroadcastTimeout = 2 * time.Second
+		sc.ReapInterval = time.Second
+		sc.ReconnectInterval = time.Second
+	}
+	sc.NodeName = c.NodeName
+	sc.MemberlistConfig.Name = c.NodeName
+	host, port, _ := SplitHostPort(c.BindAddr)
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	sc.MemberlistConfig.BindAddr = host
+	sc.MemberlistConfig.BindPort = port
+	sc.MemberlistConfig.AdvertisePort = port
+	if c.AdvertiseAddr != "" {
+		ah, ap, _ := SplitHostPort(c.AdvertiseAddr)
+		sc.MemberlistConfig.AdvertiseAddr = ah
+		sc.MemberlistConfig.AdvertisePort = ap
+	}
+	sc.MemberlistConfig.Keyring = c.Keyring
+	sc.KeyringFile = c.KeyringFile
+	sc.SnapshotPath = c.SnapshotPath
+	sc.RejoinAfterLeave = false
+	return sc
+}

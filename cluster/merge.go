@@ -1,0 +1,110 @@
+package cluster
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/hashicorp/serf/serf"
+)
+
+// mergeDelegate enforces version-compatible peering. Serf calls it when a
+// node joins (with the other side's whole member list) and for every alive
+// message (one member), so an incompatible node can get in neither by
+// joining nor by being gossiped about.
+type mergeDelegate struct {
+	self     string
+	protocol ProtocolRange
+	log      *slog.Logger
+
+	mu          sync.Mutex // guards the fields below
+	local       func() []Member
+	lastRefusal error
+}
+
+func newMergeDelegate(self string, p ProtocolRange, log *slog.Logger) *mergeDelegate {
+	return &mergeDelegate{self: self, protocol: p, log: log}
+}
+
+func (d *mergeDelegate) setLocal(f func() []Member) {
+	d.mu.Lock()
+	d.local = f
+	d.mu.Unlock()
+}
+
+// refusal is why this node was last refused as a joiner, if it was.
+func (d *mergeDelegate) refusal() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.lastRefusal
+}
+
+func (d *mergeDelegate) clearRefusal() {
+	d.mu.Lock()
+	d.lastRefusal = nil
+	d.mu.Unlock()
+}
+
+func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) error {
+	d.mu.Lock()
+	localFn := d.local
+	d.mu.Unlock()
+	var local []Member
+	if localFn != nil {
+		local = localFn()
+	}
+
+	// Decode the incoming members that still count for the protocol.
+	var theirs []Member
+	for _, m := range incoming {
+		if m.Name == d.self || m.Status == serf.StatusLeft {
+			continue
+		}
+		r, err := ParseProtocolRange(m.Tags[TagProtocol])
+		if err != nil {
+			err = fmt.Errorf("%w: member %s advertises no valid protocol range (tag p=%q); is it a peerd agent?", ErrIncompatibleProtocol, m.Name, m.Tags[TagProtocol])
+			d.refuse(err)
+			return err
+		}
+		theirs = append(theirs, Member{Name: m.Name, Protocol: r})
+	}
+
+	// Alone, this node is the joiner: the other side is the cluster, and
+	// this node must speak its active protocol.
+	if len(ranges(local, d.self)) == 0 {
+		var rs []ProtocolRange
+		for _, m := range theirs {
+			rs = append(rs, m.Protocol)
+		}
+		if err := CheckCompatible(d.self, d.protocol, rs); err != nil {
+			d.refuse(err)
+			return err
+		}
+		return nil
+	}
+
+	// In a cluster: every newcomer (or member whose range changed) must
+	// speak the active protocol of the others.
+	known := make(map[string]ProtocolRange, len(local))
+	for _, m := range local {
+		if inCluster(m) {
+			known[m.Name] = m.Protocol
+		}
+	}
+	for _, m := range theirs {
+		if r, ok := known[m.Name]; ok && r == m.Protocol {
+			continue
+		}
+		if err := CheckCompatible(m.Name, m.Protocol, ranges(local, m.Name)); err != nil {
+			d.log.Warn("refused member", "member", m.Name, "err", err)
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *mergeDelegate) refuse(err error) {
+	d.mu.Lock()
+	d.lastRefusal = err
+	d.mu.Unlock()
+}

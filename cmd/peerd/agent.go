@@ -1,0 +1,149 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/peerd/peerd/daemon"
+	"github.com/urfave/cli/v2"
+)
+
+func agentCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "agent",
+		Usage: "run the peerd agent on this node",
+		Description: "Joins (or starts) a cluster and serves the local control API and the peer HTTP API.\n" +
+			"Settings come from, lowest first: defaults, the --config file (HCL), PEERD_* environment\n" +
+			"variables, and flags. SIGHUP reloads tags and log level from the config file; SIGINT or\n" +
+			"SIGTERM leave the cluster gracefully and exit.\n\n" +
+			"Example:\n" +
+			"  peerd agent --data-dir /var/lib/peerd --join 10.0.0.1 --tag zone=a",
+		Flags:  agentFlags(),
+		Action: runAgent,
+	}
+}
+
+func agentFlags() []cli.Flag {
+	env := func(name string) []string { return []string{"PEERD_" + name} }
+	return []cli.Flag{
+		&cli.StringFlag{Name: "config", Usage: "read settings from this HCL `FILE` (keys are the flag names with '_' for '-')", EnvVars: env("CONFIG")},
+		&cli.StringFlag{Name: "node", Usage: "this node's unique `NAME` (default: the hostname)", EnvVars: env("NODE")},
+		&cli.StringFlag{Name: "bind", Usage: "gossip address, TCP and UDP (default 0.0.0.0:7946)", EnvVars: env("BIND")},
+		&cli.StringFlag{Name: "advertise", Usage: "gossip `HOST:PORT` other nodes reach this one at, when not --bind", EnvVars: env("ADVERTISE")},
+		&cli.StringSliceFlag{Name: "join", Usage: "join the cluster at this gossip `ADDR` at start (repeatable); fail if none answers", EnvVars: env("JOIN")},
+		&cli.StringSliceFlag{Name: "retry-join", Usage: "keep trying to join this `ADDR` with backoff until it answers (repeatable)", EnvVars: env("RETRY_JOIN")},
+		&cli.DurationFlag{Name: "retry-join-interval", Usage: "first wait between retry-join attempts; it doubles (default 1s)", EnvVars: env("RETRY_JOIN_INTERVAL")},
+		&cli.DurationFlag{Name: "retry-join-max-interval", Usage: "longest wait between retry-join attempts (default 30s)", EnvVars: env("RETRY_JOIN_MAX_INTERVAL")},
+		&cli.StringFlag{Name: "data-dir", Usage: "`DIR` for the cluster snapshot, socket and state (required; created 0700)", EnvVars: env("DATA_DIR")},
+		&cli.StringFlag{Name: "encrypt", Usage: "base64 gossip encryption `KEY` (make one with 'peerd keygen')", EnvVars: env("ENCRYPT")},
+		&cli.StringFlag{Name: "keyring-file", Usage: "gossip keyring `FILE` (JSON array of base64 keys, first is primary)", EnvVars: env("KEYRING_FILE")},
+		&cli.StringSliceFlag{Name: "tag", Usage: "advertise a `KEY=VALUE` tag, e.g. zone=a (repeatable)", EnvVars: env("TAG")},
+		&cli.StringFlag{Name: "http-addr", Usage: "peer HTTP API `HOST:PORT` (default: the bind host, port 7947)", EnvVars: env("HTTP_ADDR")},
+		&cli.StringFlag{Name: "socket", Usage: "serve the control API on this unix socket `PATH` (default DATA_DIR/peerd.sock)", EnvVars: env("SOCKET")},
+		&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error (default info)", EnvVars: env("LOG_LEVEL")},
+		&cli.BoolFlag{Name: "log-json", Usage: "log JSON lines instead of text", EnvVars: env("LOG_JSON")},
+		&cli.StringFlag{Name: "gossip-profile", Usage: "gossip timings: lan, wan, local, or fast (loopback demos and tests) (default lan)", EnvVars: env("GOSSIP_PROFILE")},
+	}
+}
+
+// agentConfig layers defaults, the config file, then env and flags (which
+// urfave/cli has already layered: a flag wins over its env var).
+func agentConfig(c *cli.Context) (daemon.Config, error) {
+	cfg := daemon.DefaultConfig()
+	if path := c.String("config"); path != "" {
+		if err := daemon.LoadFile(path, &cfg); err != nil {
+			return cfg, err
+		}
+	}
+	str := func(name string, dst *string) {
+		if c.IsSet(name) {
+			*dst = c.String(name)
+		}
+	}
+	str("node", &cfg.Node)
+	str("bind", &cfg.Bind)
+	str("advertise", &cfg.Advertise)
+	str("data-dir", &cfg.DataDir)
+	str("encrypt", &cfg.Encrypt)
+	str("keyring-file", &cfg.KeyringFile)
+	str("http-addr", &cfg.HTTPAddr)
+	str("socket", &cfg.Socket)
+	str("log-level", &cfg.LogLevel)
+	str("gossip-profile", &cfg.GossipProfile)
+	if c.IsSet("join") {
+		cfg.Join = c.StringSlice("join")
+	}
+	if c.IsSet("retry-join") {
+		cfg.RetryJoin = c.StringSlice("retry-join")
+	}
+	if c.IsSet("retry-join-interval") {
+		cfg.RetryJoinInterval = c.Duration("retry-join-interval")
+	}
+	if c.IsSet("retry-join-max-interval") {
+		cfg.RetryJoinMaxInterval = c.Duration("retry-join-max-interval")
+	}
+	if c.IsSet("log-json") {
+		cfg.LogJSON = c.Bool("log-json")
+	}
+	if c.IsSet("tag") {
+		cfg.Tags = map[string]string{}
+		for _, kv := range c.StringSlice("tag") {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok {
+				return cfg, usagef("--tag %q: want KEY=VALUE", kv)
+			}
+			cfg.Tags[k] = v
+		}
+	}
+	return cfg, cfg.Validate()
+}
+
+func runAgent(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("agent takes no arguments, got %q (flags start with --)", c.Args().First())
+	}
+	cfg, err := agentConfig(c)
+	if err != nil {
+		return err
+	}
+	level := new(slog.LevelVar)
+	lvl, _ := daemon.ParseLogLevel(cfg.LogLevel)
+	level.Set(lvl)
+	logger := newLogger(c.App.ErrWriter, cfg.LogJSON, level)
+
+	// Signals are caught before Start so that a SIGTERM during a slow join
+	// is not lost: Run sees it as soon as Start returns.
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(signals)
+
+	agent, err := daemon.New(cfg, daemon.Options{Logger: logger, Level: level})
+	if err != nil {
+		return err
+	}
+	defer agent.Close()
+	if err := agent.Start(c.Context); err != nil {
+		return err
+	}
+	if err := agent.Run(c.Context, signals, func() (daemon.Config, error) { return agentConfig(c) }); err != nil {
+		return err
+	}
+	if err := agent.Close(); err != nil {
+		return fmt.Errorf("stop agent: %w", err)
+	}
+	logger.Info("agent stopped")
+	return nil
+}
+
+func newLogger(w io.Writer, json bool, level slog.Leveler) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if json {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

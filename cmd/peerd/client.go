@@ -1,0 +1,47 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+
+	"github.com/peerd/peerd/daemon/api"
+	"github.com/urfave/cli/v2"
+)
+
+// defaultDataDir is where packaged agents keep their data, and so where
+// clients look for the socket when told nothing else.
+const defaultDataDir = "/var/lib/peerd"
+
+// clientFlags are the flags every command that talks to the agent takes.
+func clientFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{
+			Name:    "socket",
+			Usage:   "the agent's control socket (default: DATA_DIR/peerd.sock, with PEERD_DATA_DIR or " + defaultDataDir + ")",
+			EnvVars: []string{"PEERD_SOCKET"},
+		},
+		&cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"},
+	}
+}
+
+func newClient(c *cli.Context) *api.Client {
+	return api.NewClient(socketPath(c))
+}
+
+func socketPath(c *cli.Context) string {
+	if s := c.String("socket"); s != "" {
+		return s
+	}
+	dir := os.Getenv("PEERD_DATA_DIR")
+	if dir == "" {
+		dir = defaultDataDir
+	}
+	return filepath.Join(dir, "peerd.sock")
+}
+
+func printJSON(c *cli.Context, v any) error {
+	enc := json.NewEncoder(c.App.Writer)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,0 +1,393 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/peerd/peerd/buildinfo"
+	"github.com/peerd/peerd/cluster"
+)
+
+// Options are the agent's collaborators, as opposed to its configuration.
+type Options struct {
+	Logger *slog.Logger
+	// Level, when set, is adjusted by a reload of log_level.
+	Level *slog.LevelVar
+	// Build is the identity advertised to the cluster.
+	Build buildinfo.Info
+	// Notifier defaults to systemd's sd_notify.
+	Notifier Notifier
+}
+
+// leaveTimeout bounds a graceful leave on SIGTERM, so that the agent exits
+// within a few seconds even when the cluster is unreachable.
+const leaveTimeout = 5 * time.Second
+
+// Agent is one running peerd node.
+type Agent struct {
+	cfg    Config
+	opts   Options
+	log    *slog.Logger
+	notify Notifier
+
+	// Set by Start, read-only after.
+	cluster   *cluster.Cluster
+	httpAddr  string
+	controlLn net.Listener
+	peerLn    net.Listener
+	control   *http.Server
+	peer      *http.Server
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+
+	fatal  chan error    // a background task that cannot go on (buffered)
+	exitCh chan struct{} // closed when a client asked the agent to leave and exit
+	exit   sync.Once
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New validates cfg and returns an agent that has started nothing.
+func New(cfg Config, opts Options) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Notifier == nil {
+		opts.Notifier = SystemdNotifier{}
+	}
+	if opts.Build.Version == "" {
+		b, err := buildinfo.Get()
+		if err != nil {
+			return nil, err
+		}
+		opts.Build = b
+	}
+	return &Agent{
+		cfg:    cfg,
+		opts:   opts,
+		log:    opts.Logger.With("component", "agent"),
+		notify: opts.Notifier,
+		fatal:  make(chan error, 1),
+		exitCh: make(chan struct{}),
+	}, nil
+}
+
+// Start prepares the data dir, binds the peer HTTP address and the control
+// socket, starts gossip, joins (failing if --join is given and no address
+// answers), and tells systemd the agent is ready. On error, everything it
+// started is stopped again.
+func (a *Agent) Start(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
+	if err := prepareDataDir(a.cfg.DataDir); err != nil {
+		return err
+	}
+	keyring, err := cluster.LoadKeyring(a.cfg.Encrypt, a.cfg.KeyringFile)
+	if err != nil {
+		return err
+	}
+	a.peerLn, err = net.Listen("tcp", a.cfg.HTTPAddress())
+	if err != nil {
+		return fmt.Errorf("peer HTTP address %s is not available: %w; choose another --http-addr", a.cfg.HTTPAddress(), err)
+	}
+	a.httpAddr = a.peerLn.Addr().String()
+	a.controlLn, err = listenSocket(a.cfg.SocketPath())
+	if err != nil {
+		return err
+	}
+
+	ccfg := cluster.DefaultConfig()
+	ccfg.NodeName = a.cfg.Node
+	ccfg.BindAddr = a.cfg.Bind
+	ccfg.AdvertiseAddr = a.cfg.Advertise
+	ccfg.Version = a.opts.Build.Version
+	ccfg.Protocol = cluster.ProtocolRange{Min: a.opts.Build.ProtocolMin, Max: a.opts.Build.ProtocolMax}
+	ccfg.Tags = a.clusterTags(a.cfg.Tags)
+	ccfg.Keyring = keyring
+	ccfg.KeyringFile = a.cfg.KeyringFile
+	ccfg.SnapshotPath = filepath.Join(a.cfg.DataDir, "serf.snapshot")
+	ccfg.Profile = a.cfg.GossipProfile
+	ccfg.Logger = a.opts.Logger
+	if a.cluster, err = cluster.New(ccfg); err != nil {
+		return err
+	}
+	if err := a.cluster.Start(ctx); err != nil {
+		return err
+	}
+
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.cancel = cancel
+	a.control = &http.Server{Handler: a.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
+	a.peer = &http.Server{Handler: a.peerHandler(), ReadHeaderTimeout: 10 * time.Second}
+	a.serve(a.control, a.controlLn)
+	a.serve(a.peer, a.peerLn)
+
+	if len(a.cfg.Join) > 0 {
+		n, err := a.cluster.Join(a.cfg.Join)
+		if err != nil {
+			return err
+		}
+		a.log.Info("joined cluster", "contacted", n)
+	}
+	if len(a.cfg.RetryJoin) > 0 {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.retryJoin(bg)
+		}()
+	}
+	a.notifyf("READY=1\nMAINPID=%d\nSTATUS=%s", os.Getpid(), a.statusLine())
+	a.log.Info("agent ready", "node", a.cfg.Node, "gossip", a.cluster.LocalAddr(), "http", a.httpAddr,
+		"socket", a.cfg.SocketPath(), "version", a.opts.Build.Version)
+	return nil
+}
+
+func (a *Agent) serve(srv *http.Server, ln net.Listener) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("http server stopped", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
+}
+
+// clusterTags adds the agent's own tags to the user's.
+func (a *Agent) clusterTags(user map[string]string) map[string]string {
+	t := maps.Clone(user)
+	if t == nil {
+		t = map[string]string{}
+	}
+	gossipHost, _, _ := cluster.SplitHostPort(a.cfg.Bind)
+	host, port, _ := net.SplitHostPort(a.httpAddr)
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() || host == gossipHost {
+		t[TagHTTP] = port
+	} else {
+		t[TagHTTP] = a.httpAddr
+	}
+	return t
+}
+
+func prepareDataDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data dir %s cannot be created: %w; choose another --data-dir", dir, err)
+	}
+	f, err := os.CreateTemp(dir, ".write-test-*")
+	if err != nil {
+		return fmt.Errorf("data dir %s is not writable: %w; fix its permissions or choose another --data-dir", dir, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
+}
+
+// listenSocket serves the control API on a unix socket only its owner can
+// use. A socket left behind by a dead agent is replaced; one that answers
+// belongs to a live agent and is an error.
+func listenSocket(path string) (net.Listener, error) {
+	if _, err := os.Stat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("another agent is serving socket %s; stop it or choose another --socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create socket dir: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("restrict socket %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// retryJoin keeps trying the retry-join addresses with exponential backoff
+// until one answers. A protocol refusal ends it: retrying cannot help.
+func (a *Agent) retryJoin(ctx context.Context) {
+	wait := a.cfg.RetryJoinInterval
+	for attempt := 1; ; attempt++ {
+		n, err := a.cluster.Join(a.cfg.RetryJoin)
+		if err == nil {
+			a.log.Info("joined cluster", "contacted", n, "attempt", attempt)
+			a.notifyf("STATUS=%s", a.statusLine())
+			return
+		}
+		if errors.Is(err, cluster.ErrIncompatibleProtocol) {
+			a.fatal <- err
+			return
+		}
+		a.log.Warn("retry-join failed", "attempt", attempt, "retry_in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		wait = min(wait*2, a.cfg.RetryJoinMaxInterval)
+	}
+}
+
+// Run serves until the agent is told to stop: SIGINT or SIGTERM leave the
+// cluster gracefully (a second signal cuts the leave short), SIGHUP reloads
+// tags and log level through reload, and a client's `peerd leave` leaves and
+// returns. It returns nil on a graceful stop. The caller then calls Close.
+func (a *Agent) Run(ctx context.Context, signals <-chan os.Signal, reload func() (Config, error)) error {
+	var watchdog <-chan time.Time
+	if d := a.notify.WatchdogInterval(); d > 0 {
+		t := time.NewTicker(d / 2)
+		defer t.Stop()
+		watchdog = t.C
+	}
+	status := time.NewTicker(5 * time.Second)
+	defer status.Stop()
+	last := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-a.exitCh:
+			return nil
+		case err := <-a.fatal:
+			return err
+		case <-a.cluster.ShutdownCh():
+			return errors.New("gossip stopped unexpectedly")
+		case <-watchdog:
+			a.notifyf("WATCHDOG=1")
+		case <-status.C:
+			if s := a.statusLine(); s != last {
+				a.notifyf("STATUS=%s", s)
+				last = s
+			}
+		case sig := <-signals:
+			switch sig {
+			case syscall.SIGHUP:
+				a.reload(reload)
+			case os.Interrupt, syscall.SIGTERM:
+				a.log.Info("signal received, leaving the cluster", "signal", sig.String())
+				return a.leaveOrForce(signals)
+			}
+		}
+	}
+}
+
+func (a *Agent) leaveOrForce(signals <-chan os.Signal) error {
+	ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Leave(ctx) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			a.log.Warn("graceful leave incomplete", "err", err)
+		}
+		return nil
+	case sig := <-signals:
+		cancel()
+		<-done
+		return fmt.Errorf("second signal (%s): stopped without finishing the leave", sig)
+	}
+}
+
+func (a *Agent) reload(reload func() (Config, error)) {
+	if reload == nil {
+		return
+	}
+	cfg, err := reload()
+	if err == nil {
+		err = cfg.Validate()
+	}
+	if err != nil {
+		a.log.Error("reload failed, keeping the running config", "err", err)
+		return
+	}
+	if err := a.cluster.SetTags(a.clusterTags(cfg.Tags)); err != nil {
+		a.log.Error("reload tags", "err", err)
+		return
+	}
+	if a.opts.Level != nil {
+		lvl, _ := ParseLogLevel(cfg.LogLevel)
+		a.opts.Level.Set(lvl)
+	}
+	a.log.Info("reloaded", "tags", cfg.Tags, "log_level", cfg.LogLevel)
+}
+
+// Leave tells the cluster this node is leaving and waits for the word to
+// spread, bounded by ctx.
+func (a *Agent) Leave(ctx context.Context) error {
+	a.notifyf("STOPPING=1\nSTATUS=leaving the cluster")
+	return a.cluster.Leave(ctx)
+}
+
+// Close stops everything Start started and waits for it. It is idempotent.
+func (a *Agent) Close() error {
+	a.closeOnce.Do(func() {
+		var errs []error
+		if a.cancel != nil {
+			a.cancel()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for _, srv := range []*http.Server{a.control, a.peer} {
+			if srv != nil {
+				_ = srv.Shutdown(ctx)
+			}
+		}
+		for _, ln := range []net.Listener{a.controlLn, a.peerLn} {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+		if a.cluster != nil {
+			errs = append(errs, a.cluster.Close())
+		}
+		a.wg.Wait()
+		a.closeErr = errors.Join(errs...)
+	})
+	return a.closeErr
+}
+
+// Cluster exposes the node's membership, for in-process tests and the engine.
+func (a *Agent) Cluster() *cluster.Cluster { return a.cluster }
+
+// HTTPAddr is the bound peer HTTP address.
+func (a *Agent) HTTPAddr() string { return a.httpAddr }
+
+// SocketPath is the control socket.
+func (a *Agent) SocketPath() string { return a.cfg.SocketPath() }
+
+func (a *Agent) statusLine() string {
+	i := a.info()
+	return fmt.Sprintf("serving: %d members (%d alive), active protocol %d", i.Cluster.Size, i.Cluster.ByStatus["alive"], i.Cluster.ActiveProtocol)
+}
+
+func (a *Agent) notifyf(format string, args ...any) {
+	if err := a.notify.Notify(fmt.Sprintf(format, args...)); err != nil {
+		a.log.Debug("sd_notify failed", "err", err)
+	}
+}
+
+func (a *Agent) requestExit() { a.exit.Do(func() { close(a.exitCh) }) }

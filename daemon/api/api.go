@@ -1,0 +1,56 @@
+// Package api holds the types of the agent's local control API (HTTP over
+// a unix socket) and the client the CLI uses to call it.
+package api
+
+// Member is one row of `peerd members`.
+type Member struct {
+	Name        string            `json:"name"`
+	Addr        string            `json:"addr"`
+	Status      string            `json:"status"`
+	Version     string            `json:"version"`
+	ProtocolMin int               `json:"protocol_min"`
+	ProtocolMax int               `json:"protocol_max"`
+	HTTPAddr    string            `json:"http_addr,omitempty"`
+	Tags        map[string]string `json:"tags"`
+}
+
+// Info is what `peerd info` prints.
+type Info struct {
+	Node    Member      `json:"node"`
+	Cluster ClusterInfo `json:"cluster"`
+	Build   Build       `json:"build"`
+}
+
+// ClusterInfo summarises the cluster as this node sees it.
+type ClusterInfo struct {
+	// Size counts the members still in the cluster (alive, leaving or failed).
+	Size     int            `json:"size"`
+	ByStatus map[string]int `json:"by_status"`
+	// ActiveProtocol is the minimum over members of their maximum protocol.
+	ActiveProtocol int `json:"active_protocol"`
+	// ProtocolMin is the highest minimum: every member speaks ProtocolMin..ActiveProtocol.
+	ProtocolMin int `json:"protocol_min"`
+}
+
+// Build is the agent binary's identity.
+type Build struct {
+	Version     string `json:"version"`
+	Commit      string `json:"commit"`
+	GoVersion   string `json:"go_version"`
+	OS          string `json:"os"`
+	Arch        string `json:"arch"`
+	ProtocolMin int    `json:"protocol_min"`
+	ProtocolMax int    `json:"protocol_max"`
+}
+
+// Health is the peer HTTP API's /v1/health answer.
+type Health struct {
+	Status  string `json:"status"`
+	Node    string `json:"node"`
+	Version string `json:"version"`
+}
+
+// Error is the body of a non-2xx answer.
+type Error struct {
+	Error string `json:"error"`
+}

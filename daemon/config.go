@@ -1,0 +1,199 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/peerd/peerd/cluster"
+)
+
+// Tags the agent owns on top of cluster's "v" and "p": "h" is the peer HTTP
+// port (or host:port when it is not on the gossip host) and "r" is reserved
+// for the rollout state.
+const (
+	TagHTTP    = "h"
+	TagRollout = "r"
+)
+
+var reservedTags = []string{cluster.TagVersion, cluster.TagProtocol, TagHTTP, TagRollout}
+
+// maxSocketPath is the longest path a unix socket can have on Linux (108
+// bytes including the terminating NUL).
+const maxSocketPath = 107
+
+// Config is the agent's configuration: defaults, then the config file, then
+// PEERD_* environment variables, then flags. It does not change after New;
+// a reload builds a new one.
+type Config struct {
+	// Node is this node's unique name in the cluster.
+	Node string
+	// Bind is the gossip address (TCP and UDP).
+	Bind string
+	// Advertise is the gossip address others reach this node at, if not Bind.
+	Advertise string
+	// Join lists gossip addresses to join at start; start fails if none answers.
+	Join []string
+	// RetryJoin lists addresses to keep trying, with backoff, until one answers.
+	RetryJoin []string
+	// RetryJoinInterval is the first wait between retry-join attempts; it
+	// doubles up to RetryJoinMaxInterval.
+	RetryJoinInterval    time.Duration
+	RetryJoinMaxInterval time.Duration
+	// DataDir holds the Serf snapshot, the control socket and, later, state.
+	DataDir string
+	// Encrypt is a base64 gossip key; KeyringFile a JSON keyring. Either
+	// turns gossip encryption on.
+	Encrypt     string
+	KeyringFile string
+	// Tags are user tags advertised to the cluster, e.g. zone=a.
+	Tags map[string]string
+	// HTTPAddr is the peer HTTP API address; empty means the bind host with port 7947.
+	HTTPAddr string
+	// Socket is the control API socket; empty means DataDir/peerd.sock.
+	Socket string
+	// LogLevel is debug, info, warn or error; LogJSON switches to JSON lines.
+	LogLevel string
+	LogJSON  bool
+	// GossipProfile selects gossip timings: lan, wan, local or fast.
+	GossipProfile string
+	// ConfigFile is where the config was read from, for reloads.
+	ConfigFile string
+}
+
+// DefaultHTTPPort is the peer HTTP API's port when --http-addr is not given.
+const DefaultHTTPPort = 7947
+
+// DefaultConfig returns the defaults every other source overrides.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{
+		Node:                 host,
+		Bind:                 "0.0.0.0:7946",
+		RetryJoinInterval:    time.Second,
+		RetryJoinMaxInterval: 30 * time.Second,
+		LogLevel:             "info",
+		GossipProfile:        cluster.ProfileLAN,
+	}
+}
+
+var nodeNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// Validate reports every problem in the config at once.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if !nodeNameRE.MatchString(c.Node) {
+		add("node name %q: use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit (--node)", c.Node)
+	}
+	if _, _, err := cluster.SplitHostPort(c.Bind); err != nil {
+		add("--bind: %w", err)
+	}
+	if c.Advertise != "" {
+		if _, _, err := cluster.SplitHostPort(c.Advertise); err != nil {
+			add("--advertise: %w", err)
+		}
+	}
+	if c.HTTPAddr != "" {
+		if _, _, err := cluster.SplitHostPort(c.HTTPAddr); err != nil {
+			add("--http-addr: %w", err)
+		}
+	}
+	for _, a := range append(append([]string{}, c.Join...), c.RetryJoin...) {
+		if err := validJoinAddr(a); err != nil {
+			add("join address: %w", err)
+		}
+	}
+	if c.RetryJoinInterval <= 0 || c.RetryJoinMaxInterval < c.RetryJoinInterval {
+		add("retry-join interval %s (max %s): want 0 < interval <= max", c.RetryJoinInterval, c.RetryJoinMaxInterval)
+	}
+	if c.DataDir == "" {
+		add("no data dir: give one with --data-dir, PEERD_DATA_DIR or data_dir in the config file")
+	}
+	if c.Encrypt != "" {
+		if _, err := cluster.ParseKey(c.Encrypt); err != nil {
+			add("--encrypt: %w", err)
+		}
+	}
+	for k := range c.Tags {
+		for _, r := range reservedTags {
+			if k == r {
+				add("tag %q is reserved for peerd; choose another key", k)
+			}
+		}
+		if k == "" {
+			add("tag with an empty key: want KEY=VALUE")
+		}
+	}
+	if len(c.SocketPath()) > maxSocketPath {
+		add("socket path %s is %d bytes, longer than the %d a unix socket allows: choose a shorter --socket or --data-dir", c.SocketPath(), len(c.SocketPath()), maxSocketPath)
+	}
+	if _, err := ParseLogLevel(c.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	switch c.GossipProfile {
+	case cluster.ProfileLAN, cluster.ProfileWAN, cluster.ProfileLocal, cluster.ProfileFast:
+	default:
+		add("gossip profile %q: want lan, wan, local or fast", c.GossipProfile)
+	}
+	return errors.Join(errs...)
+}
+
+func validJoinAddr(a string) error {
+	if a == "" {
+		return errors.New("empty address")
+	}
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		// memberlist accepts a bare host and uses the default port.
+		if strings.Contains(a, ":") && net.ParseIP(a) == nil {
+			return fmt.Errorf("%q is not HOST or HOST:PORT", a)
+		}
+		return nil
+	}
+	if host == "" {
+		return fmt.Errorf("%q has no host", a)
+	}
+	if _, _, err := cluster.SplitHostPort(net.JoinHostPort("127.0.0.1", port)); err != nil {
+		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", a, port)
+	}
+	return nil
+}
+
+// SocketPath is the control socket's path.
+func (c Config) SocketPath() string {
+	if c.Socket != "" {
+		return c.Socket
+	}
+	return filepath.Join(c.DataDir, "peerd.sock")
+}
+
+// HTTPAddress is the peer HTTP address, defaulting to the bind host with DefaultHTTPPort.
+func (c Config) HTTPAddress() string {
+	if c.HTTPAddr != "" {
+		return c.HTTPAddr
+	}
+	host, _, _ := cluster.SplitHostPort(c.Bind)
+	return net.JoinHostPort(host, fmt.Sprint(DefaultHTTPPort))
+}
+
+// ParseLogLevel maps a --log-level value to slog's.
+func ParseLogLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info", "":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("log level %q: want debug, info, warn or error", s)
+}

@@ -1,0 +1,109 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+)
+
+// fileConfig is the HCL form of Config. Pointers tell "absent" from "zero",
+// so that only the keys a file sets override the defaults. Every agent flag
+// has a key here named like the flag with '-' turned into '_'.
+type fileConfig struct {
+	Node                 *string           `hcl:"node,optional"`
+	Bind                 *string           `hcl:"bind,optional"`
+	Advertise            *string           `hcl:"advertise,optional"`
+	Join                 []string          `hcl:"join,optional"`
+	RetryJoin            []string          `hcl:"retry_join,optional"`
+	RetryJoinInterval    *string           `hcl:"retry_join_interval,optional"`
+	RetryJoinMaxInterval *string           `hcl:"retry_join_max_interval,optional"`
+	DataDir              *string           `hcl:"data_dir,optional"`
+	Encrypt              *string           `hcl:"encrypt,optional"`
+	KeyringFile          *string           `hcl:"keyring_file,optional"`
+	Tags                 map[string]string `hcl:"tags,optional"`
+	HTTPAddr             *string           `hcl:"http_addr,optional"`
+	Socket               *string           `hcl:"socket,optional"`
+	LogLevel             *string           `hcl:"log_level,optional"`
+	LogJSON              *bool             `hcl:"log_json,optional"`
+	GossipProfile        *string           `hcl:"gossip_profile,optional"`
+}
+
+// LoadFile applies the keys set in the HCL file at path on top of cfg.
+// Errors name the file and line, and for an unknown key the nearest valid one.
+func LoadFile(path string, cfg *Config) error {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config file: %w", err)
+	}
+	file, diags := hclparse.NewParser().ParseHCL(src, path)
+	if diags.HasErrors() {
+		return fmt.Errorf("config file %w", errors.New(diags.Error()))
+	}
+	var fc fileConfig
+	if diags := gohcl.DecodeBody(file.Body, nil, &fc); diags.HasErrors() {
+		return fmt.Errorf("config file %w", errors.New(diags.Error()))
+	}
+
+	setString := func(dst *string, v *string) {
+		if v != nil {
+			*dst = *v
+		}
+	}
+	setString(&cfg.Node, fc.Node)
+	setString(&cfg.Bind, fc.Bind)
+	setString(&cfg.Advertise, fc.Advertise)
+	setString(&cfg.DataDir, fc.DataDir)
+	setString(&cfg.Encrypt, fc.Encrypt)
+	setString(&cfg.KeyringFile, fc.KeyringFile)
+	setString(&cfg.HTTPAddr, fc.HTTPAddr)
+	setString(&cfg.Socket, fc.Socket)
+	setString(&cfg.LogLevel, fc.LogLevel)
+	setString(&cfg.GossipProfile, fc.GossipProfile)
+	if fc.Join != nil {
+		cfg.Join = fc.Join
+	}
+	if fc.RetryJoin != nil {
+		cfg.RetryJoin = fc.RetryJoin
+	}
+	if fc.Tags != nil {
+		cfg.Tags = fc.Tags
+	}
+	if fc.LogJSON != nil {
+		cfg.LogJSON = *fc.LogJSON
+	}
+	for _, d := range []struct {
+		key string
+		v   *string
+		dst *time.Duration
+	}{
+		{"retry_join_interval", fc.RetryJoinInterval, &cfg.RetryJoinInterval},
+		{"retry_join_max_interval", fc.RetryJoinMaxInterval, &cfg.RetryJoinMaxInterval},
+	} {
+		if d.v == nil {
+			continue
+		}
+		v, err := time.ParseDuration(*d.v)
+		if err != nil {
+			return fmt.Errorf("config file %s: %s = %q is not a duration (e.g. \"5s\")", attrPos(file, path, d.key), d.key, *d.v)
+		}
+		*d.dst = v
+	}
+	cfg.ConfigFile = path
+	return nil
+}
+
+// attrPos is "file:line" of an attribute, for errors found after decoding.
+func attrPos(file *hcl.File, path, key string) string {
+	if body, ok := file.Body.(*hclsyntax.Body); ok {
+		if a, ok := body.Attributes[key]; ok {
+			return fmt.Sprintf("%s:%d", path, a.SrcRange.Start.Line)
+		}
+	}
+	return path
+}
