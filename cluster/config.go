@@ -72,6 +72,7 @@ func TestConfig(name string) Config {
 	c.BindAddr = "127.0.0.1:0"
 	c.Version = "0.0.0-test"
 	c.Profile = ProfileFast
+	c.Logger = slog.New(slog.DiscardHandler)
 	return c
 }
 

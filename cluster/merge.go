@@ -20,6 +20,12 @@ type mergeDelegate struct {
 	mu          sync.Mutex // guards the fields below
 	local       func() []Member
 	lastRefusal error
+	// accepted holds the members of the last merge this node accepted as a
+	// whole. memberlist then announces them one at a time through alive
+	// messages; by then this node's view is half merged and, judged one by
+	// one, an old member could look incompatible with the new ones already
+	// in. Each entry passes once, at the range it was accepted with.
+	accepted map[string]ProtocolRange
 }
 
 func newMergeDelegate(self string, p ProtocolRange, log *slog.Logger) *mergeDelegate {
@@ -45,7 +51,7 @@ func (d *mergeDelegate) clearRefusal() {
 	d.mu.Unlock()
 }
 
-func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) error {
+func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) (err error) {
 	d.mu.Lock()
 	localFn := d.local
 	d.mu.Unlock()
@@ -68,6 +74,15 @@ func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) error {
 		}
 		theirs = append(theirs, Member{Name: m.Name, Protocol: r})
 	}
+
+	if len(incoming) == 1 && d.takeAccepted(theirs) {
+		return nil
+	}
+	defer func() {
+		if err == nil && len(incoming) > 1 {
+			d.setAccepted(theirs)
+		}
+	}()
 
 	// Alone, this node is the joiner: the other side is the cluster, and
 	// this node must speak its active protocol.
@@ -107,4 +122,29 @@ func (d *mergeDelegate) refuse(err error) {
 	d.mu.Lock()
 	d.lastRefusal = err
 	d.mu.Unlock()
+}
+
+func (d *mergeDelegate) setAccepted(members []Member) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.accepted = make(map[string]ProtocolRange, len(members))
+	for _, m := range members {
+		d.accepted[m.Name] = m.Protocol
+	}
+}
+
+// takeAccepted reports whether the one member in members was accepted by
+// the last merge at the same range, and uses that acceptance up.
+func (d *mergeDelegate) takeAccepted(members []Member) bool {
+	if len(members) != 1 {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r, ok := d.accepted[members[0].Name]
+	if ok && r == members[0].Protocol {
+		delete(d.accepted, members[0].Name)
+		return true
+	}
+	return false
 }

@@ -1,0 +1,244 @@
+package daemon_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/daemon"
+	"github.com/peerd/peerd/daemon/agenttest"
+	"github.com/peerd/peerd/daemon/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+var (
+	v1 = agenttest.Build("1.0.0", 1, 1)
+	v2 = agenttest.Build("2.0.0", 1, 2)
+	v3 = agenttest.Build("3.0.0", 3, 3)
+)
+
+func TestClusterConvergesAndServesControlAPI(t *testing.T) {
+	nodes := agenttest.StartCluster(t, 5, v1)
+
+	c := api.NewClient(nodes[2].Agent.SocketPath())
+	members, err := c.Members(context.Background(), "")
+	require.NoError(t, err)
+	require.Len(t, members, 5)
+	for _, m := range members {
+		assert.Equal(t, "alive", m.Status)
+		assert.Equal(t, "1.0.0", m.Version)
+		assert.Equal(t, 1, m.ProtocolMax)
+		assert.NotEmpty(t, m.HTTPAddr, "the peer HTTP address is advertised")
+	}
+
+	info, err := c.Info(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, "node3", info.Node.Name)
+	assert.Equal(t, 5, info.Cluster.Size)
+	assert.Equal(t, 1, info.Cluster.ActiveProtocol)
+
+	_, err = c.Members(context.Background(), "dead")
+	assert.ErrorContains(t, err, `status "dead": want one of alive, leaving, left, failed`)
+
+	st, err := os.Stat(nodes[0].Agent.SocketPath())
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm(), "only the agent's owner may use the control socket")
+}
+
+func TestMixedVersionsPeerAndIncompatibleIsRefused(t *testing.T) {
+	nodes := agenttest.StartCluster(t, 2, v1)
+	for i := 3; i <= 4; i++ {
+		cfg := agenttest.Config(t, "v2-"+string(rune('a'+i)))
+		cfg.Join = []string{nodes[0].Agent.Cluster().LocalAddr()}
+		n, err := agenttest.Start(t, cfg, agenttest.Options(t, v2))
+		require.NoError(t, err)
+		nodes = append(nodes, n)
+	}
+	agenttest.WaitAlive(t, nodes, 4)
+	assert.Equal(t, 1, nodes[3].Agent.Cluster().ProtocolRange().Max, "a v1 member keeps the active protocol at 1")
+
+	cfg := agenttest.Config(t, "v3")
+	cfg.Join = []string{nodes[2].Agent.Cluster().LocalAddr()}
+	_, err := agenttest.Start(t, cfg, agenttest.Options(t, v3))
+	require.Error(t, err)
+	assert.True(t, errors.Is(err, cluster.ErrIncompatibleProtocol), "got %v", err)
+	assert.Contains(t, err.Error(), "3-3")
+	assert.Contains(t, err.Error(), "cluster range 1-1")
+
+	for _, n := range nodes {
+		assert.Equal(t, "", agenttest.StatusOf(n, "v3"), "%s must not know the refused node", n.Name)
+		assert.Equal(t, 4, agenttest.CountStatus(n, "alive"))
+	}
+}
+
+func TestOldVersionRefusedOnceClusterSwitchedProtocol(t *testing.T) {
+	nodes := agenttest.StartCluster(t, 3, v2)
+	require.Equal(t, 2, nodes[0].Agent.Cluster().ProtocolRange().Max)
+
+	cfg := agenttest.Config(t, "old")
+	cfg.Join = []string{nodes[0].Agent.Cluster().LocalAddr()}
+	_, err := agenttest.Start(t, cfg, agenttest.Options(t, v1))
+	require.ErrorIs(t, err, cluster.ErrIncompatibleProtocol)
+	assert.Contains(t, err.Error(), "active protocol 2")
+}
+
+func TestRetryJoinWaitsForTheCluster(t *testing.T) {
+	seedCfg := agenttest.Config(t, "seed")
+	seedCfg.Bind = freeGossipAddr(t)
+
+	late := agenttest.Config(t, "late")
+	late.RetryJoin = []string{seedCfg.Bind}
+	lateNode, err := agenttest.Start(t, late, agenttest.Options(t, v1))
+	require.NoError(t, err, "retry-join does not fail start")
+
+	seed, err := agenttest.Start(t, seedCfg, agenttest.Options(t, v1))
+	require.NoError(t, err)
+	agenttest.WaitAlive(t, []*agenttest.Node{seed, lateNode}, 2)
+}
+
+func TestRetryJoinStopsOnIncompatibleProtocol(t *testing.T) {
+	nodes := agenttest.StartCluster(t, 2, v1)
+	cfg := agenttest.Config(t, "v3")
+	cfg.RetryJoin = []string{nodes[0].Agent.Cluster().LocalAddr()}
+	n, err := agenttest.Start(t, cfg, agenttest.Options(t, v3))
+	require.NoError(t, err)
+
+	done := make(chan error, 1)
+	go func() { done <- n.Agent.Run(context.Background(), nil, nil) }()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, cluster.ErrIncompatibleProtocol, "the agent stops instead of retrying forever")
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent kept retrying an incompatible cluster")
+	}
+}
+
+func TestLeaveAndSignals(t *testing.T) {
+	nodes := agenttest.StartCluster(t, 3, v1)
+
+	// A client's `peerd leave`: the others see "left" and Run returns nil.
+	done := make(chan error, 1)
+	go func() { done <- nodes[1].Agent.Run(context.Background(), nil, nil) }()
+	require.NoError(t, api.NewClient(nodes[1].Agent.SocketPath()).Leave(context.Background()))
+	require.NoError(t, waitErr(t, done))
+	require.Eventually(t, func() bool { return agenttest.StatusOf(nodes[0], "node2") == "left" }, 10*time.Second, 10*time.Millisecond)
+
+	// SIGTERM leaves gracefully too.
+	signals := make(chan os.Signal, 1)
+	go func() { done <- nodes[2].Agent.Run(context.Background(), signals, nil) }()
+	signals <- syscall.SIGTERM
+	require.NoError(t, waitErr(t, done))
+	require.Eventually(t, func() bool { return agenttest.StatusOf(nodes[0], "node3") == "left" }, 10*time.Second, 10*time.Millisecond)
+}
+
+func TestReloadChangesTags(t *testing.T) {
+	nodes := agenttest.StartCluster(t, 2, v1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	signals := make(chan os.Signal, 1)
+	done := make(chan error, 1)
+	reloaded := nodes[1].Config
+	reloaded.Tags = map[string]string{"zone": "b"}
+	go func() {
+		done <- nodes[1].Agent.Run(ctx, signals, func() (daemon.Config, error) { return reloaded, nil })
+	}()
+	signals <- syscall.SIGHUP
+	require.Eventually(t, func() bool {
+		for _, m := range nodes[0].Agent.Cluster().Members() {
+			if m.Name == "node2" {
+				return m.Tags["zone"] == "b" && m.Version == "1.0.0"
+			}
+		}
+		return false
+	}, 10*time.Second, 10*time.Millisecond)
+	cancel()
+	require.ErrorIs(t, waitErr(t, done), context.Canceled)
+}
+
+func TestDifferentGossipKeyCannotJoin(t *testing.T) {
+	k1, _ := cluster.GenerateKey()
+	k2, _ := cluster.GenerateKey()
+	cfg := agenttest.Config(t, "a")
+	cfg.Encrypt = k1
+	a, err := agenttest.Start(t, cfg, agenttest.Options(t, v1))
+	require.NoError(t, err)
+
+	cfg = agenttest.Config(t, "b")
+	cfg.Encrypt = k2
+	cfg.Join = []string{a.Agent.Cluster().LocalAddr()}
+	_, err = agenttest.Start(t, cfg, agenttest.Options(t, v1))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "gossip key")
+
+	cfg = agenttest.Config(t, "c")
+	cfg.Encrypt = k1
+	cfg.Join = []string{a.Agent.Cluster().LocalAddr()}
+	_, err = agenttest.Start(t, cfg, agenttest.Options(t, v1))
+	require.NoError(t, err, "the right key joins")
+}
+
+func TestStartErrors(t *testing.T) {
+	a := agenttest.StartCluster(t, 1, v1)[0]
+
+	cfg := agenttest.Config(t, "dup")
+	cfg.Socket = a.Agent.SocketPath()
+	_, err := agenttest.Start(t, cfg, agenttest.Options(t, v1))
+	assert.ErrorContains(t, err, "another agent is serving socket")
+
+	cfg = agenttest.Config(t, "busy")
+	cfg.HTTPAddr = a.Agent.HTTPAddr()
+	_, err = agenttest.Start(t, cfg, agenttest.Options(t, v1))
+	assert.ErrorContains(t, err, "choose another --http-addr")
+
+	cfg = agenttest.Config(t, "busy2")
+	cfg.Bind = a.Agent.Cluster().LocalAddr()
+	_, err = agenttest.Start(t, cfg, agenttest.Options(t, v1))
+	assert.ErrorContains(t, err, "choose another port with --bind")
+
+	cfg = agenttest.Config(t, "nodir")
+	f, err := os.CreateTemp("", "pdfile")
+	require.NoError(t, err)
+	f.Close()
+	defer os.Remove(f.Name())
+	cfg.DataDir = f.Name() + "/data"
+	_, err = agenttest.Start(t, cfg, agenttest.Options(t, v1))
+	assert.ErrorContains(t, err, "choose another --data-dir")
+
+	cfg = agenttest.Config(t, "nobody-home")
+	cfg.Join = []string{freeGossipAddr(t)}
+	_, err = agenttest.Start(t, cfg, agenttest.Options(t, v1))
+	assert.ErrorContains(t, err, "join 127.0.0.1:")
+}
+
+func waitErr(t *testing.T, done <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(15 * time.Second):
+		t.Fatal("agent did not stop")
+		return nil
+	}
+}
+
+// freeGossipAddr asks a throwaway cluster node for a free port, which then
+// holds both the TCP and UDP port memberlist needs.
+func freeGossipAddr(t *testing.T) string {
+	cfg := cluster.TestConfig("probe")
+	c, err := cluster.New(cfg)
+	require.NoError(t, err)
+	require.NoError(t, c.Start(context.Background()))
+	addr := c.LocalAddr()
+	require.NoError(t, c.Close())
+	return addr
+}
