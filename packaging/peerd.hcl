@@ -1,0 +1,31 @@
+# peerd agent configuration (HCL). Every key matches an agent flag with '_'
+# for '-'; flags and PEERD_* environment variables override what is here.
+
+# This node's unique name in the cluster (default: the hostname).
+# node = "node-1"
+
+# Gossip address (TCP and UDP) and, if other nodes must use another, the
+# address they reach this node at.
+bind = "0.0.0.0:7946"
+# advertise = "10.0.0.5:7946"
+
+# Where the agent keeps its cluster snapshot and control socket.
+data_dir = "/var/lib/peerd"
+
+# Join these nodes at start; retry_join keeps trying with backoff instead of
+# failing when none answers yet.
+# join       = ["10.0.0.1:7946"]
+# retry_join = ["10.0.0.1:7946", "10.0.0.2:7946"]
+
+# Gossip encryption: one key for every node (make one with `peerd keygen`).
+# encrypt = "..."
+# keyring_file = "/var/lib/peerd/keyring.json"
+
+# Tags other nodes see, e.g. for `peerd upgrade --by-tag zone`.
+# tags = { zone = "a" }
+
+# Peer HTTP API (default: bind host, port 7947).
+# http_addr = "0.0.0.0:7947"
+
+log_level = "info"
+# log_json = true
