@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/serf/serf"
 )
@@ -36,10 +37,23 @@ type Cluster struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	handler Handler // set before Start
+
 	mu       sync.Mutex // guards the fields below
 	userTags map[string]string
+	ownTags  map[string]string
 	closed   bool
 }
+
+// Handler receives the cluster's user events and queries. Queries are
+// answered on their own goroutine, so a slow answer does not hold up gossip.
+type Handler interface {
+	HandleEvent(name string, payload []byte)
+	HandleQuery(name string, payload []byte) ([]byte, error)
+}
+
+// SetHandler installs h; it must be called before Start.
+func (c *Cluster) SetHandler(h Handler) { c.handler = h }
 
 // New checks the config and returns a Cluster that has not touched the network.
 func New(cfg Config) (*Cluster, error) {
@@ -50,6 +64,7 @@ func New(cfg Config) (*Cluster, error) {
 		cfg:      cfg,
 		log:      cfg.Logger.With("component", "cluster"),
 		userTags: maps.Clone(cfg.Tags),
+		ownTags:  maps.Clone(cfg.OwnTags),
 	}
 	c.merge = newMergeDelegate(cfg.NodeName, cfg.Protocol, c.log)
 	return c, nil
@@ -62,7 +77,7 @@ func (c *Cluster) Start(ctx context.Context) error {
 		return err
 	}
 	sc := c.cfg.serfConfig()
-	sc.Tags = c.tags(c.userTags)
+	sc.Tags = c.tagsLocked()
 	c.events = make(chan serf.Event, 256)
 	sc.EventCh = c.events
 	sc.Merge = c.merge
@@ -109,11 +124,11 @@ func checkBindable(addr string) error {
 	return nil
 }
 
-func (c *Cluster) tags(user map[string]string) map[string]string {
-	t := maps.Clone(user)
-	if t == nil {
-		t = map[string]string{}
-	}
+// tagsLocked merges user, own and identity tags; identity wins.
+func (c *Cluster) tagsLocked() map[string]string {
+	t := make(map[string]string, len(c.userTags)+len(c.ownTags)+2)
+	maps.Copy(t, c.userTags)
+	maps.Copy(t, c.ownTags)
 	t[TagVersion] = c.cfg.Version
 	t[TagProtocol] = c.cfg.Protocol.String()
 	return t
@@ -149,11 +164,72 @@ func (c *Cluster) SetTags(tags map[string]string) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := c.serf.SetTags(c.tags(tags)); err != nil {
+	old := c.userTags
+	c.userTags = maps.Clone(tags)
+	if err := c.serf.SetTags(c.tagsLocked()); err != nil {
+		c.userTags = old
 		return fmt.Errorf("set tags: %w", err)
 	}
-	c.userTags = maps.Clone(tags)
 	return nil
+}
+
+// SetTag sets one of the agent's own tags; an empty value removes it.
+func (c *Cluster) SetTag(key, value string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ownTags == nil {
+		c.ownTags = map[string]string{}
+	}
+	old, had := c.ownTags[key]
+	if value == "" {
+		delete(c.ownTags, key)
+	} else {
+		c.ownTags[key] = value
+	}
+	if err := c.serf.SetTags(c.tagsLocked()); err != nil {
+		if had {
+			c.ownTags[key] = old
+		} else {
+			delete(c.ownTags, key)
+		}
+		return fmt.Errorf("set tag %s: %w", key, err)
+	}
+	return nil
+}
+
+// Broadcast sends a Serf user event to every member. Serf caps the payload
+// (512 bytes by default): send an ID and fetch the rest over HTTP.
+func (c *Cluster) Broadcast(name string, payload []byte) error {
+	if err := c.serf.UserEvent(name, payload, false); err != nil {
+		return fmt.Errorf("broadcast %s: %w", name, err)
+	}
+	return nil
+}
+
+// Query asks the given nodes (all members when nodes is empty) and collects
+// their answers until every one answered, the timeout passed, or ctx ended.
+func (c *Cluster) Query(ctx context.Context, name string, payload []byte, nodes []string, timeout time.Duration) (map[string][]byte, error) {
+	resp, err := c.serf.Query(name, payload, &serf.QueryParam{FilterNodes: nodes, Timeout: timeout})
+	if err != nil {
+		return nil, fmt.Errorf("query %s: %w", name, err)
+	}
+	defer resp.Close()
+	out := map[string][]byte{}
+	want := len(nodes)
+	for {
+		select {
+		case r, ok := <-resp.ResponseCh():
+			if !ok {
+				return out, nil
+			}
+			out[r.From] = r.Payload
+			if want > 0 && len(out) >= want {
+				return out, nil
+			}
+		case <-ctx.Done():
+			return out, ctx.Err()
+		}
+	}
 }
 
 // LocalAddr is the gossip address other nodes reach this one at.
@@ -255,11 +331,35 @@ func (c *Cluster) eventLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case e := <-c.events:
-			if me, ok := e.(serf.MemberEvent); ok {
-				for _, m := range me.Members {
-					c.log.Info("member "+strings.TrimPrefix(me.EventType().String(), "member-"),
+			switch e := e.(type) {
+			case serf.MemberEvent:
+				if e.EventType() == serf.EventMemberUpdate {
+					continue // tag changes (rollout progress) are too frequent to log
+				}
+				for _, m := range e.Members {
+					c.log.Info("member "+strings.TrimPrefix(e.EventType().String(), "member-"),
 						"member", m.Name, "addr", m.Addr.String(), "version", m.Tags[TagVersion], "protocol", m.Tags[TagProtocol])
 				}
+			case serf.UserEvent:
+				if c.handler != nil {
+					c.handler.HandleEvent(e.Name, e.Payload)
+				}
+			case *serf.Query:
+				if c.handler == nil {
+					continue
+				}
+				c.wg.Add(1)
+				go func(q *serf.Query) {
+					defer c.wg.Done()
+					out, err := c.handler.HandleQuery(q.Name, q.Payload)
+					if err != nil {
+						c.log.Debug("query not answered", "query", q.Name, "err", err)
+						return
+					}
+					if err := q.Respond(out); err != nil {
+						c.log.Debug("query answer not sent", "query", q.Name, "err", err)
+					}
+				}(e)
 			}
 		}
 	}

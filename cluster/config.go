@@ -40,8 +40,12 @@ type Config struct {
 	// Version and Protocol are this build's identity, advertised in tags.
 	Version  string
 	Protocol ProtocolRange
-	// Tags are extra tags to advertise. They must not use TagVersion or TagProtocol.
+	// Tags are the user's tags; SetTags replaces them. They must not use
+	// TagVersion or TagProtocol.
 	Tags map[string]string
+	// OwnTags are tags the agent itself owns (e.g. its HTTP port, rollout
+	// state); SetTag changes them one at a time and SetTags leaves them be.
+	OwnTags map[string]string
 	// Keyring encrypts gossip; nil means unencrypted.
 	Keyring *memberlist.Keyring
 	// KeyringFile is where Serf persists key rotations (optional).

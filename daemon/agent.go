@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -119,7 +118,8 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	ccfg.AdvertiseAddr = a.cfg.Advertise
 	ccfg.Version = a.opts.Build.Version
 	ccfg.Protocol = cluster.ProtocolRange{Min: a.opts.Build.ProtocolMin, Max: a.opts.Build.ProtocolMax}
-	ccfg.Tags = a.clusterTags(a.cfg.Tags)
+	ccfg.Tags = a.cfg.Tags
+	ccfg.OwnTags = map[string]string{TagHTTP: a.httpTag()}
 	ccfg.Keyring = keyring
 	ccfg.KeyringFile = a.cfg.KeyringFile
 	ccfg.SnapshotPath = filepath.Join(a.cfg.DataDir, "serf.snapshot")
@@ -169,20 +169,15 @@ func (a *Agent) serve(srv *http.Server, ln net.Listener) {
 	}()
 }
 
-// clusterTags adds the agent's own tags to the user's.
-func (a *Agent) clusterTags(user map[string]string) map[string]string {
-	t := maps.Clone(user)
-	if t == nil {
-		t = map[string]string{}
-	}
+// httpTag is the peer HTTP address as advertised: just the port when it is
+// on the gossip host, to keep within memberlist's 512 bytes of metadata.
+func (a *Agent) httpTag() string {
 	gossipHost, _, _ := cluster.SplitHostPort(a.cfg.Bind)
 	host, port, _ := net.SplitHostPort(a.httpAddr)
 	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() || host == gossipHost {
-		t[TagHTTP] = port
-	} else {
-		t[TagHTTP] = a.httpAddr
+		return port
 	}
-	return t
+	return a.httpAddr
 }
 
 func prepareDataDir(dir string) error {
@@ -324,7 +319,7 @@ func (a *Agent) reload(reload func() (Config, error)) {
 		a.log.Error("reload failed, keeping the running config", "err", err)
 		return
 	}
-	if err := a.cluster.SetTags(a.clusterTags(cfg.Tags)); err != nil {
+	if err := a.cluster.SetTags(cfg.Tags); err != nil {
 		a.log.Error("reload tags", "err", err)
 		return
 	}
