@@ -19,6 +19,10 @@ var (
 	Commit      = "unknown"
 	ProtocolMin = "1"
 	ProtocolMax = "1"
+	// HealthFault, when set at link time, makes the agent's own health check
+	// fail with this text. It exists to build a "bad release" for tests of
+	// the rollout's health gate and rollback; release builds leave it empty.
+	HealthFault = ""
 )
 
 // Info is what `peerd version --json` prints. Its JSON keys are a contract:

@@ -15,6 +15,7 @@ import (
 
 	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/upgrade"
 )
 
 // Options are the agent's collaborators, as opposed to its configuration.
@@ -26,7 +27,16 @@ type Options struct {
 	Build buildinfo.Info
 	// Notifier defaults to systemd's sd_notify.
 	Notifier Notifier
+	// Executable is the binary a self-upgrade replaces; default: this one.
+	Executable string
+	// HookDir lets tests pause the rollout at a phase (see upgrade.Config).
+	HookDir string
 }
+
+// ErrRestart is returned by Run when the agent must restart into a new
+// binary: the caller closes the agent, then re-execs it or exits with
+// ExitRestart for its supervisor, as Config.Restart says.
+var ErrRestart = errors.New("restart into the new binary")
 
 // leaveTimeout bounds a graceful leave on SIGTERM, so that the agent exits
 // within a few seconds even when the cluster is unreachable.
@@ -41,6 +51,7 @@ type Agent struct {
 
 	// Set by Start, read-only after.
 	cluster   *cluster.Cluster
+	engine    *upgrade.Engine
 	httpAddr  string
 	controlLn net.Listener
 	peerLn    net.Listener
@@ -49,7 +60,8 @@ type Agent struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 
-	fatal  chan error    // a background task that cannot go on (buffered)
+	fatal   chan error    // a background task that cannot go on (buffered)
+	restart chan struct{} // the engine asks for a restart (buffered)
 	exitCh chan struct{} // closed when a client asked the agent to leave and exit
 	exit   sync.Once
 
@@ -68,6 +80,13 @@ func New(cfg Config, opts Options) (*Agent, error) {
 	if opts.Notifier == nil {
 		opts.Notifier = SystemdNotifier{}
 	}
+	if opts.Executable == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("find own executable: %w", err)
+		}
+		opts.Executable = exe
+	}
 	if opts.Build.Version == "" {
 		b, err := buildinfo.Get()
 		if err != nil {
@@ -80,8 +99,9 @@ func New(cfg Config, opts Options) (*Agent, error) {
 		opts:   opts,
 		log:    opts.Logger.With("component", "agent"),
 		notify: opts.Notifier,
-		fatal:  make(chan error, 1),
-		exitCh: make(chan struct{}),
+		fatal:   make(chan error, 1),
+		restart: make(chan struct{}, 1),
+		exitCh:  make(chan struct{}),
 	}, nil
 }
 
@@ -128,6 +148,10 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if a.cluster, err = cluster.New(ccfg); err != nil {
 		return err
 	}
+	if a.engine, err = a.newEngine(); err != nil {
+		return err
+	}
+	a.cluster.SetHandler(a.engine)
 	if err := a.cluster.Start(ctx); err != nil {
 		return err
 	}
@@ -152,6 +176,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 			defer a.wg.Done()
 			a.retryJoin(bg)
 		}()
+	}
+	if err := a.engine.Start(ctx); err != nil {
+		return err
 	}
 	a.notifyf("READY=1\nMAINPID=%d\nSTATUS=%s", os.Getpid(), a.statusLine())
 	a.log.Info("agent ready", "node", a.cfg.Node, "gossip", a.cluster.LocalAddr(), "http", a.httpAddr,
@@ -266,6 +293,10 @@ func (a *Agent) Run(ctx context.Context, signals <-chan os.Signal, reload func()
 			return ctx.Err()
 		case <-a.exitCh:
 			return nil
+		case <-a.restart:
+			a.log.Info("restarting into the new binary", "mode", a.cfg.Restart)
+			a.notifyf("RELOADING=1\nSTATUS=restarting into the new binary")
+			return ErrRestart
 		case err := <-a.fatal:
 			return err
 		case <-a.cluster.ShutdownCh():
@@ -356,6 +387,9 @@ func (a *Agent) Close() error {
 				ln.Close()
 			}
 		}
+		if a.engine != nil {
+			a.engine.Close()
+		}
 		if a.cluster != nil {
 			errs = append(errs, a.cluster.Close())
 		}
@@ -375,6 +409,13 @@ func (a *Agent) HTTPAddr() string { return a.httpAddr }
 func (a *Agent) SocketPath() string { return a.cfg.SocketPath() }
 
 func (a *Agent) statusLine() string {
+	if a.engine != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if st, err := a.engine.Status(ctx); err == nil && (st.State == upgrade.StateRunning || st.State == upgrade.StateHalted || st.State == upgrade.StatePaused) {
+			return st.Summary()
+		}
+	}
 	i := a.info()
 	return fmt.Sprintf("serving: %d members (%d alive), active protocol %d", i.Cluster.Size, i.Cluster.ByStatus["alive"], i.Cluster.ActiveProtocol)
 }

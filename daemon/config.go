@@ -63,9 +63,31 @@ type Config struct {
 	LogJSON  bool
 	// GossipProfile selects gossip timings: lan, wan, local or fast.
 	GossipProfile string
+	// TrustKeys are minisign public key files; artifacts must be signed by
+	// one of them. AllowUnsigned accepts unsigned artifacts when there are none.
+	TrustKeys     []string
+	AllowUnsigned bool
+	// Restart is how the agent restarts into a new binary: "reexec" (same
+	// PID, in place) or "supervisor" (exit with ExitRestart and let systemd,
+	// Nomad or another supervisor start it again).
+	Restart string
+	// HealthCmd (run by sh -c) and HealthURL (must answer 2xx) are extra
+	// checks an upgraded node must pass before its wave counts as done.
+	HealthCmd string
+	HealthURL string
 	// ConfigFile is where the config was read from, for reloads.
 	ConfigFile string
 }
+
+// Restart modes.
+const (
+	RestartReexec     = "reexec"
+	RestartSupervisor = "supervisor"
+)
+
+// ExitRestart is the exit code with which an agent in supervisor mode asks
+// to be started again (EX_TEMPFAIL).
+const ExitRestart = 75
 
 // DefaultHTTPPort is the peer HTTP API's port when --http-addr is not given.
 const DefaultHTTPPort = 7947
@@ -80,6 +102,7 @@ func DefaultConfig() Config {
 		RetryJoinMaxInterval: 30 * time.Second,
 		LogLevel:             "info",
 		GossipProfile:        cluster.ProfileLAN,
+		Restart:              RestartReexec,
 	}
 }
 
@@ -136,6 +159,17 @@ func (c Config) Validate() error {
 	}
 	if _, err := ParseLogLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
+	}
+	if c.Restart != RestartReexec && c.Restart != RestartSupervisor {
+		add("--restart %q: want reexec or supervisor", c.Restart)
+	}
+	if c.HealthURL != "" && !strings.HasPrefix(c.HealthURL, "http://") && !strings.HasPrefix(c.HealthURL, "https://") {
+		add("--health-url %q: want an http:// or https:// URL", c.HealthURL)
+	}
+	for _, k := range c.TrustKeys {
+		if _, err := os.Stat(k); err != nil {
+			add("--trust-key: %w", err)
+		}
 	}
 	switch c.GossipProfile {
 	case cluster.ProfileLAN, cluster.ProfileWAN, cluster.ProfileLocal, cluster.ProfileFast:

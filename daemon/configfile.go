@@ -32,6 +32,11 @@ type fileConfig struct {
 	LogLevel             *string           `hcl:"log_level,optional"`
 	LogJSON              *bool             `hcl:"log_json,optional"`
 	GossipProfile        *string           `hcl:"gossip_profile,optional"`
+	TrustKey             []string          `hcl:"trust_key,optional"`
+	AllowUnsigned        *bool             `hcl:"allow_unsigned,optional"`
+	Restart              *string           `hcl:"restart,optional"`
+	HealthCmd            *string           `hcl:"health_cmd,optional"`
+	HealthURL            *string           `hcl:"health_url,optional"`
 }
 
 // LoadFile applies the keys set in the HCL file at path on top of cfg.
@@ -65,6 +70,15 @@ func LoadFile(path string, cfg *Config) error {
 	setString(&cfg.Socket, fc.Socket)
 	setString(&cfg.LogLevel, fc.LogLevel)
 	setString(&cfg.GossipProfile, fc.GossipProfile)
+	setString(&cfg.Restart, fc.Restart)
+	setString(&cfg.HealthCmd, fc.HealthCmd)
+	setString(&cfg.HealthURL, fc.HealthURL)
+	if fc.TrustKey != nil {
+		cfg.TrustKeys = fc.TrustKey
+	}
+	if fc.AllowUnsigned != nil {
+		cfg.AllowUnsigned = *fc.AllowUnsigned
+	}
 	if fc.Join != nil {
 		cfg.Join = fc.Join
 	}

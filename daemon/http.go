@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"fmt"
 	"net"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/daemon/api"
+	"github.com/peerd/peerd/upgrade"
 )
 
 // controlHandler serves the local control API. Only the socket's owner can
@@ -21,6 +23,11 @@ func (a *Agent) controlHandler() http.Handler {
 	mux.HandleFunc("GET /v1/members", a.handleMembers)
 	mux.HandleFunc("GET /v1/info", a.handleInfo)
 	mux.HandleFunc("POST /v1/leave", a.handleLeave)
+	mux.HandleFunc("POST /v1/rollout/artifacts", a.handleUpload)
+	mux.HandleFunc("POST /v1/rollout/trigger", a.handleTrigger)
+	mux.HandleFunc("GET /v1/rollout/status", a.handleStatus)
+	mux.HandleFunc("POST /v1/rollout/control/{action}", a.handleControl)
+	mux.HandleFunc("GET /v1/rollout/node", a.handleNodeState)
 	return mux
 }
 
@@ -30,7 +37,78 @@ func (a *Agent) peerHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", a.handleHealth)
 	mux.HandleFunc("GET /v1/info", a.handleInfo)
+	mux.HandleFunc("GET /v1/rollout/plans/{id}", a.handlePlan)
+	mux.HandleFunc("GET /v1/rollout/artifacts/{sha}", a.handleArtifact)
+	mux.HandleFunc("GET /v1/rollout/node", a.handleNodeState)
+	mux.HandleFunc("GET /v1/rollout/status", a.handleStatus)
 	return mux
+}
+
+func (a *Agent) handlePlan(w http.ResponseWriter, r *http.Request) {
+	b, err := a.engine.PlanBytes(r.PathValue("id"))
+	if err != nil {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no plan %s here", r.PathValue("id")))
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
+}
+
+func (a *Agent) handleArtifact(w http.ResponseWriter, r *http.Request) {
+	f, size, err := a.engine.OpenArtifact(r.PathValue("sha"))
+	if err != nil {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no artifact %s here", r.PathValue("sha")))
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", fmt.Sprint(size))
+	_, _ = io.Copy(w, f)
+}
+
+func (a *Agent) handleNodeState(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, a.engine.State())
+}
+
+func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
+	st, err := a.engine.Status(r.Context())
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	writeJSON(w, st)
+}
+
+func (a *Agent) handleUpload(w http.ResponseWriter, r *http.Request) {
+	sha, size, err := a.engine.ImportArtifact(http.MaxBytesReader(w, r.Body, 1<<30))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("store artifact: %w", err))
+		return
+	}
+	writeJSON(w, api.Upload{SHA256: sha, Size: size})
+}
+
+func (a *Agent) handleTrigger(w http.ResponseWriter, r *http.Request) {
+	var req upgrade.TriggerRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("decode upgrade request: %w", err))
+		return
+	}
+	res, err := a.engine.Trigger(r.Context(), req)
+	if err != nil {
+		writeError(w, http.StatusConflict, err)
+		return
+	}
+	writeJSON(w, res)
+}
+
+func (a *Agent) handleControl(w http.ResponseWriter, r *http.Request) {
+	id, err := a.engine.Control(r.Context(), r.PathValue("action"))
+	if err != nil {
+		writeError(w, http.StatusConflict, err)
+		return
+	}
+	writeJSON(w, map[string]string{"plan_id": id, "action": r.PathValue("action")})
 }
 
 var memberStatuses = []string{"alive", "leaving", "left", "failed"}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -47,6 +48,11 @@ func agentFlags() []cli.Flag {
 		&cli.StringFlag{Name: "socket", Usage: "serve the control API on this unix socket `PATH` (default DATA_DIR/peerd.sock)", EnvVars: env("SOCKET")},
 		&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error (default info)", EnvVars: env("LOG_LEVEL")},
 		&cli.BoolFlag{Name: "log-json", Usage: "log JSON lines instead of text", EnvVars: env("LOG_JSON")},
+		&cli.StringSliceFlag{Name: "trust-key", Usage: "accept artifacts signed by this minisign public key `FILE` (repeatable)", EnvVars: env("TRUST_KEY")},
+		&cli.BoolFlag{Name: "allow-unsigned", Usage: "accept unsigned artifacts when no --trust-key is given (demos and tests only)", EnvVars: env("ALLOW_UNSIGNED")},
+		&cli.StringFlag{Name: "restart", Usage: "after a self-upgrade: reexec (in place, same PID) or supervisor (exit 75 for systemd/Nomad to restart) (default reexec)", EnvVars: env("RESTART")},
+		&cli.StringFlag{Name: "health-cmd", Usage: "an upgraded node must also pass this shell `COMMAND` (exit 0) before its wave is done", EnvVars: env("HEALTH_CMD")},
+		&cli.StringFlag{Name: "health-url", Usage: "an upgraded node must also get a 2xx from this `URL` before its wave is done", EnvVars: env("HEALTH_URL")},
 		&cli.StringFlag{Name: "gossip-profile", Usage: "gossip timings: lan, wan, local, or fast (loopback demos and tests) (default lan)", EnvVars: env("GOSSIP_PROFILE")},
 	}
 }
@@ -75,6 +81,15 @@ func agentConfig(c *cli.Context) (daemon.Config, error) {
 	str("socket", &cfg.Socket)
 	str("log-level", &cfg.LogLevel)
 	str("gossip-profile", &cfg.GossipProfile)
+	str("restart", &cfg.Restart)
+	str("health-cmd", &cfg.HealthCmd)
+	str("health-url", &cfg.HealthURL)
+	if c.IsSet("trust-key") {
+		cfg.TrustKeys = c.StringSlice("trust-key")
+	}
+	if c.IsSet("allow-unsigned") {
+		cfg.AllowUnsigned = c.Bool("allow-unsigned")
+	}
 	if c.IsSet("join") {
 		cfg.Join = c.StringSlice("join")
 	}
@@ -122,7 +137,7 @@ func runAgent(c *cli.Context) error {
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(signals)
 
-	agent, err := daemon.New(cfg, daemon.Options{Logger: logger, Level: level})
+	agent, err := daemon.New(cfg, daemon.Options{Logger: logger, Level: level, HookDir: os.Getenv("PEERD_TEST_HOOK_DIR")})
 	if err != nil {
 		return err
 	}
@@ -130,13 +145,32 @@ func runAgent(c *cli.Context) error {
 	if err := agent.Start(c.Context); err != nil {
 		return err
 	}
-	if err := agent.Run(c.Context, signals, func() (daemon.Config, error) { return agentConfig(c) }); err != nil {
-		return err
-	}
-	if err := agent.Close(); err != nil {
+	runErr := agent.Run(c.Context, signals, func() (daemon.Config, error) { return agentConfig(c) })
+	if err := agent.Close(); err != nil && runErr == nil {
 		return fmt.Errorf("stop agent: %w", err)
 	}
+	if errors.Is(runErr, daemon.ErrRestart) {
+		return restart(agent.Executable(), cfg, logger)
+	}
+	if runErr != nil {
+		return runErr
+	}
 	logger.Info("agent stopped")
+	return nil
+}
+
+// restart starts the new binary after a self-upgrade: in place with the
+// same PID (systemd's Type=notify sees READY again), or by exiting with
+// daemon.ExitRestart for a supervisor to start it.
+func restart(exe string, cfg daemon.Config, logger *slog.Logger) error {
+	if cfg.Restart == daemon.RestartSupervisor {
+		logger.Info("exiting for the supervisor to start the new binary", "exit_code", daemon.ExitRestart)
+		return cli.Exit("", daemon.ExitRestart)
+	}
+	logger.Info("re-executing the new binary in place", "path", exe)
+	if err := syscall.Exec(exe, os.Args, os.Environ()); err != nil {
+		return fmt.Errorf("re-exec %s: %w", exe, err)
+	}
 	return nil
 }
 

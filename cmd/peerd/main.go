@@ -20,6 +20,10 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
 	if err := app.Run(args); err != nil {
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) && ec.Error() == "" {
+			return ec.ExitCode()
+		}
 		// Validation reports every problem at once (errors.Join); keep them on one line.
 		fmt.Fprintf(stderr, "peerd: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 		var ue usageError
@@ -50,6 +54,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			membersCommand(),
 			infoCommand(),
 			leaveCommand(),
+			upgradeCommand(),
+			mkpatchCommand(),
+			signCommand(),
 			versionCommand(),
 			keygenCommand(),
 		},

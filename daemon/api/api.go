@@ -54,3 +54,9 @@ type Health struct {
 type Error struct {
 	Error string `json:"error"`
 }
+
+// Upload is the answer to an artifact upload.
+type Upload struct {
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+}

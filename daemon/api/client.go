@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/peerd/peerd/upgrade"
 )
 
 // Client calls an agent's control API over its unix socket.
@@ -31,7 +34,7 @@ func NewClient(socket string) *Client {
 					return d.DialContext(ctx, "unix", socket)
 				},
 			},
-			Timeout: 30 * time.Second,
+			Timeout: 5 * time.Minute,
 		},
 	}
 }
@@ -59,7 +62,11 @@ func (c *Client) Leave(ctx context.Context) error {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://peerd"+path, nil)
+	return c.doBody(ctx, method, path, nil, out)
+}
+
+func (c *Client) doBody(ctx context.Context, method, path string, body io.Reader, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://peerd"+path, body)
 	if err != nil {
 		return err
 	}
@@ -71,13 +78,13 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 		return fmt.Errorf("call agent at %s: %w", c.socket, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	respBody, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
 		return fmt.Errorf("read agent answer: %w", err)
 	}
 	if resp.StatusCode/100 != 2 {
 		var e Error
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		if json.Unmarshal(respBody, &e) == nil && e.Error != "" {
 			return errors.New(e.Error)
 		}
 		return fmt.Errorf("agent answered %s", resp.Status)
@@ -85,8 +92,42 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	if out == nil {
 		return nil
 	}
-	if err := json.Unmarshal(body, out); err != nil {
+	if err := json.Unmarshal(respBody, out); err != nil {
 		return fmt.Errorf("decode agent answer: %w", err)
 	}
 	return nil
+}
+
+// UploadArtifact streams a local file to the agent's artifact store.
+func (c *Client) UploadArtifact(ctx context.Context, path string) (Upload, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Upload{}, fmt.Errorf("open artifact: %w", err)
+	}
+	defer f.Close()
+	var out Upload
+	return out, c.doBody(ctx, http.MethodPost, "/v1/rollout/artifacts", f, &out)
+}
+
+// Trigger asks the agent to plan (or dry-run) a rollout.
+func (c *Client) Trigger(ctx context.Context, req upgrade.TriggerRequest) (upgrade.TriggerResult, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return upgrade.TriggerResult{}, err
+	}
+	var out upgrade.TriggerResult
+	return out, c.doBody(ctx, http.MethodPost, "/v1/rollout/trigger", bytes.NewReader(b), &out)
+}
+
+// RolloutStatus is the cluster-wide progress of the current rollout.
+func (c *Client) RolloutStatus(ctx context.Context) (upgrade.Status, error) {
+	var out upgrade.Status
+	return out, c.do(ctx, http.MethodGet, "/v1/rollout/status", &out)
+}
+
+// Control pauses, resumes or aborts the current rollout; it returns the plan ID.
+func (c *Client) Control(ctx context.Context, action string) (string, error) {
+	var out map[string]string
+	err := c.do(ctx, http.MethodPost, "/v1/rollout/control/"+action, &out)
+	return out["plan_id"], err
 }

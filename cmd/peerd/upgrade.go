@@ -1,0 +1,278 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/peerd/peerd/daemon/api"
+	"github.com/peerd/peerd/upgrade"
+	"github.com/peerd/peerd/upgrade/plan"
+	"github.com/urfave/cli/v2"
+)
+
+func upgradeCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "upgrade",
+		Usage:     "upgrade the whole cluster to a new peerd version, one wave at a time",
+		UsageText: "peerd upgrade --to VERSION --artifact PATH|URL [options]\n   peerd upgrade status|pause|resume|abort",
+		Description: "Every node computes the same waves from the plan; a wave goes offline only while it holds\n" +
+			"a lease granted by a majority of the cluster, so at most one wave is offline at a time.\n" +
+			"Each node fetches the artifact (from a peer that has it, or this node), verifies its sha256,\n" +
+			"signature and the new binary's version, platform and protocol before going offline, swaps\n" +
+			"the binary (the old one is kept), restarts, and must stay healthy for --min-healthy before\n" +
+			"the next wave starts. A failure rolls back only the failing node and halts the rollout.\n\n" +
+			"Example:\n" +
+			"  peerd upgrade --to 2.0.0 --artifact ./peerd-2.0.0 --signature ./peerd-2.0.0.minisig --batch 3",
+		Flags: append(clientFlags(),
+			&cli.StringFlag{Name: "to", Usage: "target `VERSION` (the new binary must report it)"},
+			&cli.StringFlag{Name: "artifact", Usage: "the new peerd binary: a local `PATH` or an http(s) URL"},
+			&cli.StringFlag{Name: "signature", Usage: "minisign signature `FILE` of the artifact (see 'peerd sign')"},
+			&cli.StringFlag{Name: "patch", Usage: "bsdiff patch `FILE` (from 'peerd mkpatch') for nodes at --patch-from"},
+			&cli.StringFlag{Name: "patch-from", Usage: "the `VERSION` the patch applies to; other nodes fetch the full artifact"},
+			&cli.IntFlag{Name: "batch", Usage: "nodes per wave (default 1)"},
+			&cli.StringFlag{Name: "max-unavailable", Usage: "nodes per wave as a count `N` or a share `N%` of the cluster"},
+			&cli.IntFlag{Name: "canary", Usage: "a first wave of `N` nodes"},
+			&cli.StringFlag{Name: "by-tag", Usage: "a wave never mixes values of this tag `KEY` (e.g. zone: one zone at a time)"},
+			&cli.DurationFlag{Name: "min-healthy", Value: 10 * time.Second, Usage: "how long an upgraded node must stay healthy before the next wave"},
+			&cli.DurationFlag{Name: "deadline", Value: 5 * time.Minute, Usage: "per wave: a node not healthy by then rolls back"},
+			&cli.BoolFlag{Name: "allow-outage", Usage: "allow a wave that takes every node offline (e.g. a one-node cluster)"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "print the waves and the checks; change nothing"},
+			&cli.BoolFlag{Name: "detach", Usage: "start the rollout and return; follow it with 'peerd upgrade status'"},
+		),
+		Action: runUpgrade,
+		Subcommands: []*cli.Command{
+			{
+				Name:   "status",
+				Usage:  "show the rollout's progress per wave, and what to do if it halted",
+				Flags:  append(clientFlags(), &cli.BoolFlag{Name: "watch", Usage: "follow the rollout until it ends"}),
+				Action: runUpgradeStatus,
+			},
+			controlCommand(upgrade.ActionPause, "finish the waves in flight, then start no new wave"),
+			controlCommand(upgrade.ActionResume, "continue a paused rollout, or retry a failed node after fixing the cause"),
+			controlCommand(upgrade.ActionAbort, "stop the rollout where it is: nodes that have not gone offline stay as they are"),
+		},
+	}
+}
+
+func controlCommand(action, usage string) *cli.Command {
+	return &cli.Command{
+		Name:  action,
+		Usage: usage,
+		Flags: clientFlags()[:1],
+		Action: func(c *cli.Context) error {
+			id, err := newClient(c).Control(c.Context, action)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "%s: sent to every node for plan %s\n", action, id[:min(8, len(id))])
+			return nil
+		},
+	}
+}
+
+func runUpgrade(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("unknown upgrade subcommand %q: want status, pause, resume or abort", c.Args().First())
+	}
+	if c.String("to") == "" {
+		return usagef("--to VERSION is required")
+	}
+	if c.String("artifact") == "" {
+		return usagef("--artifact PATH|URL is required")
+	}
+	if c.IsSet("batch") && c.IsSet("max-unavailable") {
+		return usagef("give --batch or --max-unavailable, not both")
+	}
+	if (c.String("patch") == "") != (c.String("patch-from") == "") {
+		return usagef("--patch and --patch-from go together")
+	}
+	cl := newClient(c)
+	req := upgrade.TriggerRequest{
+		Version: c.String("to"),
+		Options: plan.Options{
+			Batch: c.Int("batch"), MaxUnavailable: c.String("max-unavailable"), Canary: c.Int("canary"),
+			ByTag: c.String("by-tag"), MinHealthy: c.Duration("min-healthy"), Deadline: c.Duration("deadline"),
+			AllowOutage: c.Bool("allow-outage"),
+		},
+		DryRun: c.Bool("dry-run"),
+	}
+	art := c.String("artifact")
+	if strings.HasPrefix(art, "http://") || strings.HasPrefix(art, "https://") {
+		req.URL = art
+	} else {
+		up, err := cl.UploadArtifact(c.Context, art)
+		if err != nil {
+			return err
+		}
+		req.ArtifactSHA256 = up.SHA256
+	}
+	if sig := c.String("signature"); sig != "" {
+		b, err := os.ReadFile(sig)
+		if err != nil {
+			return fmt.Errorf("read signature: %w", err)
+		}
+		req.Signature = string(b)
+	}
+	if p := c.String("patch"); p != "" {
+		up, err := cl.UploadArtifact(c.Context, p)
+		if err != nil {
+			return err
+		}
+		req.PatchSHA256, req.PatchFrom = up.SHA256, c.String("patch-from")
+	}
+	res, err := cl.Trigger(c.Context, req)
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") && (req.DryRun || c.Bool("detach")) {
+		return printJSON(c, res)
+	}
+	w := c.App.Writer
+	if req.DryRun {
+		fmt.Fprintf(w, "dry run: plan %s would upgrade %d nodes to %s in %d waves\n", res.PlanID[:8], len(res.Plan.Members), res.Plan.Version, len(res.Waves))
+	} else {
+		fmt.Fprintf(w, "plan %s: upgrading %d nodes to %s in %d waves\n", res.PlanID[:8], len(res.Plan.Members), res.Plan.Version, len(res.Waves))
+	}
+	fmt.Fprint(w, upgrade.WavesText(res.Waves))
+	fmt.Fprintln(w, "checked:")
+	for _, ch := range res.Checks {
+		fmt.Fprintf(w, "  - %s\n", ch)
+	}
+	if req.DryRun {
+		fmt.Fprintln(w, "nothing changed (dry run)")
+		return nil
+	}
+	if c.Bool("detach") {
+		fmt.Fprintln(w, "follow it with: peerd upgrade status --watch")
+		return nil
+	}
+	return watch(c, cl, res.PlanID)
+}
+
+func runUpgradeStatus(c *cli.Context) error {
+	cl := newClient(c)
+	if c.Bool("watch") {
+		return watch(c, cl, "")
+	}
+	st, err := cl.RolloutStatus(c.Context)
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return printJSON(c, st)
+	}
+	printStatus(c.App.Writer, st)
+	return nil
+}
+
+// watch follows a rollout until it ends: one line per change, then the
+// table. It exits 0 only when every node runs the target.
+func watch(c *cli.Context, cl *api.Client, planID string) error {
+	w := c.App.Writer
+	last := ""
+	for {
+		st, err := cl.RolloutStatus(c.Context)
+		if err != nil {
+			return err
+		}
+		if planID != "" && st.PlanID != "" && st.PlanID != planID {
+			return fmt.Errorf("another plan (%s) replaced %s", st.PlanID[:8], planID[:8])
+		}
+		if line := progressLine(st); line != last && !c.Bool("json") {
+			fmt.Fprintln(w, line)
+			last = line
+		}
+		switch st.State {
+		case upgrade.StateComplete:
+			if c.Bool("json") {
+				return printJSON(c, st)
+			}
+			printStatus(w, st)
+			return nil
+		case upgrade.StateHalted, upgrade.StateAborted, upgrade.StateNone:
+			if c.Bool("json") {
+				_ = printJSON(c, st)
+			} else {
+				printStatus(w, st)
+			}
+			return fmt.Errorf("rollout %s", st.State)
+		}
+		select {
+		case <-c.Context.Done():
+			return c.Context.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func progressLine(st upgrade.Status) string {
+	const width = 20
+	filled := 0
+	if st.Total > 0 {
+		filled = st.Done * width / st.Total
+	}
+	bar := strings.Repeat("#", filled) + strings.Repeat(".", width-filled)
+	var busy []string
+	for _, wv := range st.Waves {
+		for _, n := range wv.Nodes {
+			if n.Phase != upgrade.PhaseDone && n.Phase != upgrade.PhaseWait {
+				busy = append(busy, fmt.Sprintf("%s %s", n.Name, phaseWord(n.Phase)))
+			}
+		}
+	}
+	sort.Strings(busy)
+	line := fmt.Sprintf("[%s] %d/%d done  %s", bar, st.Done, st.Total, st.State)
+	if len(busy) > 0 {
+		line += "  " + strings.Join(busy, ", ")
+	}
+	return line
+}
+
+func phaseWord(p upgrade.Phase) string {
+	switch p {
+	case upgrade.PhasePrepare:
+		return "preparing"
+	case upgrade.PhaseReady:
+		return "waiting for lease"
+	case upgrade.PhaseApply, upgrade.PhaseRestart:
+		return "offline"
+	case upgrade.PhaseHealth:
+		return "verifying"
+	case upgrade.PhaseFailed:
+		return "FAILED"
+	case upgrade.PhaseAborted:
+		return "aborted"
+	}
+	return string(p)
+}
+
+func printStatus(w io.Writer, st upgrade.Status) {
+	if st.State == upgrade.StateNone {
+		fmt.Fprintln(w, "no rollout")
+		return
+	}
+	fmt.Fprintf(w, "plan %s: %s to %s — %s, %d/%d nodes done\n", st.PlanID[:8], st.Target, st.Version, st.State, st.Done, st.Total)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "WAVE\tNODE\tPHASE\tVERSION\tMEMBER\tREASON")
+	for _, wv := range st.Waves {
+		label := fmt.Sprint(wv.Index + 1)
+		if wv.Canary {
+			label += " (canary)"
+		}
+		if wv.Late {
+			label += " (joined late)"
+		}
+		for _, n := range wv.Nodes {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", label, n.Name, phaseWord(n.Phase), n.Version, n.Member, n.Reason)
+		}
+	}
+	tw.Flush()
+	if st.Hint != "" {
+		fmt.Fprintln(w, st.Hint)
+	}
+}

@@ -1,0 +1,495 @@
+package upgrade
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"aead.dev/minisign"
+	"github.com/peerd/peerd/buildinfo"
+	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/upgrade/artifact"
+	"github.com/peerd/peerd/upgrade/lease"
+	"github.com/peerd/peerd/upgrade/plan"
+)
+
+// Serf event and query names. Payloads stay far below Serf's limits: plans
+// and artifacts travel over the peer HTTP API, addressed by their sha256.
+const (
+	eventPlan    = "peerd-plan"
+	eventControl = "peerd-ctl"
+	queryLease   = "peerd-lease"
+)
+
+// TargetPeerd is the target name of peerd's own binary.
+const TargetPeerd = "peerd"
+
+// Network is what the engine needs of the cluster; *cluster.Cluster has it.
+type Network interface {
+	LocalMember() cluster.Member
+	Members() []cluster.Member
+	ProtocolRange() cluster.ProtocolRange
+	SetTag(key, value string) error
+	Broadcast(name string, payload []byte) error
+	Query(ctx context.Context, name string, payload []byte, nodes []string, timeout time.Duration) (map[string][]byte, error)
+}
+
+// Config configures a node's rollout engine.
+type Config struct {
+	// DataDir is the agent's data dir; the engine keeps its files in DataDir/rollout.
+	DataDir string
+	// Executable is the binary a self-upgrade replaces (the running one).
+	Executable string
+	// Build is the running binary's identity.
+	Build buildinfo.Info
+	// TrustedKeys verify artifact signatures. With none, unsigned artifacts
+	// are refused unless AllowUnsigned.
+	TrustedKeys   []minisign.PublicKey
+	AllowUnsigned bool
+	// Healthy is the node's health check during the health gate: joined,
+	// its own checks, and the operator's check command or URL.
+	Healthy func(ctx context.Context) error
+	// RequestRestart asks the agent to restart into Executable (by re-exec
+	// or by exiting for its supervisor). It must not block.
+	RequestRestart func()
+	// PeerHTTPAddr is the peer HTTP address a member advertises.
+	PeerHTTPAddr func(cluster.Member) string
+	// PollInterval paces the state machine when nothing wakes it.
+	PollInterval time.Duration
+	// QueryTimeout bounds one round of lease queries.
+	QueryTimeout time.Duration
+	Clock        lease.Clock
+	Logger       *slog.Logger
+	HTTPClient   *http.Client
+	// HookDir, when set, lets tests pause the node before a phase: while
+	// the file HookDir/pause-<phase> exists, the node writes
+	// HookDir/at-<phase> and waits there (so a test can kill it at that step).
+	HookDir string
+}
+
+// DefaultConfig fills in the timings and collaborators that have defaults.
+func (c Config) withDefaults() Config {
+	if c.PollInterval <= 0 {
+		c.PollInterval = 100 * time.Millisecond
+	}
+	if c.QueryTimeout <= 0 {
+		c.QueryTimeout = 3 * time.Second
+	}
+	if c.Clock == nil {
+		c.Clock = lease.RealClock{}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.HTTPClient == nil {
+		c.HTTPClient = &http.Client{Timeout: 5 * time.Minute}
+	}
+	if c.Healthy == nil {
+		c.Healthy = func(context.Context) error { return nil }
+	}
+	if c.RequestRestart == nil {
+		c.RequestRestart = func() {}
+	}
+	return c
+}
+
+// Engine runs this node's part of every rollout: it adopts plans, waits for
+// its wave, prepares, takes the lease, applies, restarts, and passes the
+// health gate. One goroutine owns the state machine; lease queries from
+// other nodes are answered concurrently by the granter.
+type Engine struct {
+	cfg     Config
+	net     Network
+	log     *slog.Logger
+	dir     string
+	store   *artifact.Store
+	granter *lease.Granter
+
+	kick       chan struct{}
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+	restarting atomic.Bool
+	served     atomic.Int64 // artifact bytes served to peers
+
+	mu           sync.Mutex // guards the fields below
+	state        NodeState
+	plans        map[string]plan.Plan
+	announced    []string // plan IDs heard of, not yet adopted
+	pendingCtl   []controlMsg
+	healthySince time.Time
+	lastHealth   error
+}
+
+// New opens the engine's files. It starts nothing.
+func New(cfg Config, net Network) (*Engine, error) {
+	cfg = cfg.withDefaults()
+	if cfg.DataDir == "" || cfg.Executable == "" {
+		return nil, errors.New("rollout engine: data dir and executable are required")
+	}
+	dir := filepath.Join(cfg.DataDir, "rollout")
+	for _, d := range []string{dir, filepath.Join(dir, "plans"), filepath.Join(dir, "staged")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create rollout dir: %w", err)
+		}
+	}
+	store, err := artifact.NewStore(filepath.Join(dir, "artifacts"))
+	if err != nil {
+		return nil, err
+	}
+	granter, err := lease.NewGranter(filepath.Join(dir, "grants.json"), cfg.Clock)
+	if err != nil {
+		return nil, err
+	}
+	st, err := LoadState(filepath.Join(dir, "state.json"))
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		cfg: cfg, net: net, dir: dir, store: store, granter: granter,
+		log:   cfg.Logger.With("component", "rollout"),
+		kick:  make(chan struct{}, 1),
+		state: st,
+		plans: map[string]plan.Plan{},
+	}
+	return e, nil
+}
+
+// Start resumes whatever the state file says this node was doing, then
+// runs the state machine until Close.
+func (e *Engine) Start(ctx context.Context) error {
+	if err := e.recover(); err != nil {
+		return err
+	}
+	e.publish()
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	e.cancel = cancel
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.run(ctx)
+	}()
+	return nil
+}
+
+// Close stops the state machine and waits for it.
+func (e *Engine) Close() {
+	if e.cancel != nil {
+		e.cancel()
+	}
+	e.wg.Wait()
+}
+
+// recover decides, once per process start, what an interrupted step means
+// now that this binary is running.
+func (e *Engine) recover() error {
+	st := e.State()
+	if !st.Active() {
+		return nil
+	}
+	running := e.cfg.Build.Version
+	log := e.log.With("plan", short(st.PlanID), "phase", st.Phase)
+	switch st.Phase {
+	case PhaseApply, PhaseRestart, PhaseHealth:
+		if running == st.ToVersion {
+			st.Starts++
+			st.Phase = PhaseHealth
+			log.Info("started at the target version; entering the health gate", "version", running, "starts", st.Starts)
+			return e.save(st)
+		}
+		if st.Phase == PhaseApply {
+			log.Info("interrupted while applying; applying again", "version", running)
+			return nil
+		}
+		// The old binary is running although the swap was done: whatever
+		// brought it back, this node is not upgraded. Make sure the old
+		// binary stays, and report.
+		st.Phase = PhaseFailed
+		st.Reason = fmt.Sprintf("the new binary (%s) did not stay up; the node is back at %s", st.ToVersion, running)
+		st.RolledBackFrom = appendUnique(st.RolledBackFrom, st.ToVersion)
+		log.Warn("rolled back", "reason", st.Reason)
+		return e.save(st)
+	}
+	return nil
+}
+
+func (e *Engine) run(ctx context.Context) {
+	t := time.NewTicker(e.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		if e.restarting.Load() {
+			<-ctx.Done()
+			return
+		}
+		e.step(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-e.kick:
+		}
+	}
+}
+
+func (e *Engine) wake() {
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+}
+
+// step advances the state machine by at most one phase.
+func (e *Engine) step(ctx context.Context) {
+	e.applyControl()
+	st := e.State()
+	if !st.Active() {
+		e.adopt(ctx, st)
+		return
+	}
+	p, err := e.planByID(ctx, st.PlanID)
+	if err != nil {
+		e.log.Warn("plan not available yet", "plan", short(st.PlanID), "err", err)
+		return
+	}
+	waves, err := p.Waves()
+	if err != nil {
+		e.fail(st, fmt.Sprintf("compute waves: %v", err), false)
+		return
+	}
+	log := e.log.With("plan", p.ShortID(), "wave", st.Wave)
+	switch st.Phase {
+	case PhaseWait:
+		if st.Paused || !e.earlierWavesDone(p, waves, st.Wave) {
+			return
+		}
+		e.hook(PhasePrepare)
+		st.Phase = PhasePrepare
+		e.transition(st, log)
+	case PhasePrepare:
+		if err := e.prepare(ctx, p); err != nil {
+			e.fail(st, fmt.Sprintf("prepare: %v", err), false)
+			return
+		}
+		st.Phase = PhaseReady
+		e.transition(st, log)
+	case PhaseReady:
+		if st.Paused {
+			return
+		}
+		granted, why := e.requestLease(ctx, p, st.Wave)
+		if !granted {
+			log.Debug("lease not granted yet", "why", why)
+			return
+		}
+		e.hook(PhaseApply)
+		st.Phase = PhaseApply
+		st.LeaseAt = e.cfg.Clock.Now()
+		e.transition(st, log)
+		e.apply(p, st, log)
+	case PhaseApply:
+		e.apply(p, st, log)
+	case PhaseHealth:
+		e.healthGate(ctx, p, st, log)
+	}
+}
+
+// transition persists the new phase, then tells the cluster.
+func (e *Engine) transition(st NodeState, log *slog.Logger) {
+	if err := e.save(st); err != nil {
+		log.Error("persist rollout state", "err", err)
+		return
+	}
+	log.Info("rollout phase", "phase", st.Phase, "from", st.FromVersion, "to", st.ToVersion)
+	e.publish()
+}
+
+// fail marks this node failed for its plan; when it had gone offline, it
+// restores the kept binary and restarts into it.
+func (e *Engine) fail(st NodeState, reason string, rollback bool) {
+	st.Phase = PhaseFailed
+	st.Reason = reason
+	log := e.log.With("plan", short(st.PlanID), "wave", st.Wave)
+	if rollback {
+		st.RolledBackFrom = appendUnique(st.RolledBackFrom, st.ToVersion)
+		if err := artifact.Restore(e.cfg.Executable, e.keptPath()); err != nil {
+			st.Reason += fmt.Sprintf("; restoring the kept binary failed too: %v", err)
+		}
+	}
+	e.transition(st, log)
+	log.Error("rollout failed on this node; the rollout halts", "reason", reason, "rolled_back", rollback)
+	if rollback {
+		e.restarting.Store(true)
+		e.cfg.RequestRestart()
+	}
+}
+
+func (e *Engine) keptPath() string { return e.cfg.Executable + ".old" }
+
+func (e *Engine) stagedPath(p plan.Plan) string {
+	return filepath.Join(e.dir, "staged", "peerd-"+p.Artifact.SHA256[:16])
+}
+
+// apply swaps in the prepared binary, keeping the old one, and restarts.
+func (e *Engine) apply(p plan.Plan, st NodeState, log *slog.Logger) {
+	if err := artifact.Install(e.stagedPath(p), e.cfg.Executable, e.keptPath()); err != nil {
+		e.fail(st, fmt.Sprintf("apply: %v", err), false)
+		return
+	}
+	e.hook(PhaseRestart)
+	st.Phase = PhaseRestart
+	e.transition(st, log)
+	e.restarting.Store(true)
+	e.cfg.RequestRestart()
+}
+
+// healthGate runs in the new binary: healthy without a break for
+// MinHealthy means done; no health by the wave's deadline means rollback.
+func (e *Engine) healthGate(ctx context.Context, p plan.Plan, st NodeState, log *slog.Logger) {
+	now := e.cfg.Clock.Now()
+	const maxStarts = 3
+	if st.Starts > maxStarts {
+		e.fail(st, fmt.Sprintf("health gate: the new binary started %d times without passing", st.Starts), true)
+		return
+	}
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := e.cfg.Healthy(hctx)
+	cancel()
+	e.mu.Lock()
+	if err != nil {
+		e.healthySince = time.Time{}
+		e.lastHealth = err
+	} else if e.healthySince.IsZero() {
+		e.healthySince = now
+	}
+	since, last := e.healthySince, e.lastHealth
+	e.mu.Unlock()
+
+	if !since.IsZero() && now.Sub(since) >= p.Options.MinHealthy {
+		st.Phase = PhaseDone
+		st.Reason = ""
+		e.transition(st, log)
+		return
+	}
+	if now.Sub(st.LeaseAt) > p.Options.Deadline {
+		reason := fmt.Sprintf("health gate: not healthy for %s within the %s deadline", p.Options.MinHealthy, p.Options.Deadline)
+		if last != nil {
+			reason += ": " + last.Error()
+		}
+		e.fail(st, reason, true)
+	}
+}
+
+// earlierWavesDone reports whether this node sees every wave before w done.
+// A member that left the cluster does not hold the rollout up.
+func (e *Engine) earlierWavesDone(p plan.Plan, waves []plan.Wave, w int) bool {
+	phases := e.phases(p)
+	present := map[string]bool{}
+	for _, m := range e.net.Members() {
+		present[m.Name] = m.Status != "left"
+	}
+	for i := 0; i < w && i < len(waves); i++ {
+		for _, n := range waves[i].Nodes {
+			if present[n] && phases[n] != PhaseDone {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (e *Engine) waveDone(p plan.Plan, waves []plan.Wave, w int) bool {
+	return e.earlierWavesDone(p, waves, w+1)
+}
+
+// phases maps member name to its phase in plan p, as tags tell it.
+func (e *Engine) phases(p plan.Plan) map[string]Phase {
+	out := map[string]Phase{}
+	for _, m := range e.net.Members() {
+		if pr, ok := ParseProgress(m.Tags[TagRollout]); ok && pr.PlanShort == p.ShortID() {
+			out[m.Name] = pr.Phase
+		}
+	}
+	return out
+}
+
+// State returns a copy of this node's rollout state.
+func (e *Engine) State() NodeState {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := e.state
+	s.RolledBackFrom = slices.Clone(s.RolledBackFrom)
+	return s
+}
+
+func (e *Engine) save(st NodeState) error {
+	st.Updated = e.cfg.Clock.Now().UTC()
+	if err := SaveState(filepath.Join(e.dir, "state.json"), st); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.state = st
+	e.mu.Unlock()
+	return nil
+}
+
+// publish puts this node's progress into its "r" tag.
+func (e *Engine) publish() {
+	st := e.State()
+	val := ""
+	if st.PlanID != "" {
+		val = Progress{PlanShort: short(st.PlanID), Wave: st.Wave, Phase: st.Phase}.String()
+	}
+	if err := e.net.SetTag(TagRollout, val); err != nil {
+		e.log.Warn("publish rollout progress", "err", err)
+	}
+}
+
+// hook pauses at a phase while a test asks it to.
+func (e *Engine) hook(ph Phase) {
+	if e.cfg.HookDir == "" {
+		return
+	}
+	pause := filepath.Join(e.cfg.HookDir, "pause-"+string(ph))
+	if _, err := os.Stat(pause); err != nil {
+		return
+	}
+	_ = os.WriteFile(filepath.Join(e.cfg.HookDir, "at-"+string(ph)), nil, 0o600)
+	for {
+		if _, err := os.Stat(pause); err != nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func short(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}
+
+func appendUnique(list []string, v string) []string {
+	if slices.Contains(list, v) {
+		return list
+	}
+	return append(list, v)
+}
+
+func checkPlatform(info buildinfo.Info) error {
+	if info.OS != runtime.GOOS || info.Arch != runtime.GOARCH {
+		return fmt.Errorf("artifact is for %s/%s, this node is %s/%s", info.OS, info.Arch, runtime.GOOS, runtime.GOARCH)
+	}
+	return nil
+}
+
+func decodeJSON(b []byte, v any) error { return json.Unmarshal(b, v) }

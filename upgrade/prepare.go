@@ -1,0 +1,189 @@
+package upgrade
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"runtime"
+	"sort"
+
+	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/upgrade/artifact"
+	"github.com/peerd/peerd/upgrade/plan"
+)
+
+// ErrUnsigned is returned when an artifact has no signature and the agent
+// was not told to accept that.
+var ErrUnsigned = errors.New("unsigned artifact refused: start the agent with --trust-key FILE and sign the artifact (peerd sign), or pass --allow-unsigned to the agent for demos and tests")
+
+// prepare gets the plan's artifact into the store (by patch where this
+// node runs the patch's base version), verifies digest and signature, and
+// runs the new binary's preflight. It all happens online, before the lease.
+func (e *Engine) prepare(ctx context.Context, p plan.Plan) error {
+	sha := p.Artifact.SHA256
+	if !e.store.Has(sha) && p.Patch != nil && p.Patch.FromVersion == e.cfg.Build.Version {
+		if err := e.preparePatch(ctx, p); err != nil {
+			e.log.Warn("patch failed; falling back to the full artifact", "plan", p.ShortID(), "err", err)
+		}
+	}
+	if !e.store.Has(sha) {
+		if err := e.fetch(ctx, p, sha); err != nil {
+			return err
+		}
+	}
+	data, err := os.ReadFile(e.store.Path(sha))
+	if err != nil {
+		return fmt.Errorf("read artifact: %w", err)
+	}
+	if err := e.verifySignature(p, data); err != nil {
+		return err
+	}
+	staged := e.stagedPath(p)
+	if err := writeFileAtomic(staged, data, 0o755); err != nil {
+		return fmt.Errorf("stage artifact: %w", err)
+	}
+	info, err := artifact.Preflight(ctx, staged)
+	if err != nil {
+		return fmt.Errorf("preflight: %w", err)
+	}
+	return artifact.CheckBuild(info, p.Version, runtime.GOOS, runtime.GOARCH, e.net.ProtocolRange().Max)
+}
+
+// preparePatch fetches the plan's patch, applies it to the running binary
+// and stores the result only if it hashes to the full artifact's digest.
+func (e *Engine) preparePatch(ctx context.Context, p plan.Plan) error {
+	if !e.store.Has(p.Patch.SHA256) {
+		if err := e.fetch(ctx, p, p.Patch.SHA256); err != nil {
+			return err
+		}
+	}
+	f, err := e.store.Open(p.Patch.SHA256)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var out bytes.Buffer
+	if err := artifact.ApplyPatch(e.cfg.Executable, f, &out); err != nil {
+		return fmt.Errorf("apply patch to %s: %w", e.cfg.Executable, err)
+	}
+	if _, _, err := e.store.Put(&out, p.Artifact.SHA256); err != nil {
+		return fmt.Errorf("patched binary: %w", err)
+	}
+	e.log.Info("built the new binary from the patch", "plan", p.ShortID(), "patch_bytes", p.Patch.Size)
+	return nil
+}
+
+func (e *Engine) verifySignature(p plan.Plan, data []byte) error {
+	sig := p.Artifact.Signature
+	if len(e.cfg.TrustedKeys) == 0 {
+		if e.cfg.AllowUnsigned {
+			return nil
+		}
+		return ErrUnsigned
+	}
+	if sig == "" {
+		return fmt.Errorf("artifact %s is not signed and this agent trusts only signed artifacts: sign it (peerd sign) and pass --signature", short(p.Artifact.SHA256))
+	}
+	m, err := artifact.VerifySignature(e.cfg.TrustedKeys, data, []byte(sig))
+	if err != nil {
+		return err
+	}
+	want := artifact.Manifest{Target: p.Target, Version: p.Version, OS: runtime.GOOS, Arch: runtime.GOARCH, SHA256: p.Artifact.SHA256}
+	if err := m.Check(want); err != nil {
+		return fmt.Errorf("signature vouches for another artifact: %w", err)
+	}
+	return nil
+}
+
+// fetch gets a blob by digest from the peers that have it first, then the
+// plan's origin, then its URL, so origin egress stays near one copy however
+// large the fleet. The store checks the digest as it writes.
+func (e *Engine) fetch(ctx context.Context, p plan.Plan, sha string) error {
+	var errs []error
+	for _, m := range e.sources(p, sha) {
+		resp, err := e.open(ctx, m, "/v1/rollout/artifacts/"+sha)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		_, _, err = e.store.Put(resp.Body, sha)
+		resp.Body.Close()
+		if err == nil {
+			e.log.Info("fetched artifact", "plan", p.ShortID(), "sha256", short(sha), "from", m.Name)
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("from %s: %w", m.Name, err))
+	}
+	if p.Artifact.URL != "" && sha == p.Artifact.SHA256 {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.Artifact.URL, nil)
+		if err == nil {
+			var resp *http.Response
+			if resp, err = e.cfg.HTTPClient.Do(req); err == nil {
+				if resp.StatusCode == http.StatusOK {
+					_, _, err = e.store.Put(resp.Body, sha)
+				} else {
+					err = errors.New(resp.Status)
+				}
+				resp.Body.Close()
+			}
+		}
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("from %s: %w", p.Artifact.URL, err))
+	}
+	return fmt.Errorf("fetch %s: no source served it: %w", short(sha), errors.Join(errs...))
+}
+
+// sources orders the members to fetch a blob from: nodes past the prepare
+// phase of this plan (they hold it) in an order spread by the digest, then
+// the plan's origin.
+func (e *Engine) sources(p plan.Plan, sha string) []cluster.Member {
+	var have []cluster.Member
+	var origin *cluster.Member
+	for _, m := range e.peers() {
+		if m.Name == p.Origin {
+			origin = &m
+			continue
+		}
+		pr, ok := ParseProgress(m.Tags[TagRollout])
+		if ok && pr.PlanShort == p.ShortID() && pr.Phase != PhaseWait && pr.Phase != PhasePrepare && pr.Phase != PhaseFailed {
+			have = append(have, m)
+		}
+	}
+	rank := func(name string) string {
+		h := sha256.Sum256([]byte(sha + name + e.net.LocalMember().Name))
+		return string(h[:])
+	}
+	sort.Slice(have, func(i, j int) bool { return rank(have[i].Name) < rank(have[j].Name) })
+	if origin != nil {
+		have = append(have, *origin)
+	}
+	return have
+}
+
+// OpenArtifact opens a stored blob for a peer, counting what is served.
+func (e *Engine) OpenArtifact(sha string) (io.ReadSeekCloser, int64, error) {
+	if !e.store.Has(sha) {
+		return nil, 0, os.ErrNotExist
+	}
+	f, err := e.store.Open(sha)
+	if err != nil {
+		return nil, 0, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	e.served.Add(st.Size())
+	return f, st.Size(), nil
+}
+
+// BytesServed is how many artifact bytes this node has served to peers.
+func (e *Engine) BytesServed() int64 { return e.served.Load() }

@@ -1,0 +1,121 @@
+package upgrade
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// Phase is a node's step in a rollout. Its short form goes into the "r" tag.
+type Phase string
+
+// The per-node state machine, in order. A node is offline from PhaseApply
+// until PhaseHealth.
+const (
+	PhaseWait    Phase = "wait"    // plan known; earlier waves not done yet
+	PhasePrepare Phase = "prep"    // fetching and verifying the artifact (online)
+	PhaseReady   Phase = "ready"   // prepared; asking for the wave's lease
+	PhaseApply   Phase = "apply"   // lease held; swapping the binary (offline)
+	PhaseRestart Phase = "restart" // swapped; restarting into the new binary
+	PhaseHealth  Phase = "health"  // new version up; health gate running
+	PhaseDone    Phase = "done"    // upgraded and healthy (or already at the target)
+	PhaseFailed  Phase = "fail"    // failed and rolled back if it had gone offline
+	PhaseAborted Phase = "abort"   // the operator aborted the plan before this node started
+)
+
+// Terminal reports whether the node is finished with its plan.
+func (p Phase) Terminal() bool { return p == PhaseDone || p == PhaseFailed || p == PhaseAborted }
+
+// Offline reports whether a node in this phase is not serving.
+func (p Phase) Offline() bool { return p == PhaseApply || p == PhaseRestart }
+
+// NodeState is this node's part of a rollout. Every change is written to
+// disk (temp file, fsync, rename) before the node acts on it, so that a node
+// killed at any instant resumes or rolls back from what it last wrote.
+type NodeState struct {
+	PlanID      string    `json:"plan_id,omitempty"`
+	Wave        int       `json:"wave"`
+	Phase       Phase     `json:"phase,omitempty"`
+	FromVersion string    `json:"from_version,omitempty"`
+	ToVersion   string    `json:"to_version,omitempty"`
+	Reason      string    `json:"reason,omitempty"`
+	LeaseAt     time.Time `json:"lease_at,omitzero"`
+	// Starts counts how often the new binary started in PhaseRestart or
+	// PhaseHealth; a binary that keeps crashing is rolled back.
+	Starts int `json:"starts,omitempty"`
+	// Paused holds the node before its next lease request.
+	Paused bool `json:"paused,omitempty"`
+	// RolledBackFrom lists versions this node rolled back from. It does not
+	// retry them on its own (no rollback loop); only `resume` or a new plan
+	// naming the version again clears one.
+	RolledBackFrom []string  `json:"rolled_back_from,omitempty"`
+	Updated        time.Time `json:"updated"`
+}
+
+// Active reports whether the node is in a rollout that is not finished.
+func (s NodeState) Active() bool { return s.PlanID != "" && !s.Phase.Terminal() }
+
+func (s NodeState) rolledBackFrom(v string) bool { return slices.Contains(s.RolledBackFrom, v) }
+
+// LoadState reads the state file; a missing file is the zero state.
+func LoadState(path string) (NodeState, error) {
+	var s NodeState
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return s, fmt.Errorf("read rollout state: %w", err)
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, fmt.Errorf("rollout state %s is corrupt: %w; move it aside to start afresh", path, err)
+	}
+	return s, nil
+}
+
+// SaveState writes s durably: temp file, fsync, rename, fsync of the dir.
+func SaveState(path string, s NodeState) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, b, 0o600)
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("rename into %s: %w", path, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil
+	}
+	defer d.Close()
+	_ = d.Sync()
+	return nil
+}

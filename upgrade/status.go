@@ -1,0 +1,204 @@
+package upgrade
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/upgrade/plan"
+)
+
+// Rollout states, as `peerd upgrade status` reports them.
+const (
+	StateNone     = "none"
+	StateRunning  = "running"
+	StatePaused   = "paused"
+	StateHalted   = "halted"
+	StateComplete = "complete"
+	StateAborted  = "aborted"
+)
+
+// Status is the cluster-wide progress of the latest plan this node knows.
+type Status struct {
+	PlanID   string       `json:"plan_id,omitempty"`
+	Target   string       `json:"target,omitempty"`
+	Version  string       `json:"version,omitempty"`
+	Rollback bool         `json:"rollback,omitempty"`
+	State    string       `json:"state"`
+	Waves    []WaveStatus `json:"waves,omitempty"`
+	Done     int          `json:"done"`
+	Total    int          `json:"total"`
+	Failed   []NodeStatus `json:"failed,omitempty"`
+	Hint     string       `json:"hint,omitempty"`
+}
+
+// WaveStatus is one wave's progress.
+type WaveStatus struct {
+	Index  int          `json:"index"`
+	Canary bool         `json:"canary,omitempty"`
+	Late   bool         `json:"late,omitempty"` // nodes that joined after the plan was made
+	Tag    string       `json:"tag,omitempty"`
+	Nodes  []NodeStatus `json:"nodes"`
+}
+
+// NodeStatus is one node's progress.
+type NodeStatus struct {
+	Name    string `json:"name"`
+	Phase   Phase  `json:"phase"`
+	Version string `json:"version"`
+	Member  string `json:"member"` // Serf status: alive, failed, left
+	Reason  string `json:"reason,omitempty"`
+}
+
+// Status computes the rollout's progress from every member's tag, and asks
+// failed nodes for their reason.
+func (e *Engine) Status(ctx context.Context) (Status, error) {
+	st := e.State()
+	if st.PlanID == "" {
+		return Status{State: StateNone}, nil
+	}
+	p, err := e.planByID(ctx, st.PlanID)
+	if err != nil {
+		return Status{}, err
+	}
+	waves, err := p.Waves()
+	if err != nil {
+		return Status{}, err
+	}
+	members := map[string]cluster.Member{}
+	for _, m := range e.net.Members() {
+		members[m.Name] = m
+	}
+	phases := e.phases(p)
+	out := Status{PlanID: p.ID(), Target: p.Target, Version: p.Version, Rollback: p.Rollback}
+	node := func(name string) NodeStatus {
+		m, ok := members[name]
+		ns := NodeStatus{Name: name, Phase: phases[name], Version: m.Version, Member: m.Status}
+		if !ok {
+			ns.Member = "gone"
+		}
+		if ns.Phase == "" {
+			ns.Phase = PhaseWait
+		}
+		return ns
+	}
+	inSnapshot := map[string]bool{}
+	for _, w := range waves {
+		ws := WaveStatus{Index: w.Index, Canary: w.Canary, Tag: w.Tag}
+		for _, n := range w.Nodes {
+			inSnapshot[n] = true
+			ws.Nodes = append(ws.Nodes, node(n))
+		}
+		out.Waves = append(out.Waves, ws)
+	}
+	var late []string
+	for name := range phases {
+		if !inSnapshot[name] {
+			late = append(late, name)
+		}
+	}
+	if len(late) > 0 {
+		sort.Strings(late)
+		ws := WaveStatus{Index: len(waves), Late: true}
+		for _, n := range late {
+			ws.Nodes = append(ws.Nodes, node(n))
+		}
+		out.Waves = append(out.Waves, ws)
+	}
+	aborted := false
+	for wi := range out.Waves {
+		for ni := range out.Waves[wi].Nodes {
+			ns := &out.Waves[wi].Nodes[ni]
+			if ns.Member == "left" || ns.Member == "gone" {
+				continue
+			}
+			out.Total++
+			switch ns.Phase {
+			case PhaseDone:
+				out.Done++
+			case PhaseAborted:
+				aborted = true
+			case PhaseFailed:
+				ns.Reason = e.reasonOf(ctx, members[ns.Name])
+				out.Failed = append(out.Failed, *ns)
+			}
+		}
+	}
+	switch {
+	case len(out.Failed) > 0:
+		out.State = StateHalted
+		f := out.Failed[0]
+		out.Hint = fmt.Sprintf("node %s failed: %s. Later waves will not start. Fix the cause and run 'peerd upgrade resume', "+
+			"or stop here with 'peerd upgrade abort', or go back with 'peerd upgrade rollback'.", f.Name, f.Reason)
+	case out.Done == out.Total:
+		out.State = StateComplete
+	case aborted:
+		out.State = StateAborted
+	case st.Paused:
+		out.State = StatePaused
+		out.Hint = "paused: no new wave starts; 'peerd upgrade resume' continues"
+	default:
+		out.State = StateRunning
+	}
+	return out, nil
+}
+
+// reasonOf asks a failed node why (the tag has no room for it).
+func (e *Engine) reasonOf(ctx context.Context, m cluster.Member) string {
+	if m.Name == e.net.LocalMember().Name {
+		return e.State().Reason
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	b, err := e.get(ctx, m, "/v1/rollout/node", 64<<10)
+	if err != nil {
+		return "(reason unavailable: " + err.Error() + ")"
+	}
+	var st NodeState
+	if decodeJSON(b, &st) != nil {
+		return "(reason unavailable)"
+	}
+	return st.Reason
+}
+
+// Summary is the one-line progress for systemd's STATUS and logs.
+func (s Status) Summary() string {
+	if s.State == StateNone {
+		return ""
+	}
+	wave, nwaves := 0, len(s.Waves)
+	for i, w := range s.Waves {
+		for _, n := range w.Nodes {
+			if n.Phase != PhaseDone {
+				wave = i + 1
+				break
+			}
+		}
+		if wave != 0 {
+			break
+		}
+	}
+	if wave == 0 {
+		wave = nwaves
+	}
+	return fmt.Sprintf("rollout %s: %s, wave %d/%d, %d/%d nodes done", short(s.PlanID), s.State, wave, nwaves, s.Done, s.Total)
+}
+
+// WavesText renders waves for --dry-run and logs.
+func WavesText(waves []plan.Wave) string {
+	var b strings.Builder
+	for _, w := range waves {
+		label := ""
+		if w.Canary {
+			label = " (canary)"
+		}
+		if w.Tag != "" {
+			label += " [" + w.Tag + "]"
+		}
+		fmt.Fprintf(&b, "wave %d%s: %s\n", w.Index+1, label, strings.Join(w.Nodes, ", "))
+	}
+	return b.String()
+}

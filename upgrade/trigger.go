@@ -1,0 +1,220 @@
+package upgrade
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+
+	"github.com/peerd/peerd/upgrade/artifact"
+	"github.com/peerd/peerd/upgrade/plan"
+	"golang.org/x/mod/semver"
+)
+
+// TriggerRequest is what `peerd upgrade` asks the local agent for.
+type TriggerRequest struct {
+	Version string `json:"version"`
+	// ArtifactSHA256 names an artifact already imported into this node's
+	// store (ImportArtifact); URL is fetched instead when it is empty.
+	ArtifactSHA256 string       `json:"artifact_sha256,omitempty"`
+	URL            string       `json:"url,omitempty"`
+	Signature      string       `json:"signature,omitempty"`
+	PatchSHA256    string       `json:"patch_sha256,omitempty"`
+	PatchFrom      string       `json:"patch_from,omitempty"`
+	Options        plan.Options `json:"options"`
+	DryRun         bool         `json:"dry_run,omitempty"`
+	Rollback       bool         `json:"rollback,omitempty"`
+}
+
+// TriggerResult describes the plan made (or, for a dry run, that would be).
+type TriggerResult struct {
+	PlanID string      `json:"plan_id"`
+	Plan   plan.Plan   `json:"plan"`
+	Waves  []plan.Wave `json:"waves"`
+	Checks []string    `json:"checks"`
+	DryRun bool        `json:"dry_run,omitempty"`
+}
+
+// ImportArtifact stores an uploaded artifact and returns its digest.
+func (e *Engine) ImportArtifact(r io.Reader) (string, int64, error) {
+	return e.store.Put(r, "")
+}
+
+// RunningPlan returns the ID (or short ID, when only a tag tells of it) of a
+// rollout still in progress anywhere in the cluster, or "".
+func (e *Engine) RunningPlan() string {
+	if st := e.State(); st.Active() {
+		return st.PlanID
+	}
+	own := e.State().PlanID
+	for _, m := range e.net.Members() {
+		pr, ok := ParseProgress(m.Tags[TagRollout])
+		if ok && m.Status == "alive" && !pr.Phase.Terminal() {
+			if strings.HasPrefix(own, pr.PlanShort) {
+				return own
+			}
+			return pr.PlanShort
+		}
+	}
+	return ""
+}
+
+// Trigger makes a plan on this node (its origin), checks the artifact the
+// way every node will, and announces the plan. Nothing goes offline here.
+func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult, error) {
+	var res TriggerResult
+	if id := e.RunningPlan(); id != "" {
+		return res, fmt.Errorf("a rollout is already running: plan %s; watch it with 'peerd upgrade status', or stop it with 'peerd upgrade abort'", id)
+	}
+	running := e.cfg.Build.Version
+	if req.Version == "" {
+		return res, errors.New("no target version: give --to VERSION")
+	}
+	if c := compareVersions(req.Version, running); c < 0 && !req.Rollback {
+		return res, fmt.Errorf("version %s is older than the running %s: to go back, use 'peerd upgrade rollback'", req.Version, running)
+	}
+	sha := req.ArtifactSHA256
+	if sha == "" {
+		if req.URL == "" {
+			return res, errors.New("no artifact: give --artifact PATH or URL")
+		}
+		var err error
+		if sha, err = e.importURL(ctx, req.URL); err != nil {
+			return res, err
+		}
+	}
+	if !e.store.Has(sha) {
+		return res, fmt.Errorf("artifact %s is not in this node's store: upload it first", short(sha))
+	}
+	_, size, err := artifact.DigestFile(e.store.Path(sha))
+	if err != nil {
+		return res, err
+	}
+	p := plan.Plan{
+		Target: TargetPeerd, Version: req.Version, Rollback: req.Rollback,
+		Artifact: plan.Artifact{SHA256: sha, Size: size, URL: req.URL, Signature: req.Signature},
+		Options:  req.Options,
+		Origin:   e.net.LocalMember().Name,
+		Created:  e.cfg.Clock.Now().UTC(),
+	}
+	if req.PatchSHA256 != "" {
+		if !e.store.Has(req.PatchSHA256) {
+			return res, fmt.Errorf("patch %s is not in this node's store: upload it first", short(req.PatchSHA256))
+		}
+		_, psize, err := artifact.DigestFile(e.store.Path(req.PatchSHA256))
+		if err != nil {
+			return res, err
+		}
+		p.Patch = &plan.Patch{FromVersion: req.PatchFrom, Artifact: plan.Artifact{SHA256: req.PatchSHA256, Size: psize}}
+	}
+	for _, m := range e.net.Members() {
+		if m.Status != "alive" {
+			continue
+		}
+		pm := plan.Member{Name: m.Name, Version: m.Version}
+		if req.Options.ByTag != "" {
+			pm.Tag = m.Tags[req.Options.ByTag]
+		}
+		p.Members = append(p.Members, pm)
+	}
+	sort.Slice(p.Members, func(i, j int) bool { return p.Members[i].Name < p.Members[j].Name })
+	if err := p.Validate(); err != nil {
+		return res, err
+	}
+	waves, err := p.Waves()
+	if err != nil {
+		return res, err
+	}
+	checks, err := e.originChecks(ctx, p)
+	if err != nil {
+		return res, fmt.Errorf("artifact refused before any node went offline: %w", err)
+	}
+	res = TriggerResult{PlanID: p.ID(), Plan: p, Waves: waves, Checks: checks, DryRun: req.DryRun}
+	if req.DryRun {
+		return res, nil
+	}
+	if err := e.savePlan(p); err != nil {
+		return res, err
+	}
+	e.mu.Lock()
+	e.announced = append(e.announced, p.ID())
+	e.mu.Unlock()
+	e.wake()
+	if err := e.net.Broadcast(eventPlan, []byte(p.ID())); err != nil {
+		return res, err
+	}
+	e.log.Info("rollout planned", "plan", p.ShortID(), "version", p.Version, "waves", len(waves), "members", len(p.Members))
+	return res, nil
+}
+
+// originChecks verifies on the origin what every node verifies again: the
+// signature and the new binary's own account of version, platform and
+// protocol.
+func (e *Engine) originChecks(ctx context.Context, p plan.Plan) ([]string, error) {
+	data, err := os.ReadFile(e.store.Path(p.Artifact.SHA256))
+	if err != nil {
+		return nil, err
+	}
+	checks := []string{fmt.Sprintf("sha256 %s (%d bytes)", p.Artifact.SHA256, p.Artifact.Size)}
+	if err := e.verifySignature(p, data); err != nil {
+		return nil, err
+	}
+	if p.Artifact.Signature != "" && len(e.cfg.TrustedKeys) > 0 {
+		checks = append(checks, "minisign signature over version, platform and digest")
+	} else {
+		checks = append(checks, "unsigned (the agents allow unsigned artifacts)")
+	}
+	staged := e.stagedPath(p)
+	if err := writeFileAtomic(staged, data, 0o755); err != nil {
+		return nil, err
+	}
+	info, err := artifact.Preflight(ctx, staged)
+	if err != nil {
+		return nil, fmt.Errorf("preflight: %w", err)
+	}
+	active := e.net.ProtocolRange().Max
+	if err := artifact.CheckBuild(info, p.Version, runtime.GOOS, runtime.GOARCH, active); err != nil {
+		return nil, err
+	}
+	checks = append(checks,
+		fmt.Sprintf("binary reports version %s for %s/%s", info.Version, info.OS, info.Arch),
+		fmt.Sprintf("binary speaks protocol %d-%d, which includes the cluster's active protocol %d", info.ProtocolMin, info.ProtocolMax, active))
+	if p.Patch != nil {
+		checks = append(checks, fmt.Sprintf("patch from %s: %d bytes; nodes at another version fetch the full artifact", p.Patch.FromVersion, p.Patch.Size))
+	}
+	return checks, nil
+}
+
+func (e *Engine) importURL(ctx context.Context, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", fmt.Errorf("artifact URL %q: %w", url, err)
+	}
+	resp, err := e.cfg.HTTPClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("fetch artifact: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("fetch artifact %s: %s", url, resp.Status)
+	}
+	sha, _, err := e.store.Put(resp.Body, "")
+	return sha, err
+}
+
+// compareVersions compares two semantic versions (with or without a
+// leading "v"); a version that does not parse sorts before any that does.
+func compareVersions(a, b string) int {
+	norm := func(v string) string {
+		if !strings.HasPrefix(v, "v") {
+			v = "v" + v
+		}
+		return v
+	}
+	return semver.Compare(norm(a), norm(b))
+}
