@@ -62,8 +62,8 @@ type Agent struct {
 
 	fatal   chan error    // a background task that cannot go on (buffered)
 	restart chan struct{} // the engine asks for a restart (buffered)
-	exitCh chan struct{} // closed when a client asked the agent to leave and exit
-	exit   sync.Once
+	exitCh  chan struct{} // closed when a client asked the agent to leave and exit
+	exit    sync.Once
 
 	closeOnce sync.Once
 	closeErr  error
@@ -95,10 +95,10 @@ func New(cfg Config, opts Options) (*Agent, error) {
 		opts.Build = b
 	}
 	return &Agent{
-		cfg:    cfg,
-		opts:   opts,
-		log:    opts.Logger.With("component", "agent"),
-		notify: opts.Notifier,
+		cfg:     cfg,
+		opts:    opts,
+		log:     opts.Logger.With("component", "agent"),
+		notify:  opts.Notifier,
 		fatal:   make(chan error, 1),
 		restart: make(chan struct{}, 1),
 		exitCh:  make(chan struct{}),
