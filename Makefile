@@ -13,13 +13,17 @@ COMMIT       ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 PROTOCOL_MIN ?= 1
 PROTOCOL_MAX ?= 1
 OUT          ?= bin/peerd
+# HEALTH_FAULT builds a deliberately bad release whose health check fails
+# (for tests of the rollout's health gate). Leave it empty.
+HEALTH_FAULT ?=
 GOFLAGS_BUILD ?= -trimpath
 
 LDFLAGS := -s -w \
 	-X $(PKG)/buildinfo.Version=$(VERSION) \
 	-X $(PKG)/buildinfo.Commit=$(COMMIT) \
 	-X $(PKG)/buildinfo.ProtocolMin=$(PROTOCOL_MIN) \
-	-X $(PKG)/buildinfo.ProtocolMax=$(PROTOCOL_MAX)
+	-X $(PKG)/buildinfo.ProtocolMax=$(PROTOCOL_MAX) \
+	-X '$(PKG)/buildinfo.HealthFault=$(HEALTH_FAULT)'
 
 .PHONY: help build test unit lint fmt demo clean
 

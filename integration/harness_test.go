@@ -1,0 +1,363 @@
+// Package integration runs real peerd binaries, built from this tree at
+// several versions with `make build`, as separate processes on loopback.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/peerd/peerd/daemon/api"
+	"github.com/stretchr/testify/require"
+)
+
+// bins holds the binaries TestMain built, by name.
+var bins = map[string]string{}
+
+// builds are the versions the tests need: name -> make variables.
+var builds = map[string][]string{
+	"v1":     {"VERSION=1.0.0", "PROTOCOL_MIN=1", "PROTOCOL_MAX=1"},
+	"v2":     {"VERSION=2.0.0", "PROTOCOL_MIN=1", "PROTOCOL_MAX=2"},
+	"v3":     {"VERSION=3.0.0", "PROTOCOL_MIN=3", "PROTOCOL_MAX=3"},
+	"v2-bad": {"VERSION=2.0.0", "PROTOCOL_MIN=1", "PROTOCOL_MAX=2", "HEALTH_FAULT=bad-release"},
+}
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "peerd-bins")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := func() int {
+		defer os.RemoveAll(dir)
+		var wg sync.WaitGroup
+		errs := make(chan error, len(builds))
+		for name, vars := range builds {
+			out := filepath.Join(dir, name, "peerd")
+			bins[name] = out
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				args := append([]string{"-s", "-C", "..", "build", "OUT=" + out}, vars...)
+				if b, err := exec.Command("make", args...).CombinedOutput(); err != nil {
+					errs <- fmt.Errorf("make %v: %v\n%s", args, err, b)
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// freePort returns a port free on 127.0.0.1 for both TCP and UDP (memberlist
+// needs both on the same number).
+func freePort(t testing.TB) int {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		l.Close()
+		if err == nil {
+			u.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// agent is one peerd agent process.
+type agent struct {
+	t       testing.TB
+	name    string
+	dir     string // holds the binary copy, data dir and log
+	bin     string
+	gossip  string
+	http    string
+	args    []string // extra agent flags
+	env     []string
+	logPath string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	code int
+}
+
+// newAgent prepares an agent with its own copy of the binary; start runs it.
+func newAgent(t testing.TB, name, binary string, args ...string) *agent {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "pd-"+name+"-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := filepath.Join(dir, "bin", "peerd")
+	require.NoError(t, os.MkdirAll(filepath.Dir(bin), 0o755))
+	copyFile(t, binary, bin)
+	a := &agent{
+		t: t, name: name, dir: dir, bin: bin,
+		gossip:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		http:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		args:    args,
+		logPath: filepath.Join(dir, "agent.log"),
+	}
+	t.Cleanup(func() {
+		a.kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(a.logPath)
+			t.Logf("---- log of %s ----\n%s", a.name, tail(string(b), 60))
+		}
+	})
+	return a
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func copyFile(t testing.TB, from, to string) {
+	b, err := os.ReadFile(from)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(to, b, 0o755))
+}
+
+func (a *agent) socket() string  { return filepath.Join(a.dir, "data", "peerd.sock") }
+func (a *agent) dataDir() string { return filepath.Join(a.dir, "data") }
+
+// start runs the agent; it returns once the process is running (not ready).
+func (a *agent) start(extra ...string) {
+	a.t.Helper()
+	args := append([]string{"agent", "--node", a.name, "--bind", a.gossip, "--http-addr", a.http,
+		"--data-dir", a.dataDir(), "--gossip-profile", "fast", "--log-level", "debug"}, a.args...)
+	args = append(args, extra...)
+	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	require.NoError(a.t, err)
+	cmd := exec.Command(a.bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), a.env...)
+	require.NoError(a.t, cmd.Start())
+	done := make(chan struct{})
+	a.mu.Lock()
+	a.cmd, a.done = cmd, done
+	a.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		logf.Close()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		}
+		a.mu.Lock()
+		a.code = code
+		a.mu.Unlock()
+		close(done)
+	}()
+}
+
+// run starts the agent and waits until its control API answers.
+func (a *agent) run(extra ...string) {
+	a.t.Helper()
+	a.start(extra...)
+	eventually(a.t, 20*time.Second, func() error {
+		if a.exited() {
+			return fmt.Errorf("%s exited with %d", a.name, a.exitCode())
+		}
+		_, err := a.info()
+		return err
+	})
+}
+
+func (a *agent) exited() bool {
+	a.mu.Lock()
+	done := a.done
+	a.mu.Unlock()
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (a *agent) exitCode() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.code
+}
+
+func (a *agent) pid() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cmd.Process.Pid
+}
+
+// wait waits for the process to exit and returns its exit code.
+func (a *agent) wait(timeout time.Duration) (int, error) {
+	a.mu.Lock()
+	done := a.done
+	a.mu.Unlock()
+	select {
+	case <-done:
+		return a.exitCode(), nil
+	case <-time.After(timeout):
+		return 0, fmt.Errorf("%s did not exit within %s", a.name, timeout)
+	}
+}
+
+func (a *agent) signal(sig syscall.Signal) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cmd != nil && a.cmd.Process != nil {
+		_ = a.cmd.Process.Signal(sig)
+	}
+}
+
+// kill stops the process by PID with SIGKILL and waits for it.
+func (a *agent) kill() {
+	if a.cmd == nil || a.exited() {
+		return
+	}
+	a.signal(syscall.SIGKILL)
+	_, _ = a.wait(10 * time.Second)
+}
+
+// stop asks politely (SIGTERM), then kills.
+func (a *agent) stop() {
+	if a.cmd == nil || a.exited() {
+		return
+	}
+	a.signal(syscall.SIGTERM)
+	if _, err := a.wait(10 * time.Second); err != nil {
+		a.kill()
+	}
+}
+
+func (a *agent) client() *api.Client { return api.NewClient(a.socket()) }
+
+func (a *agent) members() ([]api.Member, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return a.client().Members(ctx, "")
+}
+
+func (a *agent) info() (api.Info, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return a.client().Info(ctx)
+}
+
+// statusOf is the status a sees for member name ("" if unknown).
+func (a *agent) statusOf(name string) (string, error) {
+	ms, err := a.members()
+	if err != nil {
+		return "", err
+	}
+	for _, m := range ms {
+		if m.Name == name {
+			return m.Status, nil
+		}
+	}
+	return "", nil
+}
+
+// cli runs a peerd client command against this agent's socket.
+func (a *agent) cli(args ...string) (string, string, error) {
+	cmd := exec.Command(a.bin, args...)
+	cmd.Env = append(os.Environ(), "PEERD_SOCKET="+a.socket())
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return stdout.String(), stderr.String(), err
+}
+
+// eventually polls f until it returns nil or the timeout passes, then fails
+// the test with f's last error.
+func eventually(t testing.TB, timeout time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s: %v", timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// aliveCount counts the members a sees alive.
+func aliveCount(a *agent) (int, error) {
+	ms, err := a.members()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, m := range ms {
+		if m.Status == "alive" {
+			n++
+		}
+	}
+	return n, nil
+}
+
+func waitAlive(t testing.TB, agents []*agent, want int) {
+	t.Helper()
+	eventually(t, 30*time.Second, func() error {
+		for _, a := range agents {
+			n, err := aliveCount(a)
+			if err != nil {
+				return err
+			}
+			if n != want {
+				return fmt.Errorf("%s sees %d alive, want %d", a.name, n, want)
+			}
+		}
+		return nil
+	})
+}
+
+func execOutput(bin string, args ...string) (string, error) {
+	out, err := exec.Command(bin, args...).Output()
+	return string(out), err
+}
+
+// httpHealth asks a peer HTTP address for its node name.
+func httpHealth(addr string) (string, error) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + addr + "/v1/health")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var h api.Health
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+		return "", err
+	}
+	return h.Node, nil
+}
