@@ -98,19 +98,50 @@ func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) (err error) {
 		return nil
 	}
 
-	// In a cluster: every newcomer (or member whose range changed) must
-	// speak the active protocol of the others.
-	known := make(map[string]ProtocolRange, len(local))
+	everyone := map[string]ProtocolRange{}
+	known := map[string]ProtocolRange{}
 	for _, m := range local {
 		if inCluster(m) {
+			everyone[m.Name] = m.Protocol
 			known[m.Name] = m.Protocol
 		}
 	}
 	for _, m := range theirs {
+		everyone[m.Name] = m.Protocol
+	}
+
+	// Two groups merging (a restarted node taking in the cluster's state, or
+	// two clusters meeting): neither side can tell which members are new to
+	// the cluster, since either view may be partial (a restarted node may
+	// have rejoined only some peers from its snapshot). They must only not
+	// split: together they must share a protocol.
+	if len(theirs) > 1 {
+		var all []ProtocolRange
+		for _, r := range everyone {
+			all = append(all, r)
+		}
+		if cr, _ := ClusterRange(all); cr.Min > cr.Max {
+			err := fmt.Errorf("%w: merging these members would leave no protocol every member speaks (highest minimum %d, lowest maximum %d)", ErrIncompatibleProtocol, cr.Min, cr.Max)
+			d.log.Warn("refused merge", "err", err)
+			return err
+		}
+		return nil
+	}
+
+	// One node arriving (a joiner, or an alive message): it must speak the
+	// active protocol of everyone else, so it can neither split the cluster
+	// nor lower a protocol the cluster has switched on.
+	for _, m := range theirs {
 		if r, ok := known[m.Name]; ok && r == m.Protocol {
 			continue
 		}
-		if err := CheckCompatible(m.Name, m.Protocol, ranges(local, m.Name)); err != nil {
+		var others []ProtocolRange
+		for name, r := range everyone {
+			if name != m.Name {
+				others = append(others, r)
+			}
+		}
+		if err := CheckCompatible(m.Name, m.Protocol, others); err != nil {
 			d.log.Warn("refused member", "member", m.Name, "err", err)
 			return err
 		}

@@ -143,6 +143,11 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	ccfg.Keyring = keyring
 	ccfg.KeyringFile = a.cfg.KeyringFile
 	ccfg.SnapshotPath = filepath.Join(a.cfg.DataDir, "serf.snapshot")
+	// A node with a snapshot has been in a cluster: Serf rejoins the
+	// members it lists, so an unreachable --join is no reason to stop (its
+	// seed may be restarting in the same rollout wave).
+	st, statErr := os.Stat(ccfg.SnapshotPath)
+	rejoining := statErr == nil && st.Size() > 0
 	ccfg.Profile = a.cfg.GossipProfile
 	ccfg.Logger = a.opts.Logger
 	if a.cluster, err = cluster.New(ccfg); err != nil {
@@ -163,18 +168,24 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	a.serve(a.control, a.controlLn)
 	a.serve(a.peer, a.peerLn)
 
+	retry := a.cfg.RetryJoin
 	if len(a.cfg.Join) > 0 {
 		n, err := a.cluster.Join(a.cfg.Join)
-		if err != nil {
+		switch {
+		case err == nil:
+			a.log.Info("joined cluster", "contacted", n)
+		case rejoining && !errors.Is(err, cluster.ErrIncompatibleProtocol):
+			a.log.Warn("join failed; rejoining the members in the snapshot and retrying", "err", err)
+			retry = append(retry, a.cfg.Join...)
+		default:
 			return err
 		}
-		a.log.Info("joined cluster", "contacted", n)
 	}
-	if len(a.cfg.RetryJoin) > 0 {
+	if len(retry) > 0 {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			a.retryJoin(bg)
+			a.retryJoin(bg, retry)
 		}()
 	}
 	if err := a.engine.Start(ctx); err != nil {
@@ -248,10 +259,10 @@ func listenSocket(path string) (net.Listener, error) {
 
 // retryJoin keeps trying the retry-join addresses with exponential backoff
 // until one answers. A protocol refusal ends it: retrying cannot help.
-func (a *Agent) retryJoin(ctx context.Context) {
+func (a *Agent) retryJoin(ctx context.Context, addrs []string) {
 	wait := a.cfg.RetryJoinInterval
 	for attempt := 1; ; attempt++ {
-		n, err := a.cluster.Join(a.cfg.RetryJoin)
+		n, err := a.cluster.Join(addrs)
 		if err == nil {
 			a.log.Info("joined cluster", "contacted", n, "attempt", attempt)
 			a.notifyf("STATUS=%s", a.statusLine())

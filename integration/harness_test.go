@@ -97,6 +97,10 @@ type agent struct {
 	args    []string // extra agent flags
 	env     []string
 	logPath string
+	// supervised agents are started again when they exit with 75 (the
+	// agent's request to be restarted into a new binary), as systemd would.
+	supervised bool
+	starts     int
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -162,6 +166,7 @@ func (a *agent) start(extra ...string) {
 	done := make(chan struct{})
 	a.mu.Lock()
 	a.cmd, a.done = cmd, done
+	a.starts++
 	a.mu.Unlock()
 	go func() {
 		err := cmd.Wait()
@@ -173,7 +178,11 @@ func (a *agent) start(extra ...string) {
 		}
 		a.mu.Lock()
 		a.code = code
+		restart := a.supervised && code == 75
 		a.mu.Unlock()
+		if restart {
+			a.start(extra...)
+		}
 		close(done)
 	}()
 }
@@ -197,7 +206,9 @@ func (a *agent) exited() bool {
 	a.mu.Unlock()
 	select {
 	case <-done:
-		return true
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.done == done // a supervised restart has not replaced it
 	default:
 		return false
 	}
@@ -264,8 +275,10 @@ func (a *agent) members() ([]api.Member, error) {
 	return a.client().Members(ctx, "")
 }
 
-func (a *agent) info() (api.Info, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+func (a *agent) info() (api.Info, error) { return a.infoWithin(5 * time.Second) }
+
+func (a *agent) infoWithin(d time.Duration) (api.Info, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	return a.client().Info(ctx)
 }

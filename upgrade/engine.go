@@ -125,6 +125,7 @@ type Engine struct {
 	state        NodeState
 	plans        map[string]plan.Plan
 	announced    []string // plan IDs heard of, not yet adopted
+	latest       string   // newest plan announced or triggered here
 	pendingCtl   []controlMsg
 	healthySince time.Time
 	lastHealth   error

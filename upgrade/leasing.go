@@ -81,7 +81,10 @@ func (e *Engine) answerLease(payload []byte) []byte {
 			}
 		}
 	}
-	if _, err := e.granter.Decide(req, func(_ string, w int) bool { return e.earlierWavesDone(p, waves, w) }); err != nil {
+	_, err = e.granter.Decide(req, func(_ string, w int) bool { return e.earlierWavesDone(p, waves, w) })
+	e.log.Debug("lease vote", "plan", p.ShortID(), "requester", req.Node, "wave", req.Wave,
+		"granted", err == nil, "voter_version", e.cfg.Build.Version, "err", err)
+	if err != nil {
 		return refuse("%v", err)
 	}
 	b, _ := json.Marshal(leaseAnswer{Granted: true})

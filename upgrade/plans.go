@@ -24,10 +24,7 @@ func (e *Engine) HandleEvent(name string, payload []byte) {
 		if !isHexID(id) {
 			return
 		}
-		e.mu.Lock()
-		e.announced = append(e.announced, id)
-		e.mu.Unlock()
-		e.wake()
+		e.announce(id)
 	case eventControl:
 		var c controlMsg
 		if err := decodeJSON(payload, &c); err == nil {
@@ -42,6 +39,15 @@ func (e *Engine) HandleQuery(name string, payload []byte) ([]byte, error) {
 		return e.answerLease(payload), nil
 	}
 	return nil, fmt.Errorf("unknown query %q", name)
+}
+
+// announce queues a plan for adoption and makes it the one status shows.
+func (e *Engine) announce(id string) {
+	e.mu.Lock()
+	e.announced = append(e.announced, id)
+	e.latest = id
+	e.mu.Unlock()
+	e.wake()
 }
 
 func isHexID(s string) bool {

@@ -114,7 +114,7 @@ func (e *Engine) fetch(ctx context.Context, p plan.Plan, sha string) error {
 		_, _, err = e.store.Put(resp.Body, sha)
 		resp.Body.Close()
 		if err == nil {
-			e.log.Info("fetched artifact", "plan", p.ShortID(), "sha256", short(sha), "from", m.Name)
+			e.log.Info("fetched artifact", "plan", p.ShortID(), "sha256", short(sha), "from", m.Name, "from_version", m.Version)
 			return nil
 		}
 		errs = append(errs, fmt.Errorf("from %s: %w", m.Name, err))

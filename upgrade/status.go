@@ -57,10 +57,16 @@ type NodeStatus struct {
 // failed nodes for their reason.
 func (e *Engine) Status(ctx context.Context) (Status, error) {
 	st := e.State()
-	if st.PlanID == "" {
+	id := st.PlanID
+	e.mu.Lock()
+	if e.latest != "" && e.latest != id {
+		id = e.latest // announced here, not adopted yet
+	}
+	e.mu.Unlock()
+	if id == "" {
 		return Status{State: StateNone}, nil
 	}
-	p, err := e.planByID(ctx, st.PlanID)
+	p, err := e.planByID(ctx, id)
 	if err != nil {
 		return Status{}, err
 	}
@@ -137,7 +143,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 		out.State = StateComplete
 	case aborted:
 		out.State = StateAborted
-	case st.Paused:
+	case st.Paused && st.PlanID == id:
 		out.State = StatePaused
 		out.Hint = "paused: no new wave starts; 'peerd upgrade resume' continues"
 	default:

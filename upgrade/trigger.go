@@ -141,10 +141,7 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	if err := e.savePlan(p); err != nil {
 		return res, err
 	}
-	e.mu.Lock()
-	e.announced = append(e.announced, p.ID())
-	e.mu.Unlock()
-	e.wake()
+	e.announce(p.ID())
 	if err := e.net.Broadcast(eventPlan, []byte(p.ID())); err != nil {
 		return res, err
 	}

@@ -175,11 +175,28 @@ func runUpgradeStatus(c *cli.Context) error {
 func watch(c *cli.Context, cl *api.Client, planID string) error {
 	w := c.App.Writer
 	last := ""
+	// The local agent is one of the nodes: when its wave comes it restarts,
+	// and the watch waits for it rather than giving up.
+	var downSince time.Time
+	const maxDown = 2 * time.Minute
 	for {
 		st, err := cl.RolloutStatus(c.Context)
 		if err != nil {
-			return err
+			if downSince.IsZero() {
+				downSince = time.Now()
+				if !c.Bool("json") {
+					fmt.Fprintln(w, "(the local agent is restarting; waiting for it)")
+				}
+			}
+			if time.Since(downSince) > maxDown {
+				return fmt.Errorf("the local agent has not answered for %s: %w", maxDown, err)
+			}
+			if err := sleepCtx(c, 250*time.Millisecond); err != nil {
+				return err
+			}
+			continue
 		}
+		downSince = time.Time{}
 		if planID != "" && st.PlanID != "" && st.PlanID != planID {
 			return fmt.Errorf("another plan (%s) replaced %s", st.PlanID[:8], planID[:8])
 		}
@@ -202,11 +219,18 @@ func watch(c *cli.Context, cl *api.Client, planID string) error {
 			}
 			return fmt.Errorf("rollout %s", st.State)
 		}
-		select {
-		case <-c.Context.Done():
-			return c.Context.Err()
-		case <-time.After(250 * time.Millisecond):
+		if err := sleepCtx(c, 250*time.Millisecond); err != nil {
+			return err
 		}
+	}
+}
+
+func sleepCtx(c *cli.Context, d time.Duration) error {
+	select {
+	case <-c.Context.Done():
+		return c.Context.Err()
+	case <-time.After(d):
+		return nil
 	}
 }
 

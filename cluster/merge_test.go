@@ -1,0 +1,77 @@
+package cluster
+
+import (
+	"log/slog"
+	"testing"
+
+	"github.com/hashicorp/serf/serf"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func serfMember(name, protocol string) *serf.Member {
+	return &serf.Member{Name: name, Tags: map[string]string{TagProtocol: protocol}}
+}
+
+func delegateWithView(self string, p ProtocolRange, view ...Member) *mergeDelegate {
+	d := newMergeDelegate(self, p, slog.New(slog.DiscardHandler))
+	d.setLocal(func() []Member { return view })
+	return d
+}
+
+func TestMergeDelegate(t *testing.T) {
+	v1, v2, v3 := ProtocolRange{1, 1}, ProtocolRange{1, 2}, ProtocolRange{3, 3}
+	alive := func(name string, r ProtocolRange) Member { return Member{Name: name, Status: "alive", Protocol: r} }
+
+	t.Run("joiner alone is refused with both ranges", func(t *testing.T) {
+		d := delegateWithView("new", v3, alive("new", v3))
+		err := d.NotifyMerge([]*serf.Member{serfMember("a", "1-1"), serfMember("b", "1-2")})
+		require.ErrorIs(t, err, ErrIncompatibleProtocol)
+		assert.ErrorIs(t, d.refusal(), ErrIncompatibleProtocol, "the joiner remembers why, for its Join error")
+	})
+
+	t.Run("cluster refuses an incompatible newcomer", func(t *testing.T) {
+		d := delegateWithView("a", v1, alive("a", v1), alive("b", v2))
+		assert.ErrorIs(t, d.NotifyMerge([]*serf.Member{serfMember("new", "3-3")}), ErrIncompatibleProtocol)
+		assert.NoError(t, d.NotifyMerge([]*serf.Member{serfMember("new", "1-2")}))
+	})
+
+	t.Run("half-merged view does not refuse old members", func(t *testing.T) {
+		// A v2 node restarted after its upgrade has rejoined only its v2
+		// peers from its snapshot; the rest of the cluster, still at v1,
+		// arrives through --join and must be accepted.
+		d := delegateWithView("n3", v2, alive("n3", v2), alive("n5", v2), alive("n10", v2))
+		err := d.NotifyMerge([]*serf.Member{
+			serfMember("n1", "1-1"), serfMember("n2", "1-1"), serfMember("n5", "1-2"), serfMember("n10", "1-2"),
+		})
+		assert.NoError(t, err)
+	})
+
+	t.Run("members of an accepted merge pass their alive messages", func(t *testing.T) {
+		d := delegateWithView("j", v2, alive("j", v2))
+		require.NoError(t, d.NotifyMerge([]*serf.Member{serfMember("a", "1-1"), serfMember("b", "1-2"), serfMember("c", "1-2")}))
+		// memberlist now announces them one by one; b is in first.
+		d.setLocal(func() []Member { return []Member{alive("j", v2), alive("b", v2), alive("c", v2)} })
+		assert.NoError(t, d.NotifyMerge([]*serf.Member{serfMember("a", "1-1")}))
+	})
+
+	t.Run("half-merged view takes in the whole cluster", func(t *testing.T) {
+		// Later in the rollout: only one node is still at v1, and the
+		// restarted node's partial view holds none of the v1 nodes.
+		d := delegateWithView("n7", v2, alive("n7", v2), alive("n1", v2))
+		err := d.NotifyMerge([]*serf.Member{serfMember("n1", "1-2"), serfMember("n3", "1-2"), serfMember("n10", "1-1")})
+		assert.NoError(t, err)
+	})
+
+	t.Run("groups that share no protocol are refused", func(t *testing.T) {
+		d := delegateWithView("a", v1, alive("a", v1), alive("b", v1))
+		err := d.NotifyMerge([]*serf.Member{serfMember("x", "3-3"), serfMember("y", "3-4")})
+		assert.ErrorIs(t, err, ErrIncompatibleProtocol)
+	})
+
+	t.Run("a member without a protocol tag is refused", func(t *testing.T) {
+		d := delegateWithView("a", v1, alive("a", v1), alive("b", v1))
+		err := d.NotifyMerge([]*serf.Member{{Name: "x", Tags: map[string]string{}}})
+		assert.ErrorContains(t, err, "is it a peerd agent?")
+	})
+}

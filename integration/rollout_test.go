@@ -1,0 +1,266 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/peerd/peerd/upgrade"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// observer polls every agent's control socket and peer HTTP API every
+// ~20 ms and records who was unreachable when, and any member that some
+// node saw failed or left.
+type observer struct {
+	agents  []*agent
+	stop    chan struct{}
+	done    chan struct{}
+	mu      sync.Mutex
+	samples []sample
+	bad     map[string]string // member -> status seen (failed/left)
+}
+
+type sample struct {
+	at   time.Time
+	down []string
+}
+
+func observe(agents []*agent) *observer {
+	o := &observer{agents: agents, stop: make(chan struct{}), done: make(chan struct{}), bad: map[string]string{}}
+	go o.loop()
+	return o
+}
+
+func (o *observer) loop() {
+	defer close(o.done)
+	for tick := 0; ; tick++ {
+		select {
+		case <-o.stop:
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+		var (
+			wg   sync.WaitGroup
+			mu   sync.Mutex
+			down []string
+		)
+		for _, a := range o.agents {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err1 := a.infoWithin(300 * time.Millisecond)
+				_, err2 := httpHealth(a.http)
+				if err1 != nil || err2 != nil {
+					mu.Lock()
+					down = append(down, a.name)
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		sort.Strings(down)
+		o.mu.Lock()
+		o.samples = append(o.samples, sample{at: time.Now(), down: down})
+		o.mu.Unlock()
+		if tick%5 != 0 {
+			continue
+		}
+		for _, a := range o.agents {
+			if contains(down, a.name) {
+				continue
+			}
+			ms, err := a.members()
+			if err != nil {
+				continue
+			}
+			o.mu.Lock()
+			for _, m := range ms {
+				if m.Status != "alive" {
+					o.bad[m.Name] = m.Status + " (seen by " + a.name + ")"
+				}
+			}
+			o.mu.Unlock()
+			break
+		}
+	}
+}
+
+func (o *observer) finish() ([]sample, map[string]string) {
+	close(o.stop)
+	<-o.done
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.samples, o.bad
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+type rolloutCase struct {
+	nodes      int
+	batch      int
+	supervisor bool
+	patch      bool
+}
+
+// TestRollingUpgrade is the heart of peerd: ten real v1 agents, each with
+// its own binary, upgraded in place to v2 in waves of three while an
+// observer checks that only one wave is ever unreachable.
+func TestRollingUpgrade(t *testing.T) {
+	for name, tc := range map[string]rolloutCase{
+		"reexec":     {nodes: 10, batch: 3},
+		"patch":      {nodes: 6, batch: 2, patch: true},
+		"supervisor": {nodes: 6, batch: 2, supervisor: true},
+	} {
+		t.Run(name, func(t *testing.T) { runRollout(t, tc) })
+	}
+}
+
+func runRollout(t *testing.T, tc rolloutCase) {
+	var agents []*agent
+	for i := 1; i <= tc.nodes; i++ {
+		args := []string{"--allow-unsigned"}
+		if tc.supervisor {
+			args = append(args, "--restart", "supervisor")
+		}
+		a := newAgent(t, fmt.Sprintf("n%02d", i), bins["v1"], args...)
+		a.supervised = tc.supervisor
+		if i == 1 {
+			a.run()
+		} else {
+			a.run("--join", agents[0].gossip)
+		}
+		agents = append(agents, a)
+	}
+	waitAlive(t, agents, tc.nodes)
+	pids := map[string]int{}
+	for _, a := range agents {
+		pids[a.name] = a.pid()
+	}
+
+	args := []string{"upgrade", "--to", "2.0.0", "--artifact", bins["v2"], "--batch", fmt.Sprint(tc.batch),
+		"--min-healthy", "1s", "--deadline", "2m"}
+	if tc.patch {
+		patch := filepath.Join(t.TempDir(), "v1-v2.patch")
+		_, stderr, err := agents[0].cli("mkpatch", bins["v1"], bins["v2"], patch)
+		require.NoError(t, err, stderr)
+		args = append(args, "--patch", patch, "--patch-from", "1.0.0")
+	}
+
+	obs := observe(agents)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, agents[0].bin, args...)
+	cmd.Env = append(os.Environ(), "PEERD_SOCKET="+agents[0].socket())
+	out, err := cmd.CombinedOutput()
+	samples, bad := obs.finish()
+	require.NoError(t, err, "peerd upgrade:\n%s", out)
+	assert.Contains(t, string(out), "[####################] ", "live progress reaches the full bar")
+
+	// Every node runs 2.0.0, from its own binary, and speaks protocol 2.
+	st := rolloutStatus(t, agents[0])
+	require.Equal(t, upgrade.StateComplete, st.State)
+	for _, a := range agents {
+		info, err := a.info()
+		require.NoError(t, err)
+		assert.Equal(t, "2.0.0", info.Build.Version, a.name)
+		got, err := execOutput(a.bin, "version")
+		require.NoError(t, err)
+		assert.Contains(t, got, "peerd 2.0.0", "%s's binary was replaced in place", a.name)
+		if !tc.supervisor {
+			assert.Equal(t, pids[a.name], a.pid(), "%s re-executed in place (same PID)", a.name)
+		} else {
+			assert.Equal(t, 2, a.starts, "%s was restarted once by its supervisor", a.name)
+		}
+	}
+	eventually(t, 20*time.Second, func() error {
+		info, err := agents[0].info()
+		if err == nil && info.Cluster.ActiveProtocol != 2 {
+			err = fmt.Errorf("active protocol %d", info.Cluster.ActiveProtocol)
+		}
+		return err
+	})
+
+	// At every instant the unreachable nodes belong to one wave, and the
+	// waves went offline in the computed order.
+	waveOf := map[string]int{}
+	for _, w := range st.Waves {
+		for _, n := range w.Nodes {
+			waveOf[n.Name] = w.Index
+		}
+	}
+	first, last := map[int]time.Time{}, map[int]time.Time{}
+	sawDown := 0
+	for _, s := range samples {
+		waves := map[int]bool{}
+		for _, n := range s.down {
+			w := waveOf[n]
+			waves[w] = true
+			if _, ok := first[w]; !ok {
+				first[w] = s.at
+			}
+			last[w] = s.at
+		}
+		if len(s.down) > 0 {
+			sawDown++
+		}
+		assert.LessOrEqual(t, len(waves), 1, "at %s unreachable %v span waves", s.at.Format("15:04:05.000"), s.down)
+	}
+	assert.Positive(t, sawDown, "the observer saw nodes restart")
+	for w := 1; w < len(st.Waves); w++ {
+		if f, ok := first[w]; ok {
+			if l, ok := last[w-1]; ok {
+				assert.True(t, l.Before(f), "wave %d went offline before wave %d was back", w+1, w)
+			}
+		}
+	}
+	assert.Empty(t, bad, "no member was ever marked failed or left")
+
+	// Old and new versions worked together: v2 nodes voted on v1 nodes'
+	// leases and served them the artifact; v1 nodes did the same.
+	logs := allLogs(t, agents)
+	for _, v := range []string{"1.0.0", "2.0.0"} {
+		assert.Contains(t, logs, "voter_version="+v+" ", "a %s node answered lease queries", v)
+	}
+	assert.Contains(t, logs, "granted=true voter_version=2.0.0", "a v2 node granted a lease")
+	assert.Contains(t, logs, "from_version=2.0.0", "an upgraded node served the artifact")
+	if tc.patch {
+		assert.Contains(t, logs, "built the new binary from the patch")
+	}
+	t.Logf("rollout output:\n%s", out)
+}
+
+func rolloutStatus(t *testing.T, a *agent) upgrade.Status {
+	t.Helper()
+	out, stderr, err := a.cli("upgrade", "status", "--json")
+	require.NoError(t, err, stderr)
+	var st upgrade.Status
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	return st
+}
+
+func allLogs(t *testing.T, agents []*agent) string {
+	var b strings.Builder
+	for _, a := range agents {
+		l, err := os.ReadFile(a.logPath)
+		require.NoError(t, err)
+		b.Write(l)
+	}
+	return b.String()
+}
