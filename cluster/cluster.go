@@ -207,8 +207,9 @@ func (c *Cluster) Broadcast(name string, payload []byte) error {
 }
 
 // Query asks the given nodes (all members when nodes is empty) and collects
-// their answers until every one answered, the timeout passed, or ctx ended.
-func (c *Cluster) Query(ctx context.Context, name string, payload []byte, nodes []string, timeout time.Duration) (map[string][]byte, error) {
+// their answers until every one answered, enough (if not nil) says the
+// answers so far suffice, the timeout passed, or ctx ended.
+func (c *Cluster) Query(ctx context.Context, name string, payload []byte, nodes []string, timeout time.Duration, enough func(map[string][]byte) bool) (map[string][]byte, error) {
 	resp, err := c.serf.Query(name, payload, &serf.QueryParam{FilterNodes: nodes, Timeout: timeout})
 	if err != nil {
 		return nil, fmt.Errorf("query %s: %w", name, err)
@@ -223,7 +224,7 @@ func (c *Cluster) Query(ctx context.Context, name string, payload []byte, nodes 
 				return out, nil
 			}
 			out[r.From] = r.Payload
-			if want > 0 && len(out) >= want {
+			if (want > 0 && len(out) >= want) || (enough != nil && enough(out)) {
 				return out, nil
 			}
 		case <-ctx.Done():

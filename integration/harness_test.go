@@ -32,6 +32,7 @@ var builds = map[string][]string{
 	"v2":     {"VERSION=2.0.0", "PROTOCOL_MIN=1", "PROTOCOL_MAX=2"},
 	"v3":     {"VERSION=3.0.0", "PROTOCOL_MIN=3", "PROTOCOL_MAX=3"},
 	"v2-bad": {"VERSION=2.0.0", "PROTOCOL_MIN=1", "PROTOCOL_MAX=2", "HEALTH_FAULT=bad-release"},
+	"v2-arm": {"VERSION=2.0.0", "PROTOCOL_MIN=1", "PROTOCOL_MAX=2", "GOARCH=arm64"},
 }
 
 func TestMain(m *testing.M) {
@@ -126,6 +127,10 @@ func newAgent(t testing.TB, name, binary string, args ...string) *agent {
 	}
 	t.Cleanup(func() {
 		a.kill()
+		if dir := os.Getenv("PEERD_TEST_LOG_DIR"); dir != "" {
+			b, _ := os.ReadFile(a.logPath)
+			_ = os.WriteFile(filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+"-"+a.name+".log"), b, 0o644)
+		}
 		if t.Failed() {
 			b, _ := os.ReadFile(a.logPath)
 			t.Logf("---- log of %s ----\n%s", a.name, tail(string(b), 60))

@@ -58,7 +58,9 @@ func (o *observer) loop() {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, err1 := a.infoWithin(300 * time.Millisecond)
+				// Unreachable means refused or silent for 2 s: a slow answer
+				// on a loaded machine is still an answer.
+				_, err1 := a.infoWithin(2 * time.Second)
 				_, err2 := httpHealth(a.http)
 				if err1 != nil || err2 != nil {
 					mu.Lock()

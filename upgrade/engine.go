@@ -41,7 +41,7 @@ type Network interface {
 	ProtocolRange() cluster.ProtocolRange
 	SetTag(key, value string) error
 	Broadcast(name string, payload []byte) error
-	Query(ctx context.Context, name string, payload []byte, nodes []string, timeout time.Duration) (map[string][]byte, error)
+	Query(ctx context.Context, name string, payload []byte, nodes []string, timeout time.Duration, enough func(map[string][]byte) bool) (map[string][]byte, error)
 }
 
 // Config configures a node's rollout engine.

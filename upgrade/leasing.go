@@ -31,22 +31,32 @@ func (e *Engine) requestLease(ctx context.Context, p plan.Plan, wave int) (bool,
 			ask = append(ask, m.Name)
 		}
 	}
-	answers, err := e.net.Query(ctx, queryLease, payload, ask, e.cfg.QueryTimeout)
+	count := func(answers map[string][]byte) (*lease.Tally, []string) {
+		tally := lease.NewTally(len(p.Members))
+		var refusals []string
+		for from, b := range answers {
+			var a leaseAnswer
+			if json.Unmarshal(b, &a) != nil || !inSnapshot[from] {
+				continue
+			}
+			tally.Add(from, a.Granted)
+			if !a.Granted {
+				refusals = append(refusals, from+": "+a.Reason)
+			}
+		}
+		return tally, refusals
+	}
+	// Stop listening once a majority granted: wave-mates that just went
+	// offline will not answer, and waiting for them only delays the wave.
+	enough := func(answers map[string][]byte) bool {
+		t, _ := count(answers)
+		return t.Granted()
+	}
+	answers, err := e.net.Query(ctx, queryLease, payload, ask, e.cfg.QueryTimeout, enough)
 	if err != nil && len(answers) == 0 {
 		return false, err.Error()
 	}
-	tally := lease.NewTally(len(p.Members))
-	var refusals []string
-	for from, b := range answers {
-		var a leaseAnswer
-		if json.Unmarshal(b, &a) != nil || !inSnapshot[from] {
-			continue
-		}
-		tally.Add(from, a.Granted)
-		if !a.Granted {
-			refusals = append(refusals, from+": "+a.Reason)
-		}
-	}
+	tally, refusals := count(answers)
 	sort.Strings(refusals)
 	granted, refused := tally.Counts()
 	return tally.Granted(), fmt.Sprintf("%d granted, %d refused of %d (need %d): %s",

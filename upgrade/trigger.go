@@ -21,14 +21,17 @@ type TriggerRequest struct {
 	Version string `json:"version"`
 	// ArtifactSHA256 names an artifact already imported into this node's
 	// store (ImportArtifact); URL is fetched instead when it is empty.
-	ArtifactSHA256 string       `json:"artifact_sha256,omitempty"`
-	URL            string       `json:"url,omitempty"`
-	Signature      string       `json:"signature,omitempty"`
-	PatchSHA256    string       `json:"patch_sha256,omitempty"`
-	PatchFrom      string       `json:"patch_from,omitempty"`
-	Options        plan.Options `json:"options"`
-	DryRun         bool         `json:"dry_run,omitempty"`
-	Rollback       bool         `json:"rollback,omitempty"`
+	ArtifactSHA256 string `json:"artifact_sha256,omitempty"`
+	URL            string `json:"url,omitempty"`
+	Signature      string `json:"signature,omitempty"`
+	// ExpectSHA256, when set, pins the artifact's digest (e.g. from a
+	// release's checksums file); any other artifact is refused.
+	ExpectSHA256 string       `json:"expect_sha256,omitempty"`
+	PatchSHA256  string       `json:"patch_sha256,omitempty"`
+	PatchFrom    string       `json:"patch_from,omitempty"`
+	Options      plan.Options `json:"options"`
+	DryRun       bool         `json:"dry_run,omitempty"`
+	Rollback     bool         `json:"rollback,omitempty"`
 }
 
 // TriggerResult describes the plan made (or, for a dry run, that would be).
@@ -90,6 +93,9 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	}
 	if !e.store.Has(sha) {
 		return res, fmt.Errorf("artifact %s is not in this node's store: upload it first", short(sha))
+	}
+	if want := strings.ToLower(req.ExpectSHA256); want != "" && want != sha {
+		return res, fmt.Errorf("artifact refused before any node went offline: its sha256 is %s, but --sha256 expects %s", sha, want)
 	}
 	_, size, err := artifact.DigestFile(e.store.Path(sha))
 	if err != nil {

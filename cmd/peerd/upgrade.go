@@ -32,6 +32,7 @@ func upgradeCommand() *cli.Command {
 			&cli.StringFlag{Name: "to", Usage: "target `VERSION` (the new binary must report it)"},
 			&cli.StringFlag{Name: "artifact", Usage: "the new peerd binary: a local `PATH` or an http(s) URL"},
 			&cli.StringFlag{Name: "signature", Usage: "minisign signature `FILE` of the artifact (see 'peerd sign')"},
+			&cli.StringFlag{Name: "sha256", Usage: "refuse the artifact unless its sha256 is this `HEX` digest (e.g. from the release's checksums)"},
 			&cli.StringFlag{Name: "patch", Usage: "bsdiff patch `FILE` (from 'peerd mkpatch') for nodes at --patch-from"},
 			&cli.StringFlag{Name: "patch-from", Usage: "the `VERSION` the patch applies to; other nodes fetch the full artifact"},
 			&cli.IntFlag{Name: "batch", Usage: "nodes per wave (default 1)"},
@@ -99,7 +100,8 @@ func runUpgrade(c *cli.Context) error {
 			ByTag: c.String("by-tag"), MinHealthy: c.Duration("min-healthy"), Deadline: c.Duration("deadline"),
 			AllowOutage: c.Bool("allow-outage"),
 		},
-		DryRun: c.Bool("dry-run"),
+		DryRun:       c.Bool("dry-run"),
+		ExpectSHA256: c.String("sha256"),
 	}
 	art := c.String("artifact")
 	if strings.HasPrefix(art, "http://") || strings.HasPrefix(art, "https://") {

@@ -1,0 +1,322 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/peerd/peerd/upgrade"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// startFleet starts n v1 agents joined to the first, with extra flags.
+func startFleet(t *testing.T, n int, args ...string) []*agent {
+	t.Helper()
+	var agents []*agent
+	for i := 1; i <= n; i++ {
+		a := newAgent(t, fmt.Sprintf("n%02d", i), bins["v1"], args...)
+		if i == 1 {
+			a.run()
+		} else {
+			a.run("--join", agents[0].gossip)
+		}
+		agents = append(agents, a)
+	}
+	waitAlive(t, agents, n)
+	return agents
+}
+
+func pidsOf(agents []*agent) map[string]int {
+	out := map[string]int{}
+	for _, a := range agents {
+		out[a.name] = a.pid()
+	}
+	return out
+}
+
+// TestBadArtifactsRefusedBeforeAnyNodeGoesOffline: agents that trust one
+// minisign key refuse, before anything goes offline, an unsigned artifact,
+// one signed for another version or platform, one with the wrong digest,
+// one signed by another key, and one whose protocol the cluster cannot speak.
+func TestBadArtifactsRefusedBeforeAnyNodeGoesOffline(t *testing.T) {
+	keys := t.TempDir()
+	run := func(args ...string) (string, error) {
+		out, err := execOutput(bins["v1"], args...)
+		return out, err
+	}
+	_, err := run("sign", "--generate", filepath.Join(keys, "release"))
+	require.NoError(t, err)
+	_, err = run("sign", "--generate", filepath.Join(keys, "other"))
+	require.NoError(t, err)
+	agents := startFleet(t, 3, "--trust-key", filepath.Join(keys, "release.pub"))
+	pids := pidsOf(agents)
+
+	// sign copies an artifact into its own dir and signs it as told.
+	sign := func(bin, key string, args ...string) (string, string) {
+		dir := t.TempDir()
+		art := filepath.Join(dir, "peerd")
+		copyFile(t, bin, art)
+		_, err := run(append(append([]string{"sign", "--key", filepath.Join(keys, key+".key")}, args...), art)...)
+		require.NoError(t, err)
+		return art, art + ".minisig"
+	}
+	upgradeTo := func(version, art string, extra ...string) (string, error) {
+		stdout, stderr, err := agents[0].cli(append([]string{"upgrade", "--to", version, "--artifact", art, "--batch", "1", "--detach"}, extra...)...)
+		return stdout + stderr, err
+	}
+
+	goodArt, goodSig := sign(bins["v2"], "release", "--version", "2.0.0")
+	otherVersionArt, otherVersionSig := sign(bins["v2"], "release", "--version", "2.0.1")
+	armArt, armSig := sign(bins["v2-arm"], "release", "--version", "2.0.0", "--arch", "arm64")
+	otherKeyArt, otherKeySig := sign(bins["v2"], "other", "--version", "2.0.0")
+	v3Art, v3Sig := sign(bins["v3"], "release", "--version", "3.0.0")
+
+	for _, tc := range []struct {
+		name, version, art string
+		extra              []string
+		want               string
+	}{
+		{"unsigned", "2.0.0", bins["v2"], nil, "is not signed"},
+		{"wrong sha256", "2.0.0", goodArt, []string{"--signature", goodSig, "--sha256", strings.Repeat("0", 64)}, "but --sha256 expects 0000"},
+		{"signed for another version", "2.0.0", otherVersionArt, []string{"--signature", otherVersionSig}, `version is "2.0.1", want "2.0.0"`},
+		{"signed for another platform", "2.0.0", armArt, []string{"--signature", armSig}, `arch is "arm64", want "amd64"`},
+		{"signed by an untrusted key", "2.0.0", otherKeyArt, []string{"--signature", otherKeySig}, "which this agent does not trust"},
+		{"signature of other bytes", "2.0.0", bins["v2-bad"], []string{"--signature", goodSig}, "does not match"},
+		{"incompatible protocol", "3.0.0", v3Art, []string{"--signature", v3Sig}, "does not include the cluster's active protocol 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := upgradeTo(tc.version, tc.art, tc.extra...)
+			require.Error(t, err, out)
+			assert.Contains(t, out, tc.want)
+			assert.Equal(t, 1, strings.Count(strings.TrimSpace(out), "\n")+1, "one line: %q", out)
+		})
+	}
+
+	// The good artifact passes every check (dry run: nothing changes).
+	out, err := upgradeTo("2.0.0", goodArt, "--signature", goodSig, "--dry-run")
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "minisign signature over version, platform and digest")
+	assert.Contains(t, out, "nothing changed")
+
+	st := rolloutStatus(t, agents[1])
+	assert.Equal(t, upgrade.StateNone, st.State, "no plan reached the cluster")
+	assert.Equal(t, pids, pidsOf(agents), "no node restarted")
+	for _, a := range agents {
+		info, err := a.info()
+		require.NoError(t, err)
+		assert.Equal(t, "1.0.0", info.Build.Version)
+	}
+}
+
+// TestBadReleaseRollsBackAndHalts: a v2 that fails its own health check is
+// rolled back on the first wave's node; the rollout halts with the reason;
+// later waves are untouched.
+func TestBadReleaseRollsBackAndHalts(t *testing.T) {
+	agents := startFleet(t, 4, "--allow-unsigned")
+	pids := pidsOf(agents)
+	stdout, stderr, err := agents[0].cli("upgrade", "--to", "2.0.0", "--artifact", bins["v2-bad"], "--batch", "1",
+		"--min-healthy", "1s", "--deadline", "5s")
+	out := stdout + stderr
+	require.Error(t, err, "the rollout did not complete, so upgrade exits non-zero:\n%s", out)
+	assert.Contains(t, out, "rollout halted")
+	assert.Contains(t, out, "peerd upgrade resume")
+
+	var st upgrade.Status
+	eventually(t, 30*time.Second, func() error {
+		st = statusFrom(t, agents)
+		if len(st.Failed) != 1 || !strings.Contains(st.Failed[0].Reason, "bad-release") {
+			return fmt.Errorf("status: %+v", st)
+		}
+		return nil
+	})
+	assert.Equal(t, upgrade.StateHalted, st.State)
+	failed := st.Failed[0].Name
+	assert.Equal(t, st.Waves[0].Nodes[0].Name, failed, "the first wave's node failed")
+	for _, a := range agents {
+		eventually(t, 20*time.Second, func() error {
+			info, err := a.info()
+			if err == nil && info.Build.Version != "1.0.0" {
+				err = fmt.Errorf("%s runs %s", a.name, info.Build.Version)
+			}
+			return err
+		})
+		got, err := execOutput(a.bin, "version")
+		require.NoError(t, err)
+		assert.Contains(t, got, "peerd 1.0.0", "%s's binary is the old one", a.name)
+		if a.name != failed {
+			assert.Equal(t, pids[a.name], a.pid(), "%s in a later wave was untouched", a.name)
+		}
+	}
+	// It stays halted: no later wave starts on its own.
+	st = statusFrom(t, agents)
+	assert.Equal(t, 1, len(st.Failed))
+	assert.Equal(t, 0, st.Done)
+}
+
+// TestKillDuringUpgrade kills -9 an upgrading node at each step, restarts
+// it as a supervisor would, and checks that the rollout completes with at
+// most one wave unreachable at any instant.
+func TestKillDuringUpgrade(t *testing.T) {
+	for _, step := range []upgrade.Phase{upgrade.PhasePrepare, upgrade.PhaseApply, upgrade.PhaseRestart, upgrade.PhaseHealth} {
+		t.Run(string(step), func(t *testing.T) {
+			var agents []*agent
+			for i := 1; i <= 4; i++ {
+				a := newAgent(t, fmt.Sprintf("n%02d", i), bins["v1"], "--allow-unsigned")
+				hooks := filepath.Join(a.dir, "hooks")
+				require.NoError(t, os.MkdirAll(hooks, 0o755))
+				a.env = []string{"PEERD_TEST_HOOK_DIR=" + hooks}
+				if step != upgrade.PhaseHealth {
+					require.NoError(t, os.WriteFile(filepath.Join(hooks, "pause-"+string(step)), nil, 0o644))
+				}
+				if i == 1 {
+					a.run()
+				} else {
+					a.run("--join", agents[0].gossip)
+				}
+				agents = append(agents, a)
+			}
+			waitAlive(t, agents, 4)
+			obs := observe(agents)
+
+			_, stderr, err := agents[0].cli("upgrade", "--to", "2.0.0", "--artifact", bins["v2"], "--batch", "1",
+				"--min-healthy", "1s", "--deadline", "1m", "--detach")
+			require.NoError(t, err, stderr)
+
+			// Find the node at the step, and kill it there.
+			var victim *agent
+			eventually(t, 60*time.Second, func() error {
+				for _, a := range agents {
+					if step == upgrade.PhaseHealth {
+						st, err := a.client().RolloutStatus(t.Context())
+						if err != nil {
+							continue
+						}
+						for _, w := range st.Waves {
+							for _, n := range w.Nodes {
+								if n.Phase == upgrade.PhaseHealth {
+									victim = byName(agents, n.Name)
+									return nil
+								}
+							}
+						}
+						continue
+					}
+					if _, err := os.Stat(filepath.Join(a.dir, "hooks", "at-"+string(step))); err == nil {
+						victim = a
+						return nil
+					}
+				}
+				return fmt.Errorf("no node reached %s", step)
+			})
+			victim.signal(syscall.SIGKILL)
+			_, err = victim.wait(10 * time.Second)
+			require.NoError(t, err)
+			for _, a := range agents {
+				os.Remove(filepath.Join(a.dir, "hooks", "pause-"+string(step)))
+			}
+			victim.run() // as a supervisor would; it rejoins from its snapshot
+
+			eventually(t, 90*time.Second, func() error {
+				st := statusFrom(t, agents)
+				if st.State != upgrade.StateComplete {
+					return fmt.Errorf("rollout %s: %d/%d done", st.State, st.Done, st.Total)
+				}
+				return nil
+			})
+			samples, _ := obs.finish()
+			st := statusFrom(t, agents)
+			waveOf := map[string]int{}
+			for _, w := range st.Waves {
+				for _, n := range w.Nodes {
+					waveOf[n.Name] = w.Index
+				}
+			}
+			for _, s := range samples {
+				waves := map[int]bool{}
+				for _, n := range s.down {
+					waves[waveOf[n]] = true
+				}
+				assert.LessOrEqual(t, len(waves), 1, "at %s unreachable %v span waves", s.at.Format("15:04:05.000"), s.down)
+			}
+			for _, a := range agents {
+				info, err := a.info()
+				require.NoError(t, err)
+				assert.Equal(t, "2.0.0", info.Build.Version, "%s came back and finished", a.name)
+			}
+		})
+	}
+}
+
+// TestJoinAndLeaveMidRollout: a node that joins during the rollout is
+// upgraded in a final wave; a node that leaves does not stall it.
+func TestJoinAndLeaveMidRollout(t *testing.T) {
+	agents := startFleet(t, 5, "--allow-unsigned")
+	_, stderr, err := agents[0].cli("upgrade", "--to", "2.0.0", "--artifact", bins["v2"], "--batch", "1",
+		"--min-healthy", "1s", "--deadline", "1m", "--detach")
+	require.NoError(t, err, stderr)
+
+	st := statusFrom(t, agents)
+	last := byName(agents, st.Waves[len(st.Waves)-1].Nodes[0].Name)
+	out, stderr, err := last.cli("leave")
+	require.NoError(t, err, stderr)
+	assert.Contains(t, out, "left")
+
+	late := newAgent(t, "n06", bins["v1"], "--allow-unsigned")
+	var seeds []string
+	for _, a := range agents {
+		if a != last {
+			seeds = append(seeds, "--join", a.gossip) // any of them may be restarting
+		}
+	}
+	late.run(seeds...)
+
+	eventually(t, 2*time.Minute, func() error {
+		st = statusFrom(t, agents)
+		lastWave := st.Waves[len(st.Waves)-1]
+		if st.State != upgrade.StateComplete || !lastWave.Late {
+			return fmt.Errorf("rollout %s: %d/%d done, late wave: %v", st.State, st.Done, st.Total, lastWave.Late)
+		}
+		return nil
+	})
+	info, err := late.info()
+	require.NoError(t, err)
+	assert.Equal(t, "2.0.0", info.Build.Version, "the late joiner was upgraded")
+	lastWave := st.Waves[len(st.Waves)-1]
+	assert.True(t, lastWave.Late, "late joiners run in a final wave")
+	assert.Equal(t, "n06", lastWave.Nodes[0].Name)
+	assert.Equal(t, 5, st.Total, "the node that left is not counted")
+}
+
+func byName(agents []*agent, name string) *agent {
+	for _, a := range agents {
+		if a.name == name {
+			return a
+		}
+	}
+	return nil
+}
+
+// statusFrom reads the rollout status from the first agent that answers
+// (any of them may be restarting in its wave).
+func statusFrom(t *testing.T, agents []*agent) upgrade.Status {
+	t.Helper()
+	var st upgrade.Status
+	eventually(t, 30*time.Second, func() error {
+		var errs []string
+		for _, a := range agents {
+			got, err := a.client().RolloutStatus(t.Context())
+			if err == nil {
+				st = got
+				return nil
+			}
+			errs = append(errs, err.Error())
+		}
+		return fmt.Errorf("no agent answered: %s", strings.Join(errs, "; "))
+	})
+	return st
+}
