@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# A local peerd cluster on loopback: build, start three agents, show the
-# members, then stop every agent this script started (by PID).
+# A local peerd fleet on loopback: build peerd at 1.0.0 and 2.0.0, start five
+# agents at 1.0.0 (each with its own copy of the binary), show the members,
+# upgrade the whole cluster to 2.0.0 in waves with live progress, show the
+# members again, and stop every agent this script started (by PID).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -13,45 +15,55 @@ cleanup() {
 }
 trap cleanup EXIT
 
-make -s build OUT="$work/peerd"
-peerd="$work/peerd"
+echo "==> building peerd 1.0.0 (protocol 1-1) and 2.0.0 (protocol 1-2)"
+make -s build OUT="$work/v1/peerd" VERSION=1.0.0 PROTOCOL_MIN=1 PROTOCOL_MAX=1 &
+make -s build OUT="$work/v2/peerd" VERSION=2.0.0 PROTOCOL_MIN=1 PROTOCOL_MAX=2 &
+wait
+peerd="$work/v1/peerd"
 
 # Free ports from the kernel, so the demo runs beside anything else.
-read -r -a ports < <(python3 - <<'PY' 2>/dev/null || echo "27946 27947 27956 27957 27966 27967"
+read -r -a ports < <(python3 - <<'PY'
 import socket
 socks = []
-for _ in range(6):
+for _ in range(10):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 )
 
-start() { # name gossip-port http-port [join]
-	local args=(agent --node "$1" --bind "127.0.0.1:$2" --http-addr "127.0.0.1:$3"
-		--data-dir "$work/$1" --gossip-profile fast --log-level warn)
-	[ -n "${4:-}" ] && args+=(--join "$4")
-	"$peerd" "${args[@]}" 2>>"$work/$1.log" &
+start() { # index
+	local i=$1 node="node$1" g=${ports[$((2 * ($1 - 1)))]} h=${ports[$((2 * ($1 - 1) + 1))]}
+	mkdir -p "$work/$node"
+	cp "$work/v1/peerd" "$work/$node/peerd"
+	local args=(agent --node "$node" --bind "127.0.0.1:$g" --http-addr "127.0.0.1:$h"
+		--data-dir "$work/$node/data" --gossip-profile fast --log-level warn --allow-unsigned)
+	[ "$i" -gt 1 ] && args+=(--join "127.0.0.1:${ports[0]}")
+	"$work/$node/peerd" "${args[@]}" 2>>"$work/$node.log" &
 	pids+=($!)
 }
 wait_for() { # description command...
 	local desc=$1; shift
-	for _ in $(seq 1 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-	echo "demo: timed out waiting for $desc" >&2; cat "$work"/*.log >&2; exit 1
+	for _ in $(seq 1 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+	echo "demo: timed out waiting for $desc" >&2; tail -n 20 "$work"/*.log >&2; exit 1
 }
+sock() { echo "$work/node$1/data/peerd.sock"; }
 
-echo "==> starting 3 agents on 127.0.0.1"
-start node1 "${ports[0]}" "${ports[1]}"
-wait_for "node1" "$peerd" info --socket "$work/node1/peerd.sock"
-start node2 "${ports[2]}" "${ports[3]}" "127.0.0.1:${ports[0]}"
-start node3 "${ports[4]}" "${ports[5]}" "127.0.0.1:${ports[0]}"
-three_alive() { [ "$("$peerd" members --socket "$work/node1/peerd.sock" --status alive | tail -n +2 | wc -l)" = 3 ]; }
-wait_for "3 alive members" three_alive
+echo "==> starting 5 agents at 1.0.0 on 127.0.0.1"
+start 1
+wait_for "node1" "$peerd" info --socket "$(sock 1)"
+for i in 2 3 4 5; do start "$i"; done
+all_alive() { [ "$("$peerd" members --socket "$(sock 1)" --status alive | tail -n +2 | wc -l)" = 5 ]; }
+wait_for "5 alive members" all_alive
 
 echo "==> peerd members"
-"$peerd" members --socket "$work/node1/peerd.sock"
+"$peerd" members --socket "$(sock 1)"
 echo
-echo "==> peerd info (node2)"
-"$peerd" info --socket "$work/node2/peerd.sock"
+echo "==> peerd upgrade --to 2.0.0 --artifact v2/peerd --batch 2 --min-healthy 1s   (run on node3)"
+"$peerd" upgrade --socket "$(sock 3)" --to 2.0.0 --artifact "$work/v2/peerd" --batch 2 --min-healthy 1s
+echo
+echo "==> peerd members (every node now runs 2.0.0; the active protocol is 2)"
+"$peerd" members --socket "$(sock 1)"
+"$peerd" info --socket "$(sock 1)" | grep 'active protocol'
 echo
 echo "==> stopping the agents (SIGTERM: graceful leave)"
 cleanup
