@@ -25,7 +25,7 @@ LDFLAGS := -s -w \
 	-X $(PKG)/buildinfo.ProtocolMax=$(PROTOCOL_MAX) \
 	-X '$(PKG)/buildinfo.HealthFault=$(HEALTH_FAULT)'
 
-.PHONY: help build test unit lint fmt demo clean
+.PHONY: help build test unit lint fmt demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ fmt: ## format the code
 
 demo: ## start a local 3-node cluster on loopback, show its members, stop it
 	@bash contrib/demo/demo.sh
+
+bench: ## roll 20 real agents v1 -> v2 (batch 4, --min-healthy 1s) and report where the time goes
+	$(GO) test -run '^$$' -bench BenchmarkRollout20 -benchtime 1x -timeout 20m ./integration/
 
 clean:
 	rm -rf bin build dist

@@ -158,9 +158,14 @@ func (a *Agent) info() api.Info {
 	pr := a.cluster.ProtocolRange()
 	ci.ActiveProtocol, ci.ProtocolMin = pr.Max, pr.Min
 	b := a.opts.Build
+	var served int64
+	if a.engine != nil {
+		served = a.engine.BytesServed()
+	}
 	return api.Info{
-		Node:    memberRow(a.cluster.LocalMember()),
-		Cluster: ci,
+		ArtifactBytesServed: served,
+		Node:                memberRow(a.cluster.LocalMember()),
+		Cluster:             ci,
 		Build: api.Build{Version: b.Version, Commit: b.Commit, GoVersion: b.GoVersion, OS: b.OS, Arch: b.Arch,
 			ProtocolMin: b.ProtocolMin, ProtocolMax: b.ProtocolMax},
 	}

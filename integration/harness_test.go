@@ -261,17 +261,6 @@ func (a *agent) kill() {
 	_, _ = a.wait(10 * time.Second)
 }
 
-// stop asks politely (SIGTERM), then kills.
-func (a *agent) stop() {
-	if a.cmd == nil || a.exited() {
-		return
-	}
-	a.signal(syscall.SIGTERM)
-	if _, err := a.wait(10 * time.Second); err != nil {
-		a.kill()
-	}
-}
-
 func (a *agent) client() *api.Client { return api.NewClient(a.socket()) }
 
 func (a *agent) members() ([]api.Member, error) {

@@ -248,7 +248,7 @@ func runRollout(t *testing.T, tc rolloutCase) {
 	t.Logf("rollout output:\n%s", out)
 }
 
-func rolloutStatus(t *testing.T, a *agent) upgrade.Status {
+func rolloutStatus(t testing.TB, a *agent) upgrade.Status {
 	t.Helper()
 	out, stderr, err := a.cli("upgrade", "status", "--json")
 	require.NoError(t, err, stderr)

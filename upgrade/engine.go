@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -484,13 +483,6 @@ func appendUnique(list []string, v string) []string {
 		return list
 	}
 	return append(list, v)
-}
-
-func checkPlatform(info buildinfo.Info) error {
-	if info.OS != runtime.GOOS || info.Arch != runtime.GOARCH {
-		return fmt.Errorf("artifact is for %s/%s, this node is %s/%s", info.OS, info.Arch, runtime.GOOS, runtime.GOARCH)
-	}
-	return nil
 }
 
 func decodeJSON(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 )
 
@@ -58,8 +57,6 @@ type NodeState struct {
 
 // Active reports whether the node is in a rollout that is not finished.
 func (s NodeState) Active() bool { return s.PlanID != "" && !s.Phase.Terminal() }
-
-func (s NodeState) rolledBackFrom(v string) bool { return slices.Contains(s.RolledBackFrom, v) }
 
 // LoadState reads the state file; a missing file is the zero state.
 func LoadState(path string) (NodeState, error) {

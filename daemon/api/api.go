@@ -19,6 +19,8 @@ type Info struct {
 	Node    Member      `json:"node"`
 	Cluster ClusterInfo `json:"cluster"`
 	Build   Build       `json:"build"`
+	// ArtifactBytesServed counts the artifact bytes this node served to peers.
+	ArtifactBytesServed int64 `json:"artifact_bytes_served"`
 }
 
 // ClusterInfo summarises the cluster as this node sees it.

@@ -1,20 +1,27 @@
 // Package lease is the rollout lease: wave w of a plan may go offline only
 // while a majority of the plan's member snapshot has granted it.
 //
-// A granter grants wave w only if it holds no live grant for another wave of
-// the same plan and sees every earlier wave done. Two majorities of one
-// snapshot always share a member, so two waves are never offline together,
-// even across a partition (the minority side stalls). Grants are persisted
-// before they are answered, so a granter that restarts (as every upgraded
-// node does) still refuses a second wave while its grant is live.
+// A granter grants wave w only if it holds no live grant for another wave
+// of the same plan and sees every earlier wave done. Two majorities of one
+// snapshot always share a member, and that member grants one wave at a
+// time, so two waves are never offline together, even across a partition
+// (the minority side stalls). Grants are persisted before they are
+// answered, so a granter that restarts (as every upgraded node does) still
+// refuses a second wave while its grant is live.
+//
+// This package decides and counts; it never talks to the network and never
+// takes anything offline. It must never hand out a grant it has not
+// persisted.
 package lease
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 )
@@ -26,57 +33,42 @@ type Grant struct {
 	Expires time.Time `json:"expires"`
 }
 
-// Request asks for a wave's lease.
+// Request asks for a wave's lease. TTL is the plan's per-wave deadline: a
+// wave that has not finished by then has failed, and its grant must not
+// block the rollout's recovery forever.
 type Request struct {
 	PlanID string        `json:"plan_id"`
 	Wave   int           `json:"wave"`
 	TTL    time.Duration `json:"ttl"`
-	Node   string        `json:"node"`
+	Node   string        `json:"node"` // requester, for logs
 }
 
-// Clock tells the time; tests use a FakeClock.
-type Clock interface{ Now() time.Time }
-
-// RealClock is the wall clock.
-type RealClock struct{}
-
-// Now returns time.Now().
-func (RealClock) Now() time.Time { return time.Now() }
-
-// FakeClock is a clock tests move by hand.
-type FakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-// NewFakeClock returns a clock stopped at t.
-func NewFakeClock(t time.Time) *FakeClock { return &FakeClock{now: t} }
-
-// Now returns the clock's time.
-func (c *FakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-// Advance moves the clock forward.
-func (c *FakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
-// Granter is one member's side of the lease.
+// Granter is one member's side of the lease. Its methods are safe for
+// concurrent use: requests from different waves race, and a check-and-grant
+// must be atomic.
 type Granter struct {
 	path  string
 	clock Clock
 
-	mu     sync.Mutex // guards grants and the file
+	// skipFsync is for tests of the decision logic only, which write
+	// thousands of grants and do not test durability.
+	skipFsync bool
+
+	mu     sync.Mutex // guards grants and the file at path
 	grants []Grant
 }
 
-// NewGranter loads the grants persisted at path, if any.
+// NewGranter loads the grants persisted at path, if the file exists; the
+// directory must exist. A nil clock means the wall clock. A file that does
+// not parse is an error rather than a fresh start: forgetting a live grant
+// could let this member vote two waves offline at once.
 func NewGranter(path string, clock Clock) (*Granter, error) {
+	if path == "" {
+		return nil, errors.New("lease granter needs a file to keep its grants in")
+	}
+	if clock == nil {
+		clock = RealClock{}
+	}
 	g := &Granter{path: path, clock: clock}
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -91,14 +83,32 @@ func NewGranter(path string, clock Clock) (*Granter, error) {
 	return g, nil
 }
 
-// Decide grants req or says why not. earlierDone reports whether this
-// granter sees every wave before the requested one done and healthy.
+// Decide grants req or returns an error saying why not. Wave numbers in
+// messages are 1-based, as `peerd upgrade status` shows them.
+//
+// earlierDone reports whether this granter sees every wave before the
+// requested one done and healthy; it is this granter's own view, because a
+// requester could not prove it, and it must not call back into g. It is
+// consulted only for a new grant: asking again for a wave already granted
+// returns the existing grant unchanged (same expiry), so a requester that
+// retries cannot stretch its lease.
+//
+// A refusal costs nothing. A grant is persisted before it is returned; if
+// that fails, Decide refuses with the error.
 func (g *Granter) Decide(req Request, earlierDone func(planID string, wave int) bool) (Grant, error) {
+	switch {
+	case req.PlanID == "":
+		return Grant{}, errors.New("lease request names no plan")
+	case req.Wave < 0:
+		return Grant{}, fmt.Errorf("lease request for wave %d: want 0 or more", req.Wave)
+	case req.TTL <= 0:
+		return Grant{}, fmt.Errorf("lease request has TTL %s: want a positive duration", req.TTL)
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.clock.Now()
 	for _, gr := range g.grants {
-		if gr.PlanID != req.PlanID || !now.Before(gr.Expires) {
+		if gr.PlanID != req.PlanID || !live(gr, now) {
 			continue
 		}
 		if gr.Wave == req.Wave {
@@ -109,63 +119,74 @@ func (g *Granter) Decide(req Request, earlierDone func(planID string, wave int) 
 	if !earlierDone(req.PlanID, req.Wave) {
 		return Grant{}, fmt.Errorf("does not see every wave before wave %d done yet", req.Wave+1)
 	}
-	if req.TTL <= 0 {
-		return Grant{}, errors.New("request has no TTL")
-	}
-	gr := Grant{PlanID: req.PlanID, Wave: req.Wave, Expires: now.Add(req.TTL)}
-	next := []Grant{gr}
-	for _, old := range g.grants {
-		if now.Before(old.Expires) {
-			next = append(next, old)
-		}
-	}
+	gr := Grant{PlanID: req.PlanID, Wave: req.Wave, Expires: now.Add(req.TTL).UTC()}
+	next := append(liveAt(g.grants, now), gr)
 	if err := g.saveLocked(next); err != nil {
 		return Grant{}, err
 	}
 	return gr, nil
 }
 
-// Release drops this granter's grant for a wave (it finished).
+// Release drops this granter's grant for a wave, which frees it to grant
+// the next one. Release is for a wave that finished: releasing early would
+// let the next wave go offline beside it. Releasing a grant not held is not
+// an error.
 func (g *Granter) Release(planID string, wave int) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	var next []Grant
-	for _, gr := range g.grants {
-		if gr.PlanID != planID || gr.Wave != wave {
-			next = append(next, gr)
-		}
+	now := g.clock.Now()
+	next := slices.DeleteFunc(liveAt(g.grants, now), func(gr Grant) bool {
+		return gr.PlanID == planID && gr.Wave == wave
+	})
+	if len(next) == len(g.grants) {
+		return nil // nothing held, nothing expired: nothing to write
 	}
 	return g.saveLocked(next)
 }
 
-// Live lists the unexpired grants.
+// Live returns the unexpired grants, by plan and wave.
 func (g *Granter) Live() []Grant {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	now := g.clock.Now()
-	var out []Grant
-	for _, gr := range g.grants {
-		if now.Before(gr.Expires) {
+	out := liveAt(g.grants, g.clock.Now())
+	slices.SortFunc(out, func(a, b Grant) int {
+		return cmp.Or(cmp.Compare(a.PlanID, b.PlanID), cmp.Compare(a.Wave, b.Wave))
+	})
+	return out
+}
+
+// live reports whether gr is unexpired at now; a grant is dead from the
+// instant it expires.
+func live(gr Grant, now time.Time) bool { return now.Before(gr.Expires) }
+
+// liveAt returns a new slice of the grants live at now, so the file does
+// not grow with every wave ever granted.
+func liveAt(grants []Grant, now time.Time) []Grant {
+	out := make([]Grant, 0, len(grants)+1)
+	for _, gr := range grants {
+		if live(gr, now) {
 			out = append(out, gr)
 		}
 	}
 	return out
 }
 
-// saveLocked persists grants (temp file, fsync, rename) and only then
-// adopts them, so an answer never promises what a restart would forget.
+// saveLocked persists grants (temp file, fsync, rename, fsync of the
+// directory) and only then adopts them, so an answer never promises what a
+// crash or restart would forget.
 func (g *Granter) saveLocked(grants []Grant) error {
 	b, err := json.Marshal(grants)
 	if err != nil {
-		return err
+		return fmt.Errorf("persist lease grants: %w", err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(g.path), ".grants-*")
+	dir := filepath.Dir(g.path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(g.path)+".*")
 	if err != nil {
 		return fmt.Errorf("persist lease grants: %w", err)
 	}
-	defer os.Remove(f.Name())
+	defer os.Remove(f.Name()) // fails harmlessly once renamed
 	_, err = f.Write(b)
-	if err == nil {
+	if err == nil && !g.skipFsync {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -174,46 +195,26 @@ func (g *Granter) saveLocked(grants []Grant) error {
 	if err == nil {
 		err = os.Rename(f.Name(), g.path)
 	}
+	if err == nil && !g.skipFsync {
+		err = syncDir(dir)
+	}
 	if err != nil {
-		return fmt.Errorf("persist lease grants: %w", err)
+		return fmt.Errorf("persist lease grants to %s: %w", g.path, err)
 	}
 	g.grants = grants
 	return nil
 }
 
-// Quorum is the majority of n voters.
-func Quorum(n int) int { return n/2 + 1 }
-
-// Tally counts the answers to one request; each voter counts once.
-type Tally struct {
-	n     int
-	votes map[string]bool
-}
-
-// NewTally counts against a snapshot of the given size.
-func NewTally(snapshotSize int) *Tally { return &Tally{n: snapshotSize, votes: map[string]bool{}} }
-
-// Add records a voter's answer; a voter's first answer stands.
-func (t *Tally) Add(voter string, granted bool) {
-	if _, ok := t.votes[voter]; !ok {
-		t.votes[voter] = granted
+// syncDir makes a rename in dir durable: without it, power loss can bring
+// back the old file and its forgotten grant.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
 	}
-}
-
-// Counts returns how many granted and refused.
-func (t *Tally) Counts() (granted, refused int) {
-	for _, v := range t.votes {
-		if v {
-			granted++
-		} else {
-			refused++
-		}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
 	}
-	return granted, refused
-}
-
-// Granted reports whether a majority of the snapshot granted.
-func (t *Tally) Granted() bool {
-	g, _ := t.Counts()
-	return g >= Quorum(t.n)
+	return err
 }

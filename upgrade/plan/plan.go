@@ -1,9 +1,13 @@
 // Package plan is a rollout plan and the waves every node derives from it.
 //
 // A plan is content-addressed: its ID is the sha256 of its canonical
-// encoding, so a node that fetched it from any peer can check it. Every node
-// computes the same waves from the plan alone, so no leader is needed.
-// This package is pure: no I/O, no clock.
+// encoding, so a node that fetched it from any peer can check it against
+// the ID the announcement carried. Every node computes the same waves from
+// the plan alone, which is why there is no leader and no coordinator.
+//
+// This package is pure: no I/O, no clock, no randomness. It must never
+// depend on anything but the plan's bytes, or two nodes could disagree on
+// who goes offline when.
 package plan
 
 import (
@@ -12,31 +16,31 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"regexp"
-	"sort"
-	"strconv"
+	"slices"
 	"strings"
 	"time"
 )
 
 // Options are the operator's rollout options.
 type Options struct {
-	Batch          int           `json:"batch,omitempty"`
-	MaxUnavailable string        `json:"max_unavailable,omitempty"`
-	Canary         int           `json:"canary,omitempty"`
-	ByTag          string        `json:"by_tag,omitempty"`
+	Batch          int           `json:"batch,omitempty"`           // nodes per wave
+	MaxUnavailable string        `json:"max_unavailable,omitempty"` // "N" or "N%" of the snapshot, alternative to Batch
+	Canary         int           `json:"canary,omitempty"`          // first wave of N nodes
+	ByTag          string        `json:"by_tag,omitempty"`          // a wave never mixes values of this tag
 	MinHealthy     time.Duration `json:"min_healthy"`
-	Deadline       time.Duration `json:"deadline"`
+	Deadline       time.Duration `json:"deadline"` // per wave; also the lease TTL
 	AllowOutage    bool          `json:"allow_outage,omitempty"`
 }
 
-// Artifact names a blob by digest; URL is an optional origin outside the cluster.
+// Artifact names a blob by digest; URL is an optional origin outside the
+// cluster. With no URL, nodes fetch it from the origin node's peer HTTP API
+// (or any peer that already has it).
 type Artifact struct {
 	SHA256    string `json:"sha256"`
 	Size      int64  `json:"size"`
 	URL       string `json:"url,omitempty"`
-	Signature string `json:"signature,omitempty"`
+	Signature string `json:"signature,omitempty"` // minisign signature text
 }
 
 // Patch is a bsdiff patch from FromVersion to the plan's artifact.
@@ -54,65 +58,89 @@ type Member struct {
 
 // Plan is a rollout: what to install, how, and on which snapshot of members.
 type Plan struct {
-	Target   string    `json:"target"`
-	Version  string    `json:"version"`
+	Target   string    `json:"target"`  // "peerd" or an app name
+	Version  string    `json:"version"` // target version
 	Rollback bool      `json:"rollback,omitempty"`
 	Artifact Artifact  `json:"artifact"`
 	Patch    *Patch    `json:"patch,omitempty"`
 	Options  Options   `json:"options"`
-	Members  []Member  `json:"members"`
-	Origin   string    `json:"origin"`
+	Members  []Member  `json:"members"` // snapshot, sorted by name in the encoding
+	Origin   string    `json:"origin"`  // node that created the plan
 	Created  time.Time `json:"created"`
 }
 
-// Wave is a set of nodes that go offline together.
-type Wave struct {
-	Index  int      `json:"index"`
-	Nodes  []string `json:"nodes"`
-	Canary bool     `json:"canary,omitempty"`
-	Tag    string   `json:"tag,omitempty"`
-}
-
-// Encode is the canonical encoding: members sorted by name, times in UTC,
-// and Go's JSON (struct fields in declaration order).
+// Encode is the canonical encoding: Go's JSON of the plan with struct
+// fields in declaration order, members sorted by name, and Created in UTC.
+// Sorting and normalising here, rather than trusting the caller, is what
+// lets two nodes that built or decoded the same plan agree on its ID.
 func (p Plan) Encode() ([]byte, error) {
 	c := p
-	c.Members = append([]Member(nil), p.Members...)
-	sort.Slice(c.Members, func(i, j int) bool { return c.Members[i].Name < c.Members[j].Name })
+	// An empty snapshot encodes as [] whether the slice is nil or not.
+	c.Members = append([]Member{}, p.Members...)
+	// Break ties on every field so that even an invalid plan with a
+	// duplicate name encodes the same whatever order it was built in.
+	slices.SortFunc(c.Members, func(a, b Member) int {
+		if n := strings.Compare(a.Name, b.Name); n != 0 {
+			return n
+		}
+		if n := strings.Compare(a.Version, b.Version); n != 0 {
+			return n
+		}
+		return strings.Compare(a.Tag, b.Tag)
+	})
 	c.Created = p.Created.UTC()
-	return json.Marshal(c)
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("encode plan: %w", err)
+	}
+	return b, nil
 }
 
-// Decode parses an encoded plan.
+// Decode parses an encoded plan. Its ID is the ID of the plan that was
+// encoded.
 func Decode(b []byte) (Plan, error) {
 	var p Plan
 	if err := json.Unmarshal(b, &p); err != nil {
-		return p, fmt.Errorf("decode plan: %w", err)
+		return Plan{}, fmt.Errorf("decode plan: %w", err)
 	}
 	return p, nil
 }
 
-// ID is the lowercase hex sha256 of the canonical encoding.
+// ID is the lowercase hex sha256 of the canonical encoding, or "" for a
+// plan that cannot be encoded (Validate reports why).
 func (p Plan) ID() string {
-	b, err := p.Encode()
-	if err != nil {
-		return ""
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+	id, _ := p.id()
+	return id
 }
 
-// ShortID is the ID's first 8 hex characters, for tags and logs.
-func (p Plan) ShortID() string { return p.ID()[:8] }
+func (p Plan) id() (string, error) {
+	b, err := p.Encode()
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// ShortID is the ID's first 8 hex characters, for tags and logs, where the
+// full ID is too long and 8 characters are plenty to tell plans apart.
+func (p Plan) ShortID() string {
+	id := p.ID()
+	if len(id) < 8 {
+		return "invalid"
+	}
+	return id[:8]
+}
 
 var hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
-// Validate reports every problem at once.
+// Validate reports every problem at once (errors.Join), each saying which
+// flag fixes it, so the operator fixes a plan in one go.
 func (p Plan) Validate() error {
 	var errs []error
 	add := func(f string, a ...any) { errs = append(errs, fmt.Errorf(f, a...)) }
 	if p.Target == "" {
-		add("plan has no target")
+		add("plan has no target: name peerd or an app")
 	}
 	if p.Version == "" {
 		add("plan has no version: give --to VERSION")
@@ -121,11 +149,40 @@ func (p Plan) Validate() error {
 		add("artifact sha256 %q: want 64 lowercase hex digits", p.Artifact.SHA256)
 	}
 	if p.Artifact.Size <= 0 {
-		add("artifact is empty")
+		add("artifact size %d: want a non-empty artifact", p.Artifact.Size)
 	}
-	if p.Patch != nil && (!hex64.MatchString(p.Patch.SHA256) || p.Patch.FromVersion == "") {
-		add("patch needs a sha256 and --patch-from VERSION")
+	if p.Patch != nil {
+		if p.Patch.FromVersion == "" {
+			add("patch has no source version: give --patch-from VERSION")
+		}
+		if !hex64.MatchString(p.Patch.SHA256) {
+			add("patch sha256 %q: want 64 lowercase hex digits", p.Patch.SHA256)
+		}
+		if p.Patch.Size <= 0 {
+			add("patch size %d: want a non-empty patch", p.Patch.Size)
+		}
 	}
+	errs = append(errs, p.waveProblems()...)
+	if p.Options.MinHealthy < 0 {
+		add("--min-healthy %s: want 0 or more", p.Options.MinHealthy)
+	}
+	if p.Options.Deadline <= 0 {
+		add("--deadline %s: want a positive duration", p.Options.Deadline)
+	}
+	if _, err := p.Encode(); err != nil {
+		// Only a Created time outside years 0-9999 gets here; without an
+		// encoding the plan has no ID and cannot be announced.
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// waveProblems are the problems that would stop Waves from computing the
+// waves every node agrees on. Waves checks them too, so that a plan that
+// skipped Validate fails loudly rather than falling back to some default.
+func (p Plan) waveProblems() []error {
+	var errs []error
+	add := func(f string, a ...any) { errs = append(errs, fmt.Errorf(f, a...)) }
 	o := p.Options
 	if o.Batch < 0 {
 		add("--batch %d: want a positive number", o.Batch)
@@ -134,144 +191,25 @@ func (p Plan) Validate() error {
 		add("give --batch or --max-unavailable, not both")
 	}
 	if o.MaxUnavailable != "" {
-		if _, err := ParseMaxUnavailable(o.MaxUnavailable, max(len(p.Members), 1)); err != nil {
+		if _, err := ParseMaxUnavailable(o.MaxUnavailable, len(p.Members)); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if o.Canary < 0 {
 		add("--canary %d: want 0 or more", o.Canary)
 	}
-	if o.MinHealthy < 0 {
-		add("--min-healthy %s: want 0 or more", o.MinHealthy)
-	}
-	if o.Deadline <= 0 {
-		add("--deadline %s: want a positive duration", o.Deadline)
-	}
 	if len(p.Members) == 0 {
 		add("plan has no members")
 	}
-	seen := map[string]bool{}
+	seen := map[string]int{}
 	for _, m := range p.Members {
-		if seen[m.Name] {
-			add("member %q appears twice", m.Name)
-		}
-		seen[m.Name] = true
-	}
-	return errors.Join(errs...)
-}
-
-// ParseMaxUnavailable resolves "N" or "N%" against a member count; a share
-// rounds up and is at least one node.
-func ParseMaxUnavailable(s string, members int) (int, error) {
-	bad := fmt.Errorf("--max-unavailable %q: want a count like 3 or a share like 25%% (above 0, at most 100%%)", s)
-	if pct, ok := strings.CutSuffix(s, "%"); ok {
-		f, err := strconv.ParseFloat(pct, 64)
-		if err != nil || f <= 0 || f > 100 {
-			return 0, bad
-		}
-		return max(1, int(math.Ceil(f*float64(members)/100))), nil
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n <= 0 {
-		return 0, bad
-	}
-	return n, nil
-}
-
-func (p Plan) batch() int {
-	if p.Options.MaxUnavailable != "" {
-		n, err := ParseMaxUnavailable(p.Options.MaxUnavailable, len(p.Members))
-		if err == nil {
-			return n
+		seen[m.Name]++
+		switch {
+		case m.Name == "" && seen[m.Name] == 1:
+			add("plan has a member with no name")
+		case m.Name != "" && seen[m.Name] == 2:
+			add("member %q appears more than once", m.Name)
 		}
 	}
-	if p.Options.Batch > 0 {
-		return p.Options.Batch
-	}
-	return 1
-}
-
-// Waves computes the waves. Members are ordered by sha256(planID || name)
-// (raw bytes), which every node computes alike and which differs from plan
-// to plan, so the same nodes are not always first. The canary wave takes the
-// first Canary nodes; the rest go in chunks of the batch size. With ByTag,
-// members are grouped by tag value (groups in the order of their first
-// member) and chunked per group, so a wave never mixes values.
-//
-// A wave that would hold every member is refused unless AllowOutage:
-// keeping the rest online is the point of a rollout.
-func (p Plan) Waves() ([]Wave, error) {
-	id := p.ID()
-	names := make([]Member, len(p.Members))
-	copy(names, p.Members)
-	rank := func(n string) string {
-		h := sha256.Sum256([]byte(id + n))
-		return string(h[:])
-	}
-	sort.Slice(names, func(i, j int) bool { return rank(names[i].Name) < rank(names[j].Name) })
-
-	var waves []Wave
-	add := func(w Wave) {
-		w.Index = len(waves)
-		waves = append(waves, w)
-	}
-	rest := names
-	if c := p.Options.Canary; c > 0 {
-		c = min(c, len(rest))
-		w := Wave{Canary: true}
-		for _, m := range rest[:c] {
-			w.Nodes = append(w.Nodes, m.Name)
-		}
-		add(w)
-		rest = rest[c:]
-	}
-	batch := p.batch()
-	var groups [][]Member
-	if p.Options.ByTag != "" {
-		index := map[string]int{}
-		for _, m := range rest {
-			i, ok := index[m.Tag]
-			if !ok {
-				i = len(groups)
-				index[m.Tag] = i
-				groups = append(groups, nil)
-			}
-			groups[i] = append(groups[i], m)
-		}
-	} else if len(rest) > 0 {
-		groups = [][]Member{rest}
-	}
-	for _, g := range groups {
-		for start := 0; start < len(g); start += batch {
-			w := Wave{}
-			if p.Options.ByTag != "" {
-				w.Tag = p.Options.ByTag + "=" + g[start].Tag
-			}
-			for _, m := range g[start:min(start+batch, len(g))] {
-				w.Nodes = append(w.Nodes, m.Name)
-			}
-			add(w)
-		}
-	}
-	if !p.Options.AllowOutage {
-		for _, w := range waves {
-			if len(w.Nodes) >= len(p.Members) {
-				return nil, fmt.Errorf("wave %d would take all %d members offline at once: lower --batch or --max-unavailable, add nodes, or pass --allow-outage to accept the outage", w.Index+1, len(p.Members))
-			}
-		}
-	}
-	return waves, nil
-}
-
-// WaveOf returns the index of node's wave, or -1 when the node is not in the
-// snapshot (callers run such late joiners in a final wave, len(waves)).
-func WaveOf(waves []Wave, node string) int {
-	for _, w := range waves {
-		for _, n := range w.Nodes {
-			if n == node {
-				return w.Index
-			}
-		}
-	}
-	return -1
+	return errs
 }

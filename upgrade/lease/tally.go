@@ -1,0 +1,47 @@
+package lease
+
+// Quorum is the majority of n voters, n/2+1. Any two sets of Quorum(n)
+// voters out of the same n share at least one voter, and that voter grants
+// only one wave at a time: this is the whole safety argument of the lease.
+func Quorum(n int) int { return n/2 + 1 }
+
+// Tally counts the answers to one lease request against the plan's
+// snapshot. The majority is of the snapshot, not of whoever answered, so
+// that a minority side of a partition can never reach it. A Tally is not
+// safe for concurrent use.
+type Tally struct {
+	n     int
+	votes map[string]bool
+}
+
+// NewTally counts against a snapshot of snapshotSize members.
+func NewTally(snapshotSize int) *Tally {
+	return &Tally{n: snapshotSize, votes: map[string]bool{}}
+}
+
+// Add records a voter's answer. Each voter counts once and its first answer
+// stands: a duplicated or replayed answer must not count twice toward a
+// majority, nor take back a grant the voter has already persisted.
+func (t *Tally) Add(voter string, granted bool) {
+	if _, ok := t.votes[voter]; !ok {
+		t.votes[voter] = granted
+	}
+}
+
+// Counts returns how many voters granted and how many refused.
+func (t *Tally) Counts() (granted, refused int) {
+	for _, v := range t.votes {
+		if v {
+			granted++
+		} else {
+			refused++
+		}
+	}
+	return granted, refused
+}
+
+// Granted reports whether at least Quorum(snapshotSize) voters granted.
+func (t *Tally) Granted() bool {
+	g, _ := t.Counts()
+	return g >= Quorum(t.n)
+}
