@@ -1,0 +1,116 @@
+package upgrade
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/peerd/peerd/buildinfo"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestStateFileRoundTripAndCorruption(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	st, err := LoadState(path)
+	require.NoError(t, err)
+	assert.False(t, st.Active(), "no file: no rollout")
+
+	want := NodeState{PlanID: "abc", Wave: 2, Phase: PhaseHealth, FromVersion: "1.0.0", ToVersion: "2.0.0", Starts: 1, RolledBackFrom: []string{"1.5.0"}}
+	require.NoError(t, SaveState(path, want))
+	got, err := LoadState(path)
+	require.NoError(t, err)
+	assert.Equal(t, want, got)
+	entries, _ := os.ReadDir(filepath.Dir(path))
+	assert.Len(t, entries, 1, "no temp file left behind")
+
+	require.NoError(t, os.WriteFile(path, []byte("{not json"), 0o600))
+	_, err = LoadState(path)
+	assert.ErrorContains(t, err, "is corrupt")
+	assert.ErrorContains(t, err, "move it aside")
+}
+
+func TestPhases(t *testing.T) {
+	for _, p := range []Phase{PhaseDone, PhaseFailed, PhaseAborted} {
+		assert.True(t, p.Terminal(), p)
+	}
+	for _, p := range []Phase{PhaseWait, PhasePrepare, PhaseReady, PhaseApply, PhaseRestart, PhaseHealth} {
+		assert.False(t, p.Terminal(), p)
+	}
+	assert.True(t, PhaseApply.Offline())
+	assert.True(t, PhaseRestart.Offline())
+	assert.False(t, PhaseHealth.Offline(), "the new binary serves during its health gate")
+}
+
+func TestProgressTag(t *testing.T) {
+	p := Progress{PlanShort: "1a2b3c4d", Wave: 3, Phase: PhaseApply}
+	assert.Equal(t, "1a2b3c4d:3:apply", p.String())
+	got, ok := ParseProgress(p.String())
+	require.True(t, ok)
+	assert.Equal(t, p, got)
+	for _, bad := range []string{"", "x", "a:b:c", ":1:done", "a:1"} {
+		_, ok := ParseProgress(bad)
+		assert.False(t, ok, bad)
+	}
+}
+
+// TestRecover is the crash-safety table: whatever step a node died in, the
+// binary that starts next decides to resume, enter the health gate, or
+// report a rollback, and never leaves the node in between.
+func TestRecover(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		phase      Phase
+		running    string
+		wantPhase  Phase
+		wantStarts int
+		wantReason string
+	}{
+		{"died waiting: wait again", PhaseWait, "1.0.0", PhaseWait, 0, ""},
+		{"died preparing: prepare again", PhasePrepare, "1.0.0", PhasePrepare, 0, ""},
+		{"died holding the lease, before the swap: apply again", PhaseApply, "1.0.0", PhaseApply, 0, ""},
+		{"died right after the swap: the new binary starts its health gate", PhaseApply, "2.0.0", PhaseHealth, 1, ""},
+		{"restarted into the new binary", PhaseRestart, "2.0.0", PhaseHealth, 1, ""},
+		{"died during the health gate: count the start, gate again", PhaseHealth, "2.0.0", PhaseHealth, 2, ""},
+		{"old binary back after the swap: report the rollback", PhaseRestart, "1.0.0", PhaseFailed, 0, "did not stay up"},
+		{"old binary back during the gate", PhaseHealth, "1.0.0", PhaseFailed, 1, "did not stay up"},
+		{"finished: nothing to do", PhaseDone, "2.0.0", PhaseDone, 0, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			starts := 0
+			if tc.phase == PhaseHealth {
+				starts = 1
+			}
+			require.NoError(t, os.MkdirAll(filepath.Join(dir, "rollout"), 0o700))
+			require.NoError(t, SaveState(filepath.Join(dir, "rollout", "state.json"), NodeState{
+				PlanID: "p", Phase: tc.phase, FromVersion: "1.0.0", ToVersion: "2.0.0", Starts: starts,
+			}))
+			e, err := New(Config{DataDir: dir, Executable: filepath.Join(dir, "peerd"), Build: buildinfo.Info{Version: tc.running}}, nil)
+			require.NoError(t, err)
+			require.NoError(t, e.recover())
+			st := e.State()
+			assert.Equal(t, tc.wantPhase, st.Phase)
+			assert.Equal(t, tc.wantStarts, st.Starts)
+			if tc.wantReason != "" {
+				assert.Contains(t, st.Reason, tc.wantReason)
+				assert.Equal(t, []string{"2.0.0"}, st.RolledBackFrom, "it will not retry 2.0.0 on its own")
+			}
+			persisted, err := LoadState(filepath.Join(dir, "rollout", "state.json"))
+			require.NoError(t, err)
+			assert.Equal(t, st.Phase, persisted.Phase, "the decision is on disk before the node acts on it")
+		})
+	}
+}
+
+func TestCompareVersions(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want int
+	}{
+		{"1.0.0", "2.0.0", -1}, {"2.0.0", "1.0.0", 1}, {"2.0.0", "2.0.0", 0},
+		{"v2.0.0", "2.0.0", 0}, {"1.10.0", "1.9.0", 1}, {"2.0.0-rc1", "2.0.0", -1}, {"0.0.0-dev", "1.0.0", -1},
+	} {
+		assert.Equal(t, tc.want, compareVersions(tc.a, tc.b), "%s vs %s", tc.a, tc.b)
+	}
+}
