@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/peerd/peerd/upgrade/durable"
 )
 
 // ErrDigestMismatch is wrapped when bytes do not hash to the digest asked
@@ -126,17 +128,4 @@ func (s *Store) Open(sha string) (*os.File, error) {
 }
 
 // syncDir makes the renames in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
-}
+func syncDir(dir string) error { return durable.SyncDir(dir) }

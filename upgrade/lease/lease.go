@@ -20,10 +20,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/peerd/peerd/upgrade/durable"
 )
 
 // Grant is one granter's consent for a wave, until Expires.
@@ -179,42 +180,14 @@ func (g *Granter) saveLocked(grants []Grant) error {
 	if err != nil {
 		return fmt.Errorf("persist lease grants: %w", err)
 	}
-	dir := filepath.Dir(g.path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(g.path)+".*")
-	if err != nil {
-		return fmt.Errorf("persist lease grants: %w", err)
-	}
-	defer os.Remove(f.Name()) // fails harmlessly once renamed
-	_, err = f.Write(b)
-	if err == nil && !g.skipFsync {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), g.path)
-	}
-	if err == nil && !g.skipFsync {
-		err = syncDir(dir)
+	if g.skipFsync {
+		err = os.WriteFile(g.path, b, 0o600)
+	} else {
+		err = durable.WriteFile(g.path, b, 0o600)
 	}
 	if err != nil {
 		return fmt.Errorf("persist lease grants to %s: %w", g.path, err)
 	}
 	g.grants = grants
 	return nil
-}
-
-// syncDir makes a rename in dir durable: without it, power loss can bring
-// back the old file and its forgotten grant.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
