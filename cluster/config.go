@@ -24,7 +24,7 @@ const (
 	ProfileLAN   = "lan"   // memberlist's LAN defaults: failure detection in seconds
 	ProfileWAN   = "wan"   // tolerant of high latency
 	ProfileLocal = "local" // a single host or rack
-	// ProfileFast detects failures in about a second. It is meant for
+	// ProfileFast detects failures in a second or two. It is meant for
 	// loopback clusters (demos and tests), where packets are never lost.
 	ProfileFast = "fast"
 )
@@ -140,11 +140,15 @@ func (c Config) serfConfig() *serf.Config {
 		sc.MemberlistConfig = memberlist.DefaultLocalConfig()
 	case ProfileFast:
 		ml := memberlist.DefaultLocalConfig()
-		ml.ProbeInterval = 200 * time.Millisecond
-		ml.ProbeTimeout = 100 * time.Millisecond
+		// Still well below the LAN defaults, but with room for a loaded
+		// test machine (two cores, -race): a starved process must not be
+		// declared dead while it is merely slow.
+		ml.ProbeInterval = 250 * time.Millisecond
+		ml.ProbeTimeout = 200 * time.Millisecond
 		ml.GossipInterval = 50 * time.Millisecond
 		ml.PushPullInterval = 5 * time.Second
-		ml.SuspicionMult = 3
+		ml.SuspicionMult = 4
+		ml.SuspicionMaxTimeoutMult = 4
 		ml.TCPTimeout = 2 * time.Second
 		sc.MemberlistConfig = ml
 		sc.LeavePropagateDelay = 200 * time.Millisecond

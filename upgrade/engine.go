@@ -128,6 +128,7 @@ type Engine struct {
 	pendingCtl   []controlMsg
 	healthySince time.Time
 	lastHealth   error
+	prepSince    time.Time // when this process started preparing
 }
 
 // New opens the engine's files. It starts nothing.
@@ -276,6 +277,17 @@ func (e *Engine) step(ctx context.Context) {
 		e.transition(st, log)
 	case PhasePrepare:
 		if err := e.prepare(ctx, p); err != nil {
+			now := e.cfg.Clock.Now()
+			e.mu.Lock()
+			if e.prepSince.IsZero() {
+				e.prepSince = now
+			}
+			since := e.prepSince
+			e.mu.Unlock()
+			if errors.Is(err, errNoSource) && now.Sub(since) < p.Options.Deadline {
+				log.Warn("prepare: will retry", "err", err)
+				return
+			}
 			e.fail(st, fmt.Sprintf("prepare: %v", err), false)
 			return
 		}

@@ -17,6 +17,11 @@ import (
 	"github.com/peerd/peerd/upgrade/plan"
 )
 
+// errNoSource marks a fetch that found no source this time: peers restart
+// and gossip can briefly lose one, so prepare tries again until the wave's
+// deadline instead of failing the rollout.
+var errNoSource = errors.New("no source served it")
+
 // ErrUnsigned is returned when an artifact has no signature and the agent
 // was not told to accept that.
 var ErrUnsigned = errors.New("unsigned artifact refused: start the agent with --trust-key FILE and sign the artifact (peerd sign), or pass --allow-unsigned to the agent for demos and tests")
@@ -137,7 +142,10 @@ func (e *Engine) fetch(ctx context.Context, p plan.Plan, sha string) error {
 		}
 		errs = append(errs, fmt.Errorf("from %s: %w", p.Artifact.URL, err))
 	}
-	return fmt.Errorf("fetch %s: no source served it: %w", short(sha), errors.Join(errs...))
+	if len(errs) == 0 {
+		errs = append(errs, fmt.Errorf("no peer holds it yet and the origin %s is not reachable", p.Origin))
+	}
+	return fmt.Errorf("fetch %s: %w: %w", short(sha), errNoSource, errors.Join(errs...))
 }
 
 // sources orders the members to fetch a blob from: nodes past the prepare
