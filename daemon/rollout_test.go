@@ -104,6 +104,11 @@ func TestRolloutUpgradesEveryNodeWaveByWave(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, res.Waves, 3, "5 nodes in batches of 2")
 
+	_, err = trigger(t, nodes[2], art, upgrade.TriggerRequest{
+		Version: "2.0.0", Options: plan.Options{Batch: 1, Deadline: time.Minute},
+	})
+	require.ErrorContains(t, err, "a rollout is already running: plan "+res.PlanID[:8], "a second trigger names the running plan")
+
 	st := waitState(t, nodes[0], upgrade.StateComplete)
 	close(stop)
 	for v := range violations {
@@ -124,11 +129,39 @@ func TestRolloutUpgradesEveryNodeWaveByWave(t *testing.T) {
 	require.Eventually(t, func() bool { return nodes[0].Node().Agent.Cluster().ProtocolRange().Max == 2 },
 		10*time.Second, 10*time.Millisecond, "every node speaks 2 now")
 
-	// A second rollout to the same version has nothing to do, and an older one is refused.
+	// An older version is refused unless it is a rollback.
 	_, err = trigger(t, nodes[1], agenttest.FakeBinary(t, t.TempDir(), v1), upgrade.TriggerRequest{
 		Version: "1.0.0", Options: plan.Options{Batch: 1, Deadline: time.Minute},
 	})
 	require.ErrorContains(t, err, "older than the running 2.0.0")
+
+	// Every member speaks 2 now: a rollback to 1.0.0 would split the cluster.
+	_, err = api.NewClient(nodes[1].Node().Agent.SocketPath()).Trigger(context.Background(), upgrade.TriggerRequest{
+		Rollback: true, Options: plan.Options{Batch: 2, Deadline: 30 * time.Second},
+	})
+	require.ErrorContains(t, err, "cannot roll back to 1.0.0: every member now speaks protocol 2")
+}
+
+func TestRollbackReturnsToTheKeptBinary(t *testing.T) {
+	v15 := agenttest.Build("1.5.0", 1, 1)
+	nodes := fleet(t, 3, v1, nil)
+	opts := plan.Options{Batch: 1, MinHealthy: 100 * time.Millisecond, Deadline: 30 * time.Second}
+	_, err := trigger(t, nodes[0], agenttest.FakeBinary(t, t.TempDir(), v15), upgrade.TriggerRequest{Version: "1.5.0", Options: opts})
+	require.NoError(t, err)
+	waitState(t, nodes[0], upgrade.StateComplete)
+
+	// `peerd upgrade rollback`: a new progressive plan back to the kept binary.
+	rb, err := api.NewClient(nodes[1].Node().Agent.SocketPath()).Trigger(context.Background(), upgrade.TriggerRequest{Rollback: true, Options: opts})
+	require.NoError(t, err)
+	assert.Equal(t, "1.0.0", rb.Plan.Version)
+	assert.True(t, rb.Plan.Rollback)
+	waitState(t, nodes[2], upgrade.StateComplete, func(c *assert.CollectT, st upgrade.Status) {
+		assert.Equal(c, rb.PlanID, st.PlanID)
+	})
+	for _, s := range nodes {
+		assert.Equal(t, "1.0.0", s.Node().Agent.Cluster().LocalMember().Version, "%s rolled back", s.Node().Name)
+		assert.Equal(t, 2, s.Restarts())
+	}
 }
 
 func TestRolloutRefusesBadArtifactsBeforeAnyNodeGoesOffline(t *testing.T) {

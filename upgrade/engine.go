@@ -418,8 +418,29 @@ func (e *Engine) earlierWavesDone(p plan.Plan, waves []plan.Wave, w int) bool {
 	return true
 }
 
-func (e *Engine) waveDone(p plan.Plan, waves []plan.Wave, w int) bool {
-	return e.earlierWavesDone(p, waves, w+1)
+// waveSettled reports whether no node of wave w can be offline for plan p
+// any more: each present one is finished with p (done, failed and rolled
+// back, or aborted) or has moved on to another plan.
+func (e *Engine) waveSettled(p plan.Plan, waves []plan.Wave, w int) bool {
+	if w < 0 || w >= len(waves) {
+		return false
+	}
+	tags := map[string]string{}
+	present := map[string]bool{}
+	for _, m := range e.net.Members() {
+		tags[m.Name] = m.Tags[TagRollout]
+		present[m.Name] = m.Status != "left"
+	}
+	for _, n := range waves[w].Nodes {
+		if !present[n] {
+			continue
+		}
+		pr, ok := ParseProgress(tags[n])
+		if ok && pr.PlanShort == p.ShortID() && !pr.Phase.Terminal() {
+			return false
+		}
+	}
+	return true
 }
 
 // phases maps member name to its phase in plan p, as tags tell it.

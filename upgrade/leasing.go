@@ -83,12 +83,21 @@ func (e *Engine) answerLease(payload []byte) []byte {
 	if err != nil {
 		return refuse("plan %s: %v", p.ShortID(), err)
 	}
-	// A wave this granter sees done no longer needs its grant.
+	// A wave that has settled no longer needs its grant, whatever its plan.
 	for _, g := range e.granter.Live() {
-		if g.PlanID == req.PlanID && g.Wave != req.Wave && e.waveDone(p, waves, g.Wave) {
-			if err := e.granter.Release(g.PlanID, g.Wave); err != nil {
-				return refuse("release grant: %v", err)
-			}
+		if g.PlanID == req.PlanID && g.Wave == req.Wave {
+			continue
+		}
+		gp, err := e.planByID(ctx, g.PlanID)
+		if err != nil {
+			continue // unknown plan: keep the grant until it expires (safe)
+		}
+		gwaves, err := gp.Waves()
+		if err != nil || !e.waveSettled(gp, gwaves, g.Wave) {
+			continue
+		}
+		if err := e.granter.Release(g.PlanID, g.Wave); err != nil {
+			return refuse("release grant: %v", err)
 		}
 	}
 	_, err = e.granter.Decide(req, func(_ string, w int) bool { return e.earlierWavesDone(p, waves, w) })

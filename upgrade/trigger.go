@@ -75,8 +75,16 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 		return res, fmt.Errorf("a rollout is already running: plan %s; watch it with 'peerd upgrade status', or stop it with 'peerd upgrade abort'", id)
 	}
 	running := e.cfg.Build.Version
+	if req.Rollback && req.ArtifactSHA256 == "" && req.URL == "" {
+		if err := e.previousBinary(ctx, &req); err != nil {
+			return res, err
+		}
+	}
 	if req.Version == "" {
 		return res, errors.New("no target version: give --to VERSION")
+	}
+	if req.Rollback && compareVersions(req.Version, running) >= 0 {
+		return res, fmt.Errorf("rollback to %s: that is not older than the running %s", req.Version, running)
 	}
 	if c := compareVersions(req.Version, running); c < 0 && !req.Rollback {
 		return res, fmt.Errorf("version %s is older than the running %s: to go back, use 'peerd upgrade rollback'", req.Version, running)
@@ -155,6 +163,29 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	return res, nil
 }
 
+// previousBinary fills a rollback request from the binary this node kept
+// when it was last upgraded.
+func (e *Engine) previousBinary(ctx context.Context, req *TriggerRequest) error {
+	f, err := os.Open(e.keptPath())
+	if err != nil {
+		return fmt.Errorf("this node has no previous binary (%s): run 'peerd upgrade rollback' on a node that was upgraded, or give --to and --artifact", e.keptPath())
+	}
+	defer f.Close()
+	sha, _, err := e.store.Put(f, "")
+	if err != nil {
+		return err
+	}
+	info, err := artifact.Preflight(ctx, e.keptPath())
+	if err != nil {
+		return fmt.Errorf("previous binary: %w", err)
+	}
+	if req.Version == "" {
+		req.Version = info.Version
+	}
+	req.ArtifactSHA256 = sha
+	return nil
+}
+
 // originChecks verifies on the origin what every node verifies again: the
 // signature and the new binary's own account of version, platform and
 // protocol.
@@ -182,6 +213,10 @@ func (e *Engine) originChecks(ctx context.Context, p plan.Plan) ([]string, error
 	}
 	active := e.net.ProtocolRange().Max
 	if err := artifact.CheckBuild(info, p.Version, runtime.GOOS, runtime.GOARCH, active); err != nil {
+		if p.Rollback && !(info.ProtocolMin <= active && active <= info.ProtocolMax) {
+			return nil, fmt.Errorf("cannot roll back to %s: every member now speaks protocol %d and %s does not (it speaks %d-%d); a cluster does not go back to an older protocol once all members switched, so roll forward with a fixed release",
+				p.Version, active, p.Version, info.ProtocolMin, info.ProtocolMax)
+		}
 		return nil, err
 	}
 	checks = append(checks,

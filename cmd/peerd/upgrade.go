@@ -19,7 +19,7 @@ func upgradeCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "upgrade",
 		Usage:     "upgrade the whole cluster to a new peerd version, one wave at a time",
-		UsageText: "peerd upgrade --to VERSION --artifact PATH|URL [options]\n   peerd upgrade status|pause|resume|abort",
+		UsageText: "peerd upgrade --to VERSION --artifact PATH|URL [options]\n   peerd upgrade status|pause|resume|abort|rollback",
 		Description: "Every node computes the same waves from the plan; a wave goes offline only while it holds\n" +
 			"a lease granted by a majority of the cluster, so at most one wave is offline at a time.\n" +
 			"Each node fetches the artifact (from a peer that has it, or this node), verifies its sha256,\n" +
@@ -28,35 +28,52 @@ func upgradeCommand() *cli.Command {
 			"the next wave starts. A failure rolls back only the failing node and halts the rollout.\n\n" +
 			"Example:\n" +
 			"  peerd upgrade --to 2.0.0 --artifact ./peerd-2.0.0 --signature ./peerd-2.0.0.minisig --batch 3",
-		Flags: append(clientFlags(),
-			&cli.StringFlag{Name: "to", Usage: "target `VERSION` (the new binary must report it)"},
-			&cli.StringFlag{Name: "artifact", Usage: "the new peerd binary: a local `PATH` or an http(s) URL"},
-			&cli.StringFlag{Name: "signature", Usage: "minisign signature `FILE` of the artifact (see 'peerd sign')"},
-			&cli.StringFlag{Name: "sha256", Usage: "refuse the artifact unless its sha256 is this `HEX` digest (e.g. from the release's checksums)"},
-			&cli.StringFlag{Name: "patch", Usage: "bsdiff patch `FILE` (from 'peerd mkpatch') for nodes at --patch-from"},
-			&cli.StringFlag{Name: "patch-from", Usage: "the `VERSION` the patch applies to; other nodes fetch the full artifact"},
-			&cli.IntFlag{Name: "batch", Usage: "nodes per wave (default 1)"},
-			&cli.StringFlag{Name: "max-unavailable", Usage: "nodes per wave as a count `N` or a share `N%` of the cluster"},
-			&cli.IntFlag{Name: "canary", Usage: "a first wave of `N` nodes"},
-			&cli.StringFlag{Name: "by-tag", Usage: "a wave never mixes values of this tag `KEY` (e.g. zone: one zone at a time)"},
-			&cli.DurationFlag{Name: "min-healthy", Value: 10 * time.Second, Usage: "how long an upgraded node must stay healthy before the next wave"},
-			&cli.DurationFlag{Name: "deadline", Value: 5 * time.Minute, Usage: "per wave: a node not healthy by then rolls back"},
-			&cli.BoolFlag{Name: "allow-outage", Usage: "allow a wave that takes every node offline (e.g. a one-node cluster)"},
-			&cli.BoolFlag{Name: "dry-run", Usage: "print the waves and the checks; change nothing"},
-			&cli.BoolFlag{Name: "detach", Usage: "start the rollout and return; follow it with 'peerd upgrade status'"},
-		),
-		Action: runUpgrade,
-		Subcommands: []*cli.Command{
-			{
-				Name:   "status",
-				Usage:  "show the rollout's progress per wave, and what to do if it halted",
-				Flags:  append(clientFlags(), &cli.BoolFlag{Name: "watch", Usage: "follow the rollout until it ends"}),
-				Action: runUpgradeStatus,
-			},
-			controlCommand(upgrade.ActionPause, "finish the waves in flight, then start no new wave"),
-			controlCommand(upgrade.ActionResume, "continue a paused rollout, or retry a failed node after fixing the cause"),
-			controlCommand(upgrade.ActionAbort, "stop the rollout where it is: nodes that have not gone offline stay as they are"),
+		Flags:       upgradeFlags(),
+		Action:      runUpgrade,
+		Subcommands: upgradeSubcommands(),
+	}
+}
+
+func upgradeFlags() []cli.Flag {
+	return append(clientFlags(),
+		&cli.StringFlag{Name: "to", Usage: "target `VERSION` (the new binary must report it)"},
+		&cli.StringFlag{Name: "artifact", Usage: "the new peerd binary: a local `PATH` or an http(s) URL"},
+		&cli.StringFlag{Name: "signature", Usage: "minisign signature `FILE` of the artifact (see 'peerd sign')"},
+		&cli.StringFlag{Name: "sha256", Usage: "refuse the artifact unless its sha256 is this `HEX` digest (e.g. from the release's checksums)"},
+		&cli.StringFlag{Name: "patch", Usage: "bsdiff patch `FILE` (from 'peerd mkpatch') for nodes at --patch-from"},
+		&cli.StringFlag{Name: "patch-from", Usage: "the `VERSION` the patch applies to; other nodes fetch the full artifact"},
+		&cli.IntFlag{Name: "batch", Usage: "nodes per wave (default 1)"},
+		&cli.StringFlag{Name: "max-unavailable", Usage: "nodes per wave as a count `N` or a share `N%` of the cluster"},
+		&cli.IntFlag{Name: "canary", Usage: "a first wave of `N` nodes"},
+		&cli.StringFlag{Name: "by-tag", Usage: "a wave never mixes values of this tag `KEY` (e.g. zone: one zone at a time)"},
+		&cli.DurationFlag{Name: "min-healthy", Value: 10 * time.Second, Usage: "how long an upgraded node must stay healthy before the next wave"},
+		&cli.DurationFlag{Name: "deadline", Value: 5 * time.Minute, Usage: "per wave: a node not healthy by then rolls back"},
+		&cli.BoolFlag{Name: "allow-outage", Usage: "allow a wave that takes every node offline (e.g. a one-node cluster)"},
+		&cli.BoolFlag{Name: "dry-run", Usage: "print the waves and the checks; change nothing"},
+		&cli.BoolFlag{Name: "detach", Usage: "start the rollout and return; follow it with 'peerd upgrade status'"},
+	)
+}
+
+func upgradeSubcommands() []*cli.Command {
+	return []*cli.Command{
+		{
+			Name:   "status",
+			Usage:  "show the rollout's progress per wave, and what to do if it halted",
+			Flags:  append(clientFlags(), &cli.BoolFlag{Name: "watch", Usage: "follow the rollout until it ends"}),
+			Action: runUpgradeStatus,
 		},
+		{
+			Name:  "rollback",
+			Usage: "roll the cluster back to the previous version, progressively, as a new plan",
+			Description: "By default the artifact is this node's kept previous binary (peerd.old), and nodes accept\n" +
+				"it unsigned only if it is byte for byte the binary they kept themselves. Give --to,\n" +
+				"--artifact and --signature to roll back to another build.",
+			Flags:  upgradeFlags(),
+			Action: func(c *cli.Context) error { return startUpgrade(c, true) },
+		},
+		controlCommand(upgrade.ActionPause, "finish the waves in flight, then start no new wave"),
+		controlCommand(upgrade.ActionResume, "continue a paused rollout, or retry a failed node after fixing the cause"),
+		controlCommand(upgrade.ActionAbort, "stop the rollout where it is: nodes that have not gone offline stay as they are"),
 	}
 }
 
@@ -78,12 +95,16 @@ func controlCommand(action, usage string) *cli.Command {
 
 func runUpgrade(c *cli.Context) error {
 	if c.NArg() > 0 {
-		return usagef("unknown upgrade subcommand %q: want status, pause, resume or abort", c.Args().First())
+		return usagef("unknown upgrade subcommand %q: want status, pause, resume, abort or rollback", c.Args().First())
 	}
-	if c.String("to") == "" {
+	return startUpgrade(c, false)
+}
+
+func startUpgrade(c *cli.Context, rollback bool) error {
+	if !rollback && c.String("to") == "" {
 		return usagef("--to VERSION is required")
 	}
-	if c.String("artifact") == "" {
+	if !rollback && c.String("artifact") == "" {
 		return usagef("--artifact PATH|URL is required")
 	}
 	if c.IsSet("batch") && c.IsSet("max-unavailable") {
@@ -102,11 +123,14 @@ func runUpgrade(c *cli.Context) error {
 		},
 		DryRun:       c.Bool("dry-run"),
 		ExpectSHA256: c.String("sha256"),
+		Rollback:     rollback,
 	}
-	art := c.String("artifact")
-	if strings.HasPrefix(art, "http://") || strings.HasPrefix(art, "https://") {
+	switch art := c.String("artifact"); {
+	case art == "":
+		// a rollback to this node's kept binary
+	case strings.HasPrefix(art, "http://") || strings.HasPrefix(art, "https://"):
 		req.URL = art
-	} else {
+	default:
 		up, err := cl.UploadArtifact(c.Context, art)
 		if err != nil {
 			return err

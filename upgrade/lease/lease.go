@@ -108,12 +108,18 @@ func (g *Granter) Decide(req Request, earlierDone func(planID string, wave int) 
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.clock.Now()
+	// One live grant at a time, whatever its plan: two plans made at once
+	// on two nodes (before either heard of the other) must not take two
+	// waves offline together either.
 	for _, gr := range g.grants {
-		if gr.PlanID != req.PlanID || !live(gr, now) {
+		if !live(gr, now) {
 			continue
 		}
-		if gr.Wave == req.Wave {
+		if gr.PlanID == req.PlanID && gr.Wave == req.Wave {
 			return gr, nil
+		}
+		if gr.PlanID != req.PlanID {
+			return Grant{}, fmt.Errorf("holds a live grant for wave %d of another plan (%.8s) until %s", gr.Wave+1, gr.PlanID, gr.Expires.UTC().Format(time.RFC3339))
 		}
 		return Grant{}, fmt.Errorf("holds a live grant for wave %d until %s", gr.Wave+1, gr.Expires.UTC().Format(time.RFC3339))
 	}

@@ -114,12 +114,12 @@ func TestDecide(t *testing.T) {
 			{restart: true},
 			{request: req(1, time.Minute)},
 		}},
-		{"another plan is not blocked", []step{
+		{"another plan is blocked while a grant is live, across a restart", []step{
 			{request: req(0, time.Minute)},
-			{request: &lease.Request{PlanID: "another-plan", Wave: 1, TTL: time.Minute}},
+			{request: &lease.Request{PlanID: "another-plan", Wave: 1, TTL: time.Minute}, want: "of another plan"},
 			{restart: true},
-			{request: req(1, time.Minute), want: "wave 1"},
-			{request: &lease.Request{PlanID: "another-plan", Wave: 0, TTL: time.Minute}, want: "wave 2"},
+			{request: &lease.Request{PlanID: "another-plan", Wave: 0, TTL: time.Minute}, want: "wave 1 of another plan"},
+			{request: req(0, time.Minute)},
 		}},
 		{"late joiners' wave", []step{
 			{request: req(7, time.Minute)},
@@ -257,25 +257,19 @@ func TestLive(t *testing.T) {
 	g, err := lease.NewGranter(filepath.Join(t.TempDir(), "grants.json"), clock)
 	require.NoError(t, err)
 	assert.Empty(t, g.Live())
-	for _, r := range []lease.Request{
-		{PlanID: "c", Wave: 0, TTL: time.Hour},
-		{PlanID: "a", Wave: 2, TTL: 2 * time.Minute},
-		{PlanID: "b", Wave: 1, TTL: time.Minute},
-	} {
-		_, err := g.Decide(r, allDone)
-		require.NoError(t, err)
-	}
-	plans := func() (out []string) {
-		for _, gr := range g.Live() {
-			out = append(out, fmt.Sprintf("%s/%d", gr.PlanID, gr.Wave))
-		}
-		return out
-	}
-	assert.Equal(t, []string{"a/2", "b/1", "c/0"}, plans())
+
+	_, err = g.Decide(lease.Request{PlanID: "a", Wave: 2, TTL: time.Hour}, allDone)
+	require.NoError(t, err)
+	_, err = g.Decide(lease.Request{PlanID: "b", Wave: 0, TTL: time.Minute}, allDone)
+	require.ErrorContains(t, err, "of another plan", "one live grant at a time, whatever the plan")
+	require.NoError(t, g.Release("a", 2))
+	_, err = g.Decide(lease.Request{PlanID: "b", Wave: 0, TTL: time.Minute}, allDone)
+	require.NoError(t, err)
+	live := g.Live()
+	require.Len(t, live, 1)
+	assert.Equal(t, "b", live[0].PlanID)
 	clock.Advance(time.Minute)
-	assert.Equal(t, []string{"a/2", "c/0"}, plans())
-	require.NoError(t, g.Release("c", 0))
-	assert.Equal(t, []string{"a/2"}, plans())
+	assert.Empty(t, g.Live(), "expired grants are not live")
 }
 
 func TestQuorum(t *testing.T) {
