@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,6 +79,9 @@ func (c *Cluster) Start(ctx context.Context) error {
 	}
 	sc := c.cfg.serfConfig()
 	sc.Tags = c.tagsLocked()
+	if c.cfg.SnapshotPath != "" {
+		c.merge.setPrevious(snapshotMembers(c.cfg.SnapshotPath))
+	}
 	c.events = make(chan serf.Event, 256)
 	sc.EventCh = c.events
 	sc.Merge = c.merge
@@ -101,6 +105,26 @@ func (c *Cluster) Start(ctx context.Context) error {
 	c.log.Info("gossip started", "node", c.cfg.NodeName, "addr", c.LocalAddr(),
 		"version", c.cfg.Version, "protocol", c.cfg.Protocol.String(), "encrypted", c.cfg.Keyring != nil)
 	return nil
+}
+
+// snapshotMembers lists the members a Serf snapshot file records as alive
+// ("alive: NAME ADDR" and "not-alive: NAME" lines, in order).
+func snapshotMembers(path string) map[string]bool {
+	out := map[string]bool{}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return out
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "alive: "); ok {
+			if name, _, ok := strings.Cut(rest, " "); ok {
+				out[name] = true
+			}
+		} else if name, ok := strings.CutPrefix(line, "not-alive: "); ok {
+			delete(out, strings.TrimSpace(name))
+		}
+	}
+	return out
 }
 
 // checkBindable tries the gossip port on TCP and UDP first, so that a port in

@@ -26,10 +26,21 @@ type mergeDelegate struct {
 	// one, an old member could look incompatible with the new ones already
 	// in. Each entry passes once, at the range it was accepted with.
 	accepted map[string]ProtocolRange
+	// previous holds the members this node's Serf snapshot lists as alive
+	// when it started: after a restart its view is partial for a while, and
+	// judged by that view alone, members it always knew would look like
+	// newcomers. They are no newcomers; they must only not split the cluster.
+	previous map[string]bool
 }
 
 func newMergeDelegate(self string, p ProtocolRange, log *slog.Logger) *mergeDelegate {
 	return &mergeDelegate{self: self, protocol: p, log: log}
+}
+
+func (d *mergeDelegate) setPrevious(names map[string]bool) {
+	d.mu.Lock()
+	d.previous = names
+	d.mu.Unlock()
 }
 
 func (d *mergeDelegate) setLocal(f func() []Member) {
@@ -53,7 +64,7 @@ func (d *mergeDelegate) clearRefusal() {
 
 func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) (err error) {
 	d.mu.Lock()
-	localFn := d.local
+	localFn, previous := d.local, d.previous
 	d.mu.Unlock()
 	var local []Member
 	if localFn != nil {
@@ -114,8 +125,9 @@ func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) (err error) {
 	// two clusters meeting): neither side can tell which members are new to
 	// the cluster, since either view may be partial (a restarted node may
 	// have rejoined only some peers from its snapshot). They must only not
-	// split: together they must share a protocol.
-	if len(theirs) > 1 {
+	// split: together they must share a protocol. So must a member this node
+	// knew before it restarted.
+	if len(theirs) > 1 || (len(theirs) == 1 && previous[theirs[0].Name]) {
 		var all []ProtocolRange
 		for _, r := range everyone {
 			all = append(all, r)

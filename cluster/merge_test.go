@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"log/slog"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/hashicorp/serf/serf"
@@ -63,6 +65,18 @@ func TestMergeDelegate(t *testing.T) {
 		assert.NoError(t, err)
 	})
 
+	t.Run("a member known before a restart is no newcomer", func(t *testing.T) {
+		// A restarted v2 node has so far rejoined only another v2 node; the
+		// v1 members it knew before arrive one by one through gossip.
+		d := delegateWithView("n5", v2, alive("n5", v2), alive("n4", v2))
+		d.setPrevious(map[string]bool{"n1": true, "n4": true})
+		assert.NoError(t, d.NotifyMerge([]*serf.Member{serfMember("n1", "1-1")}))
+		assert.ErrorIs(t, d.NotifyMerge([]*serf.Member{serfMember("new", "1-1")}), ErrIncompatibleProtocol,
+			"a true newcomer still has to speak the active protocol")
+		assert.ErrorIs(t, d.NotifyMerge([]*serf.Member{serfMember("n1", "3-3")}), ErrIncompatibleProtocol,
+			"a known member must still not split the cluster")
+	})
+
 	t.Run("groups that share no protocol are refused", func(t *testing.T) {
 		d := delegateWithView("a", v1, alive("a", v1), alive("b", v1))
 		err := d.NotifyMerge([]*serf.Member{serfMember("x", "3-3"), serfMember("y", "3-4")})
@@ -74,4 +88,11 @@ func TestMergeDelegate(t *testing.T) {
 		err := d.NotifyMerge([]*serf.Member{{Name: "x", Tags: map[string]string{}}})
 		assert.ErrorContains(t, err, "is it a peerd agent?")
 	})
+}
+
+func TestSnapshotMembers(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "serf.snapshot")
+	require.NoError(t, os.WriteFile(path, []byte("alive: a 127.0.0.1:1\nalive: b 127.0.0.1:2\nclock: 4\nnot-alive: a\nalive: c 127.0.0.1:3\n"), 0o600))
+	assert.Equal(t, map[string]bool{"b": true, "c": true}, snapshotMembers(path))
+	assert.Empty(t, snapshotMembers(filepath.Join(t.TempDir(), "none")))
 }

@@ -148,7 +148,7 @@ func TestRollbackReturnsToTheKeptBinary(t *testing.T) {
 	opts := plan.Options{Batch: 1, MinHealthy: 100 * time.Millisecond, Deadline: 30 * time.Second}
 	_, err := trigger(t, nodes[0], agenttest.FakeBinary(t, t.TempDir(), v15), upgrade.TriggerRequest{Version: "1.5.0", Options: opts})
 	require.NoError(t, err)
-	waitState(t, nodes[0], upgrade.StateComplete)
+	waitState(t, nodes[1], upgrade.StateComplete) // as the node that triggers next sees it
 
 	// `peerd upgrade rollback`: a new progressive plan back to the kept binary.
 	rb, err := api.NewClient(nodes[1].Node().Agent.SocketPath()).Trigger(context.Background(), upgrade.TriggerRequest{Rollback: true, Options: opts})
