@@ -2,17 +2,21 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/serf/serf"
+	"github.com/peerd/peerd/internal/durable"
 )
 
 // Member is one node as this node sees it.
@@ -39,6 +43,10 @@ type Cluster struct {
 	wg     sync.WaitGroup
 
 	handler Handler // set before Start
+
+	// previousPeers are the gossip addresses of the members this node knew
+	// when it last ran (from its peers file), read once by Start.
+	previousPeers []string
 
 	mu       sync.Mutex // guards the fields below
 	userTags map[string]string
@@ -80,7 +88,14 @@ func (c *Cluster) Start(ctx context.Context) error {
 	sc := c.cfg.serfConfig()
 	sc.Tags = c.tagsLocked()
 	if c.cfg.SnapshotPath != "" {
-		c.merge.setPrevious(snapshotMembers(c.cfg.SnapshotPath))
+		known := snapshotMembers(c.cfg.SnapshotPath)
+		for _, p := range readPeers(c.peersPath()) {
+			if p.Name != c.cfg.NodeName {
+				known[p.Name] = true
+				c.previousPeers = append(c.previousPeers, p.Addr)
+			}
+		}
+		c.merge.setPrevious(known)
 	}
 	c.events = make(chan serf.Event, 256)
 	sc.EventCh = c.events
@@ -105,6 +120,48 @@ func (c *Cluster) Start(ctx context.Context) error {
 	c.log.Info("gossip started", "node", c.cfg.NodeName, "addr", c.LocalAddr(),
 		"version", c.cfg.Version, "protocol", c.cfg.Protocol.String(), "encrypted", c.cfg.Keyring != nil)
 	return nil
+}
+
+// PreviousPeers are the gossip addresses of the members this node knew when
+// it last ran. A restarted node rejoins them by itself.
+func (c *Cluster) PreviousPeers() []string { return c.previousPeers }
+
+// peer is one entry of the peers file.
+type peer struct {
+	Name string `json:"name"`
+	Addr string `json:"addr"`
+}
+
+// peersPath is the peers file beside the Serf snapshot. Serf buffers its
+// snapshot and may never flush a quiet cluster's members before a crash, so
+// peerd keeps its own list, written durably on every membership change.
+func (c *Cluster) peersPath() string {
+	return filepath.Join(filepath.Dir(c.cfg.SnapshotPath), "peers.json")
+}
+
+func readPeers(path string) []peer {
+	var out []peer
+	if b, err := os.ReadFile(path); err == nil {
+		_ = json.Unmarshal(b, &out)
+	}
+	return out
+}
+
+// savePeers records the members still in the cluster.
+func (c *Cluster) savePeers() {
+	if c.cfg.SnapshotPath == "" {
+		return
+	}
+	var peers []peer
+	for _, m := range c.Members() {
+		if m.Status == "alive" || m.Status == "failed" {
+			peers = append(peers, peer{Name: m.Name, Addr: m.Addr})
+		}
+	}
+	b, _ := json.Marshal(peers)
+	if err := durable.WriteFile(c.peersPath(), b, 0o600); err != nil {
+		c.log.Warn("save peers file", "err", err)
+	}
 }
 
 // snapshotMembers lists the members a Serf snapshot file records as alive
@@ -170,6 +227,7 @@ func (c *Cluster) Join(addrs []string) (int, error) {
 	if r := c.merge.refusal(); r != nil {
 		return 0, r
 	}
+	err = flattenError(err)
 	hint := ""
 	if c.cfg.Keyring != nil {
 		hint = " (if the cluster is up, check that this node's gossip key matches the cluster's)"
@@ -361,6 +419,7 @@ func (c *Cluster) eventLoop(ctx context.Context) {
 				if e.EventType() == serf.EventMemberUpdate {
 					continue // tag changes (rollout progress) are too frequent to log
 				}
+				c.savePeers()
 				for _, m := range e.Members {
 					c.log.Info("member "+strings.TrimPrefix(e.EventType().String(), "member-"),
 						"member", m.Name, "addr", m.Addr.String(), "version", m.Tags[TagVersion], "protocol", m.Tags[TagProtocol])
@@ -388,4 +447,20 @@ func (c *Cluster) eventLoop(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// flattenError turns memberlist's multi-line "N errors occurred" into one line.
+func flattenError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var parts []string
+	for _, line := range strings.Split(err.Error(), "\n") {
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "* "))
+		if line == "" || strings.HasSuffix(line, "error occurred:") || strings.HasSuffix(line, "errors occurred:") {
+			continue
+		}
+		parts = append(parts, line)
+	}
+	return errors.New(strings.Join(parts, "; "))
 }

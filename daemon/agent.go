@@ -143,11 +143,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	ccfg.Keyring = keyring
 	ccfg.KeyringFile = a.cfg.KeyringFile
 	ccfg.SnapshotPath = filepath.Join(a.cfg.DataDir, "serf.snapshot")
-	// A node with a snapshot has been in a cluster: Serf rejoins the
-	// members it lists, so an unreachable --join is no reason to stop (its
-	// seed may be restarting in the same rollout wave).
-	st, statErr := os.Stat(ccfg.SnapshotPath)
-	rejoining := statErr == nil && st.Size() > 0
+
 	ccfg.Profile = a.cfg.GossipProfile
 	ccfg.Logger = a.opts.Logger
 	if a.cluster, err = cluster.New(ccfg); err != nil {
@@ -168,15 +164,23 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	a.serve(a.control, a.controlLn)
 	a.serve(a.peer, a.peerLn)
 
+	// A node that knew peers when it last ran rejoins them by itself, and
+	// an unreachable --join is then no reason to stop (its seed may be
+	// restarting in the same rollout wave).
+	previous := a.cluster.PreviousPeers()
+	rejoining := len(previous) > 0
 	retry := a.cfg.RetryJoin
+	if len(a.cfg.Join) == 0 && rejoining {
+		retry = append(retry, previous...)
+	}
 	if len(a.cfg.Join) > 0 {
 		n, err := a.cluster.Join(a.cfg.Join)
 		switch {
 		case err == nil:
 			a.log.Info("joined cluster", "contacted", n)
 		case rejoining && !errors.Is(err, cluster.ErrIncompatibleProtocol):
-			a.log.Warn("join failed; rejoining the members in the snapshot and retrying", "err", err)
-			retry = append(retry, a.cfg.Join...)
+			a.log.Warn("join failed; rejoining the members known before and retrying", "err", err)
+			retry = append(append(retry, a.cfg.Join...), previous...)
 		default:
 			return err
 		}

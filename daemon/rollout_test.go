@@ -129,7 +129,9 @@ func TestRolloutUpgradesEveryNodeWaveByWave(t *testing.T) {
 	require.Eventually(t, func() bool { return nodes[0].Node().Agent.Cluster().ProtocolRange().Max == 2 },
 		10*time.Second, 10*time.Millisecond, "every node speaks 2 now")
 
-	// An older version is refused unless it is a rollback.
+	// An older version is refused unless it is a rollback (asked on a node
+	// that has seen the rollout finish: gossip takes a moment).
+	waitState(t, nodes[1], upgrade.StateComplete)
 	_, err = trigger(t, nodes[1], agenttest.FakeBinary(t, t.TempDir(), v1), upgrade.TriggerRequest{
 		Version: "1.0.0", Options: plan.Options{Batch: 1, Deadline: time.Minute},
 	})

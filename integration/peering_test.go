@@ -402,3 +402,21 @@ func readNotify(t *testing.T, conn *net.UnixConn, want string) string {
 	t.Fatalf("no %s from the agent; got %q", want, all.String())
 	return ""
 }
+
+// TestWholeClusterRestartsAfterKill kills every agent at once, so no
+// survivor can reconnect to anyone: restarted without --join, they re-form
+// the cluster from what each recorded of its peers.
+func TestWholeClusterRestartsAfterKill(t *testing.T) {
+	agents := startFleet(t, 3, "--allow-unsigned")
+	for _, a := range agents {
+		a.signal(syscall.SIGKILL)
+	}
+	for _, a := range agents {
+		_, err := a.wait(10 * time.Second)
+		require.NoError(t, err)
+	}
+	for _, a := range agents {
+		a.start() // no --join
+	}
+	waitAlive(t, agents, 3)
+}

@@ -7,7 +7,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/peerd/peerd/upgrade/durable"
+	"github.com/peerd/peerd/internal/durable"
 )
 
 // Phase is a node's step in a rollout. Its short form goes into the "r" tag.

@@ -9,7 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/peerd/peerd/upgrade/durable"
+	"github.com/peerd/peerd/internal/durable"
 )
 
 // ErrDigestMismatch is wrapped when bytes do not hash to the digest asked

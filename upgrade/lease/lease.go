@@ -24,7 +24,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/peerd/peerd/upgrade/durable"
+	"github.com/peerd/peerd/internal/durable"
 )
 
 // Grant is one granter's consent for a wave, until Expires.

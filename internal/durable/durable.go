@@ -1,6 +1,7 @@
 // Package durable writes files so that a crash at any instant leaves either
 // the old or the new content, never a torn file or a forgotten rename. The
-// rollout's state, lease grants and artifact store all depend on it.
+// cluster's peer list, the rollout's state, lease grants and artifact store
+// depend on it.
 package durable
 
 import (
