@@ -269,7 +269,12 @@ func (e *Engine) step(ctx context.Context) {
 	log := e.log.With("plan", p.ShortID(), "wave", st.Wave)
 	switch st.Phase {
 	case PhaseWait:
-		if st.Paused || !e.earlierWavesDone(p, waves, st.Wave) {
+		// Prepare one wave ahead: fetching and verifying while the wave
+		// before runs takes prepare off the critical path. Waiting until
+		// that wave holds the artifact lets this one fetch it from those
+		// peers rather than the origin. Going offline still needs every
+		// earlier wave done (and the lease).
+		if st.Paused || !e.earlierWavesDone(p, waves, st.Wave-1) || !e.wavePrepared(p, waves, st.Wave-1) {
 			return
 		}
 		e.hook(PhasePrepare)
@@ -294,7 +299,7 @@ func (e *Engine) step(ctx context.Context) {
 		st.Phase = PhaseReady
 		e.transition(st, log)
 	case PhaseReady:
-		if st.Paused {
+		if st.Paused || !e.earlierWavesDone(p, waves, st.Wave) {
 			return
 		}
 		granted, why := e.requestLease(ctx, p, st.Wave)
@@ -411,6 +416,29 @@ func (e *Engine) earlierWavesDone(p plan.Plan, waves []plan.Wave, w int) bool {
 	for i := 0; i < w && i < len(waves); i++ {
 		for _, n := range waves[i].Nodes {
 			if present[n] && phases[n] != PhaseDone {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// wavePrepared reports whether every present node of wave w (if any) holds
+// the artifact, i.e. is past its prepare phase.
+func (e *Engine) wavePrepared(p plan.Plan, waves []plan.Wave, w int) bool {
+	if w < 0 || w >= len(waves) {
+		return true
+	}
+	phases := e.phases(p)
+	present := map[string]bool{}
+	for _, m := range e.net.Members() {
+		present[m.Name] = m.Status != "left"
+	}
+	for _, n := range waves[w].Nodes {
+		switch phases[n] {
+		case PhaseReady, PhaseApply, PhaseRestart, PhaseHealth, PhaseDone:
+		default:
+			if present[n] {
 				return false
 			}
 		}
