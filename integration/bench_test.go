@@ -19,17 +19,7 @@ import (
 func BenchmarkRollout20(b *testing.B) {
 	const nodes, batch = 20, 4
 	for range b.N {
-		var agents []*agent
-		for i := 1; i <= nodes; i++ {
-			a := newAgent(b, fmt.Sprintf("b%02d", i), bins["v1"], "--allow-unsigned", "--log-level", "info")
-			if i == 1 {
-				a.run()
-			} else {
-				a.run("--join", agents[0].gossip)
-			}
-			agents = append(agents, a)
-		}
-		waitAlive(b, agents, nodes)
+		agents := startFleet(b, nodes, "--allow-unsigned", "--log-level", "info")
 		obs := observe(agents)
 		start := time.Now()
 		cmd := exec.Command(agents[0].bin, "upgrade", "--to", "2.0.0", "--artifact", bins["v2"],

@@ -15,7 +15,7 @@ import (
 )
 
 // startFleet starts n v1 agents joined to the first, with extra flags.
-func startFleet(t *testing.T, n int, args ...string) []*agent {
+func startFleet(t testing.TB, n int, args ...string) []*agent {
 	t.Helper()
 	var agents []*agent
 	for i := 1; i <= n; i++ {

@@ -408,11 +408,7 @@ func (e *Engine) healthGate(ctx context.Context, p plan.Plan, st NodeState, log 
 // earlierWavesDone reports whether this node sees every wave before w done.
 // A member that left the cluster does not hold the rollout up.
 func (e *Engine) earlierWavesDone(p plan.Plan, waves []plan.Wave, w int) bool {
-	phases := e.phases(p)
-	present := map[string]bool{}
-	for _, m := range e.net.Members() {
-		present[m.Name] = m.Status != "left"
-	}
+	phases, present := e.view(p)
 	for i := 0; i < w && i < len(waves); i++ {
 		for _, n := range waves[i].Nodes {
 			if present[n] && phases[n] != PhaseDone {
@@ -429,11 +425,7 @@ func (e *Engine) wavePrepared(p plan.Plan, waves []plan.Wave, w int) bool {
 	if w < 0 || w >= len(waves) {
 		return true
 	}
-	phases := e.phases(p)
-	present := map[string]bool{}
-	for _, m := range e.net.Members() {
-		present[m.Name] = m.Status != "left"
-	}
+	phases, present := e.view(p)
 	for _, n := range waves[w].Nodes {
 		switch phases[n] {
 		case PhaseReady, PhaseApply, PhaseRestart, PhaseHealth, PhaseDone:
@@ -453,33 +445,33 @@ func (e *Engine) waveSettled(p plan.Plan, waves []plan.Wave, w int) bool {
 	if w < 0 || w >= len(waves) {
 		return false
 	}
-	tags := map[string]string{}
-	present := map[string]bool{}
-	for _, m := range e.net.Members() {
-		tags[m.Name] = m.Tags[TagRollout]
-		present[m.Name] = m.Status != "left"
-	}
+	phases, present := e.view(p)
 	for _, n := range waves[w].Nodes {
-		if !present[n] {
-			continue
-		}
-		pr, ok := ParseProgress(tags[n])
-		if ok && pr.PlanShort == p.ShortID() && !pr.Phase.Terminal() {
+		if present[n] && phases[n] != "" && !phases[n].Terminal() {
 			return false
 		}
 	}
 	return true
 }
 
-// phases maps member name to its phase in plan p, as tags tell it.
-func (e *Engine) phases(p plan.Plan) map[string]Phase {
-	out := map[string]Phase{}
+// view is this node's picture of plan p: each member's phase in p as its
+// tag tells it (absent when its tag is about another plan or none), and
+// which members are still in the cluster (not left).
+func (e *Engine) view(p plan.Plan) (phases map[string]Phase, present map[string]bool) {
+	phases, present = map[string]Phase{}, map[string]bool{}
 	for _, m := range e.net.Members() {
+		present[m.Name] = m.Status != "left"
 		if pr, ok := ParseProgress(m.Tags[TagRollout]); ok && pr.PlanShort == p.ShortID() {
-			out[m.Name] = pr.Phase
+			phases[m.Name] = pr.Phase
 		}
 	}
-	return out
+	return phases, present
+}
+
+// phases maps member name to its phase in plan p, as tags tell it.
+func (e *Engine) phases(p plan.Plan) map[string]Phase {
+	phases, _ := e.view(p)
+	return phases
 }
 
 // State returns a copy of this node's rollout state.
