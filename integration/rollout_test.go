@@ -242,6 +242,7 @@ func runRollout(t *testing.T, tc rolloutCase) {
 	}
 	assert.Contains(t, logs, "granted=true voter_version=2.0.0", "a v2 node granted a lease")
 	assert.Contains(t, logs, "from_version=2.0.0", "an upgraded node served the artifact")
+	assert.Contains(t, logs, "from_version=1.0.0", "a node still at 1.0.0 served the artifact")
 	if tc.patch {
 		assert.Contains(t, logs, "built the new binary from the patch")
 	}
