@@ -155,31 +155,49 @@ func (e *Engine) fetch(ctx context.Context, p plan.Plan, sha string) error {
 	return fmt.Errorf("fetch %s: %w: %w", short(sha), errNoSource, errors.Join(errs...))
 }
 
-// sources orders the members to fetch a blob from: nodes past the prepare
-// phase of this plan (they hold it) in an order spread by the digest, then
-// the plan's origin.
+// sources orders the members to fetch a blob from: nodes that hold it,
+// finished ones first (stable, and not about to restart), then those in
+// their health gate, then those merely prepared; each tier in an order
+// spread by the digest; the plan's origin last. Nodes offline right now
+// are skipped.
 func (e *Engine) sources(p plan.Plan, sha string) []cluster.Member {
-	var have []cluster.Member
+	tier := map[Phase]int{PhaseDone: 0, PhaseHealth: 1, PhaseReady: 2}
+	type candidate struct {
+		m    cluster.Member
+		tier int
+		rank string
+	}
+	var have []candidate
 	var origin *cluster.Member
+	self := e.net.LocalMember().Name
 	for _, m := range e.peers() {
 		if m.Name == p.Origin {
 			origin = &m
 			continue
 		}
 		pr, ok := ParseProgress(m.Tags[TagRollout])
-		if ok && pr.PlanShort == p.ShortID() && pr.Phase != PhaseWait && pr.Phase != PhasePrepare && pr.Phase != PhaseFailed {
-			have = append(have, m)
+		if !ok || pr.PlanShort != p.ShortID() {
+			continue
+		}
+		if t, ok := tier[pr.Phase]; ok {
+			h := sha256.Sum256([]byte(sha + m.Name + self))
+			have = append(have, candidate{m: m, tier: t, rank: string(h[:])})
 		}
 	}
-	rank := func(name string) string {
-		h := sha256.Sum256([]byte(sha + name + e.net.LocalMember().Name))
-		return string(h[:])
+	sort.Slice(have, func(i, j int) bool {
+		if have[i].tier != have[j].tier {
+			return have[i].tier < have[j].tier
+		}
+		return have[i].rank < have[j].rank
+	})
+	out := make([]cluster.Member, 0, len(have)+1)
+	for _, c := range have {
+		out = append(out, c.m)
 	}
-	sort.Slice(have, func(i, j int) bool { return rank(have[i].Name) < rank(have[j].Name) })
 	if origin != nil {
-		have = append(have, *origin)
+		out = append(out, *origin)
 	}
-	return have
+	return out
 }
 
 // OpenArtifact opens a stored blob for a peer, counting what is served.
