@@ -115,6 +115,7 @@ type Engine struct {
 	granter *lease.Granter
 
 	kick       chan struct{}
+	triggerMu  sync.Mutex // serialises Trigger
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
 	restarting atomic.Bool
@@ -125,6 +126,7 @@ type Engine struct {
 	plans        map[string]plan.Plan
 	announced    []string // plan IDs heard of, not yet adopted
 	latest       string   // newest plan announced or triggered here
+	triggered    string   // plan triggered here and not adopted yet
 	pendingCtl   []controlMsg
 	healthySince time.Time
 	lastHealth   error

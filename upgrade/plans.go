@@ -117,6 +117,11 @@ func (e *Engine) start(p plan.Plan, prev NodeState) {
 	if w < 0 {
 		w = len(waves) // joined after the plan was made: the final wave
 	}
+	e.mu.Lock()
+	if e.triggered == p.ID() {
+		e.triggered = ""
+	}
+	e.mu.Unlock()
 	st := NodeState{
 		PlanID: p.ID(), Wave: w, Phase: PhaseWait,
 		FromVersion: e.cfg.Build.Version, ToVersion: p.Version,

@@ -51,8 +51,15 @@ func (e *Engine) ImportArtifact(r io.Reader) (string, int64, error) {
 // RunningPlan returns the ID (or short ID, when only a tag tells of it) of a
 // rollout still in progress anywhere in the cluster, or "".
 func (e *Engine) RunningPlan() string {
-	if st := e.State(); st.Active() {
+	st := e.State()
+	if st.Active() {
 		return st.PlanID
+	}
+	e.mu.Lock()
+	pending := e.triggered
+	e.mu.Unlock()
+	if pending != "" {
+		return pending // triggered here, not adopted yet
 	}
 	own := e.State().PlanID
 	for _, m := range e.net.Members() {
@@ -71,6 +78,9 @@ func (e *Engine) RunningPlan() string {
 // way every node will, and announces the plan. Nothing goes offline here.
 func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult, error) {
 	var res TriggerResult
+	// One trigger at a time on this node, so two cannot both see none running.
+	e.triggerMu.Lock()
+	defer e.triggerMu.Unlock()
 	if id := e.RunningPlan(); id != "" {
 		return res, fmt.Errorf("a rollout is already running: plan %s; watch it with 'peerd upgrade status', or stop it with 'peerd upgrade abort'", id)
 	}
@@ -155,6 +165,9 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	if err := e.savePlan(p); err != nil {
 		return res, err
 	}
+	e.mu.Lock()
+	e.triggered = p.ID()
+	e.mu.Unlock()
 	e.announce(p.ID())
 	if err := e.net.Broadcast(eventPlan, []byte(p.ID())); err != nil {
 		return res, err
