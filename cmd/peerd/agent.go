@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/peerd/peerd/daemon"
 	"github.com/urfave/cli/v2"
@@ -168,10 +169,16 @@ func restart(exe string, cfg daemon.Config, logger *slog.Logger) error {
 		return cli.Exit("", daemon.ExitRestart)
 	}
 	logger.Info("re-executing the new binary in place", "path", exe)
-	if err := syscall.Exec(exe, os.Args, os.Environ()); err != nil {
-		return fmt.Errorf("re-exec %s: %w", exe, err)
+	// ETXTBSY: a child forked while the new binary was open for writing
+	// may hold it briefly (golang/go#22315); that passes, so try again.
+	var err error
+	for attempt := 0; attempt < 20; attempt++ {
+		if err = syscall.Exec(exe, os.Args, os.Environ()); !errors.Is(err, syscall.ETXTBSY) {
+			break
+		}
+		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
 	}
-	return nil
+	return fmt.Errorf("re-exec %s: %w", exe, err)
 }
 
 func newLogger(w io.Writer, json bool, level slog.Leveler) *slog.Logger {

@@ -9,7 +9,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/daemon"
@@ -68,7 +70,14 @@ func Supervise(t testing.TB, cfg daemon.Config, exe string, opts daemon.Options)
 }
 
 func (s *Supervised) start() (*Node, error) {
-	out, err := exec.Command(s.opts.Executable, "version", "--json").Output()
+	var out []byte
+	var err error
+	for attempt := 0; attempt < 20; attempt++ { // ETXTBSY: see artifact.Preflight
+		if out, err = exec.Command(s.opts.Executable, "version", "--json").Output(); !errors.Is(err, syscall.ETXTBSY) {
+			break
+		}
+		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("run %s version: %w", s.opts.Executable, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/peerd/peerd/buildinfo"
@@ -30,13 +31,25 @@ const (
 func Preflight(ctx context.Context, binaryPath string) (buildinfo.Info, error) {
 	ctx, cancel := context.WithTimeout(ctx, preflightTimeout)
 	defer cancel()
-	stdout := &capWriter{max: maxPreflightStdout}
-	stderr := &capWriter{max: maxPreflightStderr}
-	cmd := exec.CommandContext(ctx, binaryPath, "version", "--json")
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	// A child that leaves a grandchild holding our pipes must not hang us.
-	cmd.WaitDelay = time.Second
-	err := cmd.Run()
+	var stdout, stderr *capWriter
+	var err error
+	// A binary written just before it runs can fail to start with ETXTBSY
+	// when another goroutine forked while the file was still open for
+	// writing (golang/go#22315): the child holds the descriptor until it
+	// execs. The window is brief, so try again a few times.
+	for attempt := 0; ; attempt++ {
+		stdout = &capWriter{max: maxPreflightStdout}
+		stderr = &capWriter{max: maxPreflightStderr}
+		cmd := exec.CommandContext(ctx, binaryPath, "version", "--json")
+		cmd.Stdout, cmd.Stderr = stdout, stderr
+		// A child that leaves a grandchild holding our pipes must not hang us.
+		cmd.WaitDelay = time.Second
+		err = cmd.Run()
+		if !errors.Is(err, syscall.ETXTBSY) || attempt == 20 || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
+	}
 	if err != nil {
 		what := err.Error()
 		if ctx.Err() != nil {
