@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,9 +10,9 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/peerd/peerd/daemon"
+	"github.com/peerd/peerd/internal/textbusy"
 	"github.com/urfave/cli/v2"
 )
 
@@ -169,15 +170,9 @@ func restart(exe string, cfg daemon.Config, logger *slog.Logger) error {
 		return cli.Exit("", daemon.ExitRestart)
 	}
 	logger.Info("re-executing the new binary in place", "path", exe)
-	// ETXTBSY: a child forked while the new binary was open for writing
-	// may hold it briefly (golang/go#22315); that passes, so try again.
-	var err error
-	for attempt := 0; attempt < 20; attempt++ {
-		if err = syscall.Exec(exe, os.Args, os.Environ()); !errors.Is(err, syscall.ETXTBSY) {
-			break
-		}
-		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
-	}
+	err := textbusy.Retry(context.Background(), func() error {
+		return syscall.Exec(exe, os.Args, os.Environ())
+	})
 	return fmt.Errorf("re-exec %s: %w", exe, err)
 }
 

@@ -9,12 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/daemon"
+	"github.com/peerd/peerd/internal/textbusy"
 	"github.com/stretchr/testify/require"
 )
 
@@ -71,13 +70,10 @@ func Supervise(t testing.TB, cfg daemon.Config, exe string, opts daemon.Options)
 
 func (s *Supervised) start() (*Node, error) {
 	var out []byte
-	var err error
-	for attempt := 0; attempt < 20; attempt++ { // ETXTBSY: see artifact.Preflight
-		if out, err = exec.Command(s.opts.Executable, "version", "--json").Output(); !errors.Is(err, syscall.ETXTBSY) {
-			break
-		}
-		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
-	}
+	err := textbusy.Retry(context.Background(), func() (err error) {
+		out, err = exec.Command(s.opts.Executable, "version", "--json").Output()
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("run %s version: %w", s.opts.Executable, err)
 	}

@@ -8,10 +8,10 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/peerd/peerd/buildinfo"
+	"github.com/peerd/peerd/internal/textbusy"
 )
 
 // preflightTimeout bounds `version --json` whatever the caller's context: a
@@ -32,24 +32,15 @@ func Preflight(ctx context.Context, binaryPath string) (buildinfo.Info, error) {
 	ctx, cancel := context.WithTimeout(ctx, preflightTimeout)
 	defer cancel()
 	var stdout, stderr *capWriter
-	var err error
-	// A binary written just before it runs can fail to start with ETXTBSY
-	// when another goroutine forked while the file was still open for
-	// writing (golang/go#22315): the child holds the descriptor until it
-	// execs. The window is brief, so try again a few times.
-	for attempt := 0; ; attempt++ {
+	err := textbusy.Retry(ctx, func() error {
 		stdout = &capWriter{max: maxPreflightStdout}
 		stderr = &capWriter{max: maxPreflightStderr}
 		cmd := exec.CommandContext(ctx, binaryPath, "version", "--json")
 		cmd.Stdout, cmd.Stderr = stdout, stderr
 		// A child that leaves a grandchild holding our pipes must not hang us.
 		cmd.WaitDelay = time.Second
-		err = cmd.Run()
-		if !errors.Is(err, syscall.ETXTBSY) || attempt == 20 || ctx.Err() != nil {
-			break
-		}
-		time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
-	}
+		return cmd.Run()
+	})
 	if err != nil {
 		what := err.Error()
 		if ctx.Err() != nil {
