@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/internal/durable"
 	"github.com/peerd/peerd/upgrade/plan"
 )
 
@@ -182,7 +183,7 @@ func (e *Engine) savePlan(p plan.Plan) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(e.dir, "plans", p.ID()+".json"), b, 0o600); err != nil {
+	if err := durable.WriteFile(filepath.Join(e.dir, "plans", p.ID()+".json"), b, 0o600); err != nil {
 		return err
 	}
 	e.remember(p)

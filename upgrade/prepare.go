@@ -12,7 +12,9 @@ import (
 	"runtime"
 	"sort"
 
+	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/internal/durable"
 	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/peerd/peerd/upgrade/plan"
 )
@@ -41,22 +43,33 @@ func (e *Engine) prepare(ctx context.Context, p plan.Plan) error {
 			return err
 		}
 	}
-	data, err := os.ReadFile(e.store.Path(sha))
+	info, err := e.verify(ctx, p)
 	if err != nil {
-		return fmt.Errorf("read artifact: %w", err)
-	}
-	if err := e.verifySignature(p, data); err != nil {
 		return err
 	}
+	return artifact.CheckBuild(info, p.Version, runtime.GOOS, runtime.GOARCH, e.net.ProtocolRange().Max)
+}
+
+// verify checks the stored artifact's signature, stages it as an
+// executable and runs its preflight. The origin (before announcing) and
+// every node (before its lease) go through it alike.
+func (e *Engine) verify(ctx context.Context, p plan.Plan) (buildinfo.Info, error) {
+	data, err := os.ReadFile(e.store.Path(p.Artifact.SHA256))
+	if err != nil {
+		return buildinfo.Info{}, fmt.Errorf("read artifact: %w", err)
+	}
+	if err := e.verifySignature(p, data); err != nil {
+		return buildinfo.Info{}, err
+	}
 	staged := e.stagedPath(p)
-	if err := writeFileAtomic(staged, data, 0o755); err != nil {
-		return fmt.Errorf("stage artifact: %w", err)
+	if err := durable.WriteFile(staged, data, 0o755); err != nil {
+		return buildinfo.Info{}, fmt.Errorf("stage artifact: %w", err)
 	}
 	info, err := artifact.Preflight(ctx, staged)
 	if err != nil {
-		return fmt.Errorf("preflight: %w", err)
+		return buildinfo.Info{}, fmt.Errorf("preflight: %w", err)
 	}
-	return artifact.CheckBuild(info, p.Version, runtime.GOOS, runtime.GOARCH, e.net.ProtocolRange().Max)
+	return info, nil
 }
 
 // preparePatch fetches the plan's patch, applies it to the running binary

@@ -81,9 +81,5 @@ func SaveState(path string, s NodeState) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, b, 0o600)
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	return durable.WriteFile(path, data, mode)
+	return durable.WriteFile(path, b, 0o600)
 }

@@ -203,26 +203,15 @@ func (e *Engine) previousBinary(ctx context.Context, req *TriggerRequest) error 
 // signature and the new binary's own account of version, platform and
 // protocol.
 func (e *Engine) originChecks(ctx context.Context, p plan.Plan) ([]string, error) {
-	data, err := os.ReadFile(e.store.Path(p.Artifact.SHA256))
+	info, err := e.verify(ctx, p)
 	if err != nil {
 		return nil, err
 	}
 	checks := []string{fmt.Sprintf("sha256 %s (%d bytes)", p.Artifact.SHA256, p.Artifact.Size)}
-	if err := e.verifySignature(p, data); err != nil {
-		return nil, err
-	}
 	if p.Artifact.Signature != "" && len(e.cfg.TrustedKeys) > 0 {
 		checks = append(checks, "minisign signature over version, platform and digest")
 	} else {
 		checks = append(checks, "unsigned (the agents allow unsigned artifacts)")
-	}
-	staged := e.stagedPath(p)
-	if err := writeFileAtomic(staged, data, 0o755); err != nil {
-		return nil, err
-	}
-	info, err := artifact.Preflight(ctx, staged)
-	if err != nil {
-		return nil, fmt.Errorf("preflight: %w", err)
 	}
 	active := e.net.ProtocolRange().Max
 	if err := artifact.CheckBuild(info, p.Version, runtime.GOOS, runtime.GOARCH, active); err != nil {
