@@ -25,7 +25,15 @@ LDFLAGS := -s -w \
 	-X $(PKG)/buildinfo.ProtocolMax=$(PROTOCOL_MAX) \
 	-X '$(PKG)/buildinfo.HealthFault=$(HEALTH_FAULT)'
 
-.PHONY: help build test unit lint fmt demo bench clean
+# Packages: one deb and one rpm per architecture, into DIST.
+ARCHS        ?= amd64 arm64
+DIST         ?= dist
+GEN          := build/gen
+NFPM         := $(GO) tool nfpm
+# Newer goreleaser releases need modules the proxy refuses, or a newer Go.
+GORELEASER_VERSION ?= v2.12.5
+
+.PHONY: help build test unit lint fmt demo bench clean gen packages goreleaser-check test-systemd
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -55,6 +63,31 @@ demo: ## start a local 3-node cluster on loopback, show its members, stop it
 
 bench: ## roll 20 real agents v1 -> v2 (batch 4, --min-healthy 1s) and report where the time goes
 	$(GO) test -run '^$$' -bench BenchmarkRollout20 -benchtime 1x -timeout 20m ./integration/
+
+gen: ## completion scripts, man page and changelog for the packages, in build/gen
+	@rm -rf $(GEN) && mkdir -p $(GEN)
+	$(MAKE) --no-print-directory build OUT=$(GEN)/peerd-host
+	$(GEN)/peerd-host completion bash > $(GEN)/peerd.bash
+	$(GEN)/peerd-host completion zsh > $(GEN)/_peerd
+	$(GEN)/peerd-host man | gzip -9n > $(GEN)/peerd.1.gz
+	printf 'peerd (%s) unstable; urgency=medium\n\n  * Release %s; see https://github.com/peerd/peerd/releases\n\n -- peerd maintainers <maintainers@peerd.invalid>  %s\n' \
+	  "$(VERSION)" "$(VERSION)" "$$(date -R -d @$$(git log -1 --format=%ct 2>/dev/null || date +%s))" | gzip -9n > $(GEN)/changelog.gz
+
+packages: gen ## deb and rpm of VERSION for each of ARCHS (amd64 arm64) into DIST (dist/), with nfpm
+	@mkdir -p $(DIST)
+	@set -e; for arch in $(ARCHS); do \
+	  GOARCH=$$arch $(MAKE) --no-print-directory build OUT=$(GEN)/peerd; \
+	  for fmt in deb rpm; do \
+	    VERSION=$(VERSION) ARCH=$$arch $(NFPM) package --config packaging/nfpm.yaml --packager $$fmt --target $(DIST)/; \
+	  done; \
+	done
+	@ls -l $(DIST)
+
+goreleaser-check: ## validate goreleaser.yaml with goreleaser itself (GORELEASER_VERSION, from the Go module proxy)
+	$(GO) run github.com/goreleaser/goreleaser/v2@$(GORELEASER_VERSION) check --config goreleaser.yaml
+
+test-systemd: ## opt-in: boot a Debian root with systemd-nspawn, run peerd.service and a self-upgrade under systemd (root)
+	PEERD_TEST_SYSTEMD=1 $(GO) test -count=1 -v -timeout 30m -run 'TestSystemd' ./packaging/
 
 clean:
 	rm -rf bin build dist

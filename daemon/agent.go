@@ -27,8 +27,13 @@ type Options struct {
 	Build buildinfo.Info
 	// Notifier defaults to systemd's sd_notify.
 	Notifier Notifier
-	// Executable is the binary a self-upgrade replaces; default: this one.
+	// Executable is the running binary; default: this one.
 	Executable string
+	// Launcher is the binary that was started (by the package's unit, Nomad
+	// or an operator) and chose which version to run: Executable, or a newer
+	// one from the version store in the data dir. A restart after a
+	// self-upgrade starts the launcher again. Default: Executable.
+	Launcher string
 	// HookDir lets tests pause the rollout at a phase (see upgrade.Config).
 	HookDir string
 }
@@ -86,6 +91,9 @@ func New(cfg Config, opts Options) (*Agent, error) {
 			return nil, fmt.Errorf("find own executable: %w", err)
 		}
 		opts.Executable = exe
+	}
+	if opts.Launcher == "" {
+		opts.Launcher = opts.Executable
 	}
 	if opts.Build.Version == "" {
 		b, err := buildinfo.Get()

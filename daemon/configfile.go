@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -48,11 +50,11 @@ func LoadFile(path string, cfg *Config) error {
 	}
 	file, diags := hclparse.NewParser().ParseHCL(src, path)
 	if diags.HasErrors() {
-		return fmt.Errorf("config file %w", errors.New(diags.Error()))
+		return fmt.Errorf("config file %w", diagsError(diags, src))
 	}
 	var fc fileConfig
 	if diags := gohcl.DecodeBody(file.Body, nil, &fc); diags.HasErrors() {
-		return fmt.Errorf("config file %w", errors.New(diags.Error()))
+		return fmt.Errorf("config file %w", diagsError(diags, src))
 	}
 
 	setString := func(dst *string, v *string) {
@@ -110,6 +112,35 @@ func LoadFile(path string, cfg *Config) error {
 	}
 	cfg.ConfigFile = path
 	return nil
+}
+
+// diagsError reports every error in diags (hcl's Error shows only the first).
+// hcl suggests a key only when the unknown one is within two edits of it;
+// here a flag's or variable's spelling (retry-join-max-interval, DATA_DIR)
+// finds its key too, and a key nothing resembles gets the list of valid ones.
+func diagsError(diags hcl.Diagnostics, src []byte) error {
+	schema, _ := gohcl.ImpliedBodySchema(&fileConfig{})
+	var keys []string
+	for _, a := range schema.Attributes {
+		keys = append(keys, a.Name)
+	}
+	var errs []error
+	for _, d := range diags {
+		if d.Severity != hcl.DiagError {
+			continue
+		}
+		if (d.Summary == "Unsupported argument" || d.Summary == "Unsupported block type") &&
+			!strings.Contains(d.Detail, "Did you mean") && d.Subject != nil && d.Subject.End.Byte <= len(src) {
+			name := string(src[d.Subject.Start.Byte:d.Subject.End.Byte])
+			if key := strings.ToLower(strings.ReplaceAll(name, "-", "_")); slices.Contains(keys, key) {
+				d.Detail += fmt.Sprintf(" Did you mean %q?", key)
+			} else {
+				d.Detail += " The valid keys are " + strings.Join(keys, ", ") + "."
+			}
+		}
+		errs = append(errs, errors.New(d.Error()))
+	}
+	return errors.Join(errs...)
 }
 
 // attrPos is "file:line" of an attribute, for errors found after decoding.

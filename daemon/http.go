@@ -37,6 +37,7 @@ func (a *Agent) peerHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", a.handleHealth)
 	mux.HandleFunc("GET /v1/info", a.handleInfo)
+	mux.Handle("GET /metrics", a.metricsHandler())
 	mux.HandleFunc("GET /v1/rollout/plans/{id}", a.handlePlan)
 	mux.HandleFunc("GET /v1/rollout/artifacts/{sha}", a.handleArtifact)
 	mux.HandleFunc("GET /v1/rollout/node", a.handleNodeState)
@@ -131,8 +132,63 @@ func (a *Agent) handleMembers(w http.ResponseWriter, r *http.Request) {
 
 func (a *Agent) handleInfo(w http.ResponseWriter, _ *http.Request) { writeJSON(w, a.info()) }
 
+// handleHealth answers 200 while the agent serves as a member of its
+// cluster, and 503 with the reason when it does not. It must stay cheap and
+// side-effect free: anyone on the network may call it, so it runs none of
+// the operator's checks (--health-cmd, --health-url); the rollout's health
+// gate runs those itself.
 func (a *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, api.Health{Status: "ok", Node: a.cfg.Node, Version: a.opts.Build.Version})
+	h := api.Health{Status: "ok", Node: a.cfg.Node, Version: a.opts.Build.Version}
+	reason := a.unhealthy()
+	if reason == "" {
+		writeJSON(w, h)
+		return
+	}
+	h.Status = "unhealthy"
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	_ = json.NewEncoder(w).Encode(struct {
+		api.Health
+		Reason string `json:"reason"`
+	}{h, reason})
+}
+
+// unhealthy says why the agent does not serve as a member, or "" when it does.
+func (a *Agent) unhealthy() string {
+	select {
+	case <-a.cluster.ShutdownCh():
+		return "gossip has stopped"
+	default:
+	}
+	self := a.cluster.LocalMember()
+	switch self.Status {
+	case "alive":
+	case "leaving":
+		return "this node is leaving the cluster"
+	case "left":
+		return "this node has left the cluster"
+	default:
+		return "this node's own status is " + self.Status
+	}
+	if a.engine != nil {
+		if st := a.engine.State(); st.Active() && st.Phase.Offline() {
+			return fmt.Sprintf("offline for rollout %s: restarting into %s", shortID(st.PlanID), st.ToVersion)
+		}
+	}
+	others, alive := 0, 0
+	for _, m := range a.cluster.Members() {
+		if m.Name == self.Name || m.Status == "left" {
+			continue
+		}
+		others++
+		if m.Status == "alive" {
+			alive++
+		}
+	}
+	if others > 0 && alive == 0 {
+		return fmt.Sprintf("isolated: none of the %d other members still in the cluster is alive in this node's view", others)
+	}
+	return ""
 }
 
 func (a *Agent) handleLeave(w http.ResponseWriter, r *http.Request) {

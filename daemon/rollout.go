@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"net/http"
 	"os/exec"
+	"path/filepath"
 	"time"
 
 	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/upgrade"
 	"github.com/peerd/peerd/upgrade/artifact"
+	"github.com/peerd/peerd/upgrade/versions"
 )
 
 // newEngine wires the rollout engine to this agent: its cluster, its
@@ -24,6 +26,7 @@ func (a *Agent) newEngine() (*upgrade.Engine, error) {
 	return upgrade.New(upgrade.Config{
 		DataDir:       a.cfg.DataDir,
 		Executable:    a.opts.Executable,
+		Versions:      a.Versions(),
 		Build:         a.opts.Build,
 		TrustedKeys:   keys,
 		AllowUnsigned: a.cfg.AllowUnsigned,
@@ -93,6 +96,17 @@ func httpOK(ctx context.Context, url string) error {
 // Engine exposes the rollout engine (for in-process tests).
 func (a *Agent) Engine() *upgrade.Engine { return a.engine }
 
-// Executable is the binary this agent runs and a self-upgrade replaces. It
-// is resolved at start: after a swap, /proc/self/exe names the kept copy.
-func (a *Agent) Executable() string { return a.opts.Executable }
+// Launcher is the binary to start again after a self-upgrade: it runs the
+// version store's current version when that is newer than itself.
+func (a *Agent) Launcher() string { return a.opts.Launcher }
+
+// Versions is the version store a self-upgrade installs into.
+func (a *Agent) Versions() *versions.Store {
+	return VersionStore(a.cfg.DataDir, a.opts.Launcher)
+}
+
+// VersionStore is the version store of peerd in dataDir, for the launcher
+// at launcher.
+func VersionStore(dataDir, launcher string) *versions.Store {
+	return versions.New(filepath.Join(dataDir, "versions"), "peerd", launcher)
+}

@@ -118,13 +118,19 @@ func TestRolloutUpgradesEveryNodeWaveByWave(t *testing.T) {
 	for _, s := range nodes {
 		assert.Equal(t, 1, s.Restarts(), "%s restarted once into the new binary", s.Node().Name)
 		assert.Equal(t, "2.0.0", s.Node().Agent.Cluster().LocalMember().Version)
-		exe := s.Node().Agent.Executable()
-		info, err := os.ReadFile(exe)
+		agent := s.Node().Agent
+		cur, ok, err := agent.Versions().Current()
 		require.NoError(t, err)
-		assert.Contains(t, string(info), "fake peerd 2.0.0", "the binary was swapped in place")
-		kept, err := os.ReadFile(exe + ".old")
+		require.True(t, ok, "the new version is in the version store")
+		info, err := os.ReadFile(cur.Path)
 		require.NoError(t, err)
-		assert.Contains(t, string(kept), "fake peerd 1.0.0", "the old binary is kept for rollback")
+		assert.Contains(t, string(info), "fake peerd 2.0.0")
+		launcher, err := os.ReadFile(agent.Launcher())
+		require.NoError(t, err)
+		assert.Contains(t, string(launcher), "fake peerd 1.0.0", "the launcher (the package's file) is never written")
+		prev, err := agent.Versions().Previous()
+		require.NoError(t, err)
+		assert.True(t, prev.Base, "a rollback returns to the launcher")
 	}
 	require.Eventually(t, func() bool { return nodes[0].Node().Agent.Cluster().ProtocolRange().Max == 2 },
 		10*time.Second, 10*time.Millisecond, "every node speaks 2 now")
@@ -214,9 +220,9 @@ func TestUnhealthyNewVersionRollsBackOnlyTheFailingNodeAndHalts(t *testing.T) {
 	for _, s := range nodes {
 		n := s.Node()
 		require.Eventually(t, func() bool { return s.Node().Agent.Cluster().LocalMember().Version == "1.0.0" }, 20*time.Second, 10*time.Millisecond)
-		b, err := os.ReadFile(n.Agent.Executable())
+		_, stored, err := n.Agent.Versions().Current()
 		require.NoError(t, err)
-		assert.Contains(t, string(b), "fake peerd 1.0.0", "%s runs the old binary", n.Name)
+		assert.False(t, stored, "%s runs its launcher again: nothing current in the version store", n.Name)
 		if n.Name == first {
 			assert.Equal(t, 2, s.Restarts(), "into v2, then back to v1")
 			state, err := upgrade.LoadState(filepath.Join(n.Config.DataDir, "rollout", "state.json"))

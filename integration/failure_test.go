@@ -148,6 +148,8 @@ func TestBadReleaseRollsBackAndHalts(t *testing.T) {
 		got, err := execOutput(a.bin, "version")
 		require.NoError(t, err)
 		assert.Contains(t, got, "peerd 1.0.0", "%s's binary is the old one", a.name)
+		_, err = os.Lstat(filepath.Join(a.dataDir(), "versions", "current"))
+		assert.ErrorIs(t, err, os.ErrNotExist, "%s: nothing newer is current in the version store", a.name)
 		if a.name != failed {
 			assert.Equal(t, pids[a.name], a.pid(), "%s in a later wave was untouched", a.name)
 		}

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"github.com/peerd/peerd/daemon/api"
+	"github.com/peerd/peerd/internal/freeport"
 	"github.com/stretchr/testify/require"
 )
 
@@ -68,25 +68,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freePort returns a port free on 127.0.0.1 for both TCP and UDP (memberlist
-// needs both on the same number).
-func freePort(t testing.TB) int {
-	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
 // agent is one peerd agent process.
 type agent struct {
 	t       testing.TB
@@ -120,8 +101,8 @@ func newAgent(t testing.TB, name, binary string, args ...string) *agent {
 	copyFile(t, binary, bin)
 	a := &agent{
 		t: t, name: name, dir: dir, bin: bin,
-		gossip:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		http:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		gossip:  fmt.Sprintf("127.0.0.1:%d", freeport.Get(t)),
+		http:    fmt.Sprintf("127.0.0.1:%d", freeport.Get(t)),
 		args:    args,
 		logPath: filepath.Join(dir, "agent.log"),
 	}

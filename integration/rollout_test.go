@@ -175,7 +175,8 @@ func runRollout(t *testing.T, tc rolloutCase) {
 	require.NoError(t, err, "peerd upgrade:\n%s", out)
 	assert.Contains(t, string(out), "[####################] ", "live progress reaches the full bar")
 
-	// Every node runs 2.0.0, from its own binary, and speaks protocol 2.
+	// Every node runs 2.0.0 from its version store, started by its own
+	// launcher binary (left as it was), and speaks protocol 2.
 	st := rolloutStatus(t, agents[0])
 	require.Equal(t, upgrade.StateComplete, st.State)
 	for _, a := range agents {
@@ -184,7 +185,10 @@ func runRollout(t *testing.T, tc rolloutCase) {
 		assert.Equal(t, "2.0.0", info.Build.Version, a.name)
 		got, err := execOutput(a.bin, "version")
 		require.NoError(t, err)
-		assert.Contains(t, got, "peerd 2.0.0", "%s's binary was replaced in place", a.name)
+		assert.Contains(t, got, "peerd 1.0.0", "%s's launcher is never written", a.name)
+		got, err = execOutput(filepath.Join(a.dataDir(), "versions", "2.0.0", "peerd"), "version")
+		require.NoError(t, err)
+		assert.Contains(t, got, "peerd 2.0.0", "%s's version store holds 2.0.0", a.name)
 		if !tc.supervisor {
 			assert.Equal(t, pids[a.name], a.pid(), "%s re-executed in place (same PID)", a.name)
 		} else {

@@ -17,6 +17,10 @@ data_dir = "/var/lib/peerd"
 # join       = ["10.0.0.1:7946"]
 # retry_join = ["10.0.0.1:7946", "10.0.0.2:7946"]
 
+# First wait between retry_join attempts (it doubles), and the longest.
+# retry_join_interval     = "1s"
+# retry_join_max_interval = "30s"
+
 # Gossip encryption: one key for every node (make one with `peerd keygen`).
 # encrypt = "..."
 # keyring_file = "/var/lib/peerd/keyring.json"
@@ -27,5 +31,25 @@ data_dir = "/var/lib/peerd"
 # Peer HTTP API (default: bind host, port 7947).
 # http_addr = "0.0.0.0:7947"
 
+# Control API socket for the client commands (default: data_dir/peerd.sock).
+# socket = "/var/lib/peerd/peerd.sock"
+
+# Gossip timings: lan, wan, local, or fast (loopback demos and tests only).
+# gossip_profile = "lan"
+
 log_level = "info"
 # log_json = true
+
+# Upgrades: accept artifacts signed by these minisign public keys; without
+# one, allow_unsigned accepts unsigned artifacts (demos and tests only).
+# trust_key      = ["/etc/peerd/release.pub"]
+# allow_unsigned = false
+
+# After a self-upgrade: "reexec" in place (same PID), or "supervisor": exit
+# 75 for systemd or Nomad to start the new version.
+# restart = "reexec"
+
+# An upgraded node must also pass these checks before its wave is done: a
+# shell command that exits 0, and a URL that answers 2xx.
+# health_cmd = "/usr/local/bin/app-healthy"
+# health_url = "http://127.0.0.1:8080/healthz"

@@ -20,6 +20,7 @@ import (
 	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/peerd/peerd/upgrade/lease"
 	"github.com/peerd/peerd/upgrade/plan"
+	"github.com/peerd/peerd/upgrade/versions"
 )
 
 // Serf event and query names. Payloads stay far below Serf's limits: plans
@@ -47,8 +48,11 @@ type Network interface {
 type Config struct {
 	// DataDir is the agent's data dir; the engine keeps its files in DataDir/rollout.
 	DataDir string
-	// Executable is the binary a self-upgrade replaces (the running one).
+	// Executable is the running binary (a patch applies to it).
 	Executable string
+	// Versions is where a self-upgrade installs the new binary and what a
+	// rollback restores; the launcher starts its current version.
+	Versions *versions.Store
 	// Build is the running binary's identity.
 	Build buildinfo.Info
 	// TrustedKeys verify artifact signatures. With none, unsigned artifacts
@@ -58,7 +62,7 @@ type Config struct {
 	// Healthy is the node's health check during the health gate: joined,
 	// its own checks, and the operator's check command or URL.
 	Healthy func(ctx context.Context) error
-	// RequestRestart asks the agent to restart into Executable (by re-exec
+	// RequestRestart asks the agent to restart into Versions' choice (by re-exec
 	// or by exiting for its supervisor). It must not block.
 	RequestRestart func()
 	// PeerHTTPAddr is the peer HTTP address a member advertises.
@@ -119,7 +123,8 @@ type Engine struct {
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
 	restarting atomic.Bool
-	served     atomic.Int64 // artifact bytes served to peers
+	served     atomic.Int64  // artifact bytes served to peers
+	metrics    engineMetrics // counts for Stats (metrics.go)
 
 	mu           sync.Mutex // guards the fields below
 	state        NodeState
@@ -136,8 +141,8 @@ type Engine struct {
 // New opens the engine's files. It starts nothing.
 func New(cfg Config, net Network) (*Engine, error) {
 	cfg = cfg.withDefaults()
-	if cfg.DataDir == "" || cfg.Executable == "" {
-		return nil, errors.New("rollout engine: data dir and executable are required")
+	if cfg.DataDir == "" || cfg.Executable == "" || cfg.Versions == nil {
+		return nil, errors.New("rollout engine: data dir, executable and version store are required")
 	}
 	dir := filepath.Join(cfg.DataDir, "rollout")
 	for _, d := range []string{dir, filepath.Join(dir, "plans"), filepath.Join(dir, "staged")} {
@@ -216,8 +221,14 @@ func (e *Engine) recover() error {
 		// The old binary is running although the swap was done: whatever
 		// brought it back, this node is not upgraded. Make sure the old
 		// binary stays, and report.
+		if err := e.cfg.Versions.Rollback(st.ToVersion); err != nil {
+			return fmt.Errorf("keep %s after a failed upgrade: %w", running, err)
+		}
 		st.Phase = PhaseFailed
 		st.Reason = fmt.Sprintf("the new binary (%s) did not stay up; the node is back at %s", st.ToVersion, running)
+		if versions.Compare(running, st.ToVersion) > 0 {
+			st.Reason = fmt.Sprintf("this node's launcher (%s, e.g. the package's binary) is newer than %s and wins over the version store; to go below it, downgrade the package", running, st.ToVersion)
+		}
 		st.RolledBackFrom = appendUnique(st.RolledBackFrom, st.ToVersion)
 		log.Warn("rolled back", "reason", st.Reason)
 		return e.save(st)
@@ -339,8 +350,8 @@ func (e *Engine) fail(st NodeState, reason string, rollback bool) {
 	log := e.log.With("plan", short(st.PlanID), "wave", st.Wave)
 	if rollback {
 		st.RolledBackFrom = appendUnique(st.RolledBackFrom, st.ToVersion)
-		if err := artifact.Restore(e.cfg.Executable, e.keptPath()); err != nil {
-			st.Reason += fmt.Sprintf("; restoring the kept binary failed too: %v", err)
+		if err := e.cfg.Versions.Rollback(st.ToVersion); err != nil {
+			st.Reason += fmt.Sprintf("; restoring the previous version failed too: %v", err)
 		}
 	}
 	e.transition(st, log)
@@ -351,15 +362,24 @@ func (e *Engine) fail(st NodeState, reason string, rollback bool) {
 	}
 }
 
-func (e *Engine) keptPath() string { return e.cfg.Executable + ".old" }
+// keptPath is the binary a rollback of this node's current version brings
+// back: the version store's previous one, or the launcher.
+func (e *Engine) keptPath() string {
+	b, err := e.cfg.Versions.Previous()
+	if err != nil {
+		return ""
+	}
+	return b.Path
+}
 
 func (e *Engine) stagedPath(p plan.Plan) string {
 	return filepath.Join(e.dir, "staged", "peerd-"+p.Artifact.SHA256[:16])
 }
 
-// apply swaps in the prepared binary, keeping the old one, and restarts.
+// apply makes the prepared binary the version store's current one (the
+// running one stays, for rollback) and restarts.
 func (e *Engine) apply(p plan.Plan, st NodeState, log *slog.Logger) {
-	if err := artifact.Install(e.stagedPath(p), e.cfg.Executable, e.keptPath()); err != nil {
+	if err := e.cfg.Versions.Install(e.stagedPath(p), p.Version, e.cfg.Executable); err != nil {
 		e.fail(st, fmt.Sprintf("apply: %v", err), false)
 		return
 	}
@@ -491,8 +511,10 @@ func (e *Engine) save(st NodeState) error {
 		return err
 	}
 	e.mu.Lock()
+	prev := e.state
 	e.state = st
 	e.mu.Unlock()
+	e.metrics.stateChanged(prev, st)
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/peerd/peerd/buildinfo"
+	"github.com/peerd/peerd/upgrade/versions"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -86,7 +87,10 @@ func TestRecover(t *testing.T) {
 			require.NoError(t, SaveState(filepath.Join(dir, "rollout", "state.json"), NodeState{
 				PlanID: "p", Phase: tc.phase, FromVersion: "1.0.0", ToVersion: "2.0.0", Starts: starts,
 			}))
-			e, err := New(Config{DataDir: dir, Executable: filepath.Join(dir, "peerd"), Build: buildinfo.Info{Version: tc.running}}, nil)
+			e, err := New(Config{
+				DataDir: dir, Executable: filepath.Join(dir, "peerd"), Build: buildinfo.Info{Version: tc.running},
+				Versions: versions.New(filepath.Join(dir, "versions"), "peerd", filepath.Join(dir, "peerd")),
+			}, nil)
 			require.NoError(t, err)
 			require.NoError(t, e.recover())
 			st := e.State()
@@ -100,17 +104,5 @@ func TestRecover(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, st.Phase, persisted.Phase, "the decision is on disk before the node acts on it")
 		})
-	}
-}
-
-func TestCompareVersions(t *testing.T) {
-	for _, tc := range []struct {
-		a, b string
-		want int
-	}{
-		{"1.0.0", "2.0.0", -1}, {"2.0.0", "1.0.0", 1}, {"2.0.0", "2.0.0", 0},
-		{"v2.0.0", "2.0.0", 0}, {"1.10.0", "1.9.0", 1}, {"2.0.0-rc1", "2.0.0", -1}, {"0.0.0-dev", "1.0.0", -1},
-	} {
-		assert.Equal(t, tc.want, compareVersions(tc.a, tc.b), "%s vs %s", tc.a, tc.b)
 	}
 }

@@ -66,6 +66,7 @@ func (e *Engine) requestLease(ctx context.Context, p plan.Plan, wave int) (bool,
 // answerLease is this node's vote as a granter.
 func (e *Engine) answerLease(payload []byte) []byte {
 	refuse := func(format string, a ...any) []byte {
+		e.metrics.refusedVote()
 		b, _ := json.Marshal(leaseAnswer{Reason: fmt.Sprintf(format, a...)})
 		return b
 	}
@@ -100,12 +101,14 @@ func (e *Engine) answerLease(payload []byte) []byte {
 			return refuse("release grant: %v", err)
 		}
 	}
-	_, err = e.granter.Decide(req, func(_ string, w int) bool { return e.earlierWavesDone(p, waves, w) })
+	held := e.holdsGrant(req.PlanID, req.Wave)
+	gr, err := e.granter.Decide(req, func(_ string, w int) bool { return e.earlierWavesDone(p, waves, w) })
 	e.log.Debug("lease vote", "plan", p.ShortID(), "requester", req.Node, "wave", req.Wave,
 		"granted", err == nil, "voter_version", e.cfg.Build.Version, "err", err)
 	if err != nil {
 		return refuse("%v", err)
 	}
+	e.metrics.grantedVote(gr, held, e.cfg.Clock.Now())
 	b, _ := json.Marshal(leaseAnswer{Granted: true})
 	return b
 }

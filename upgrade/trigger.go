@@ -13,7 +13,7 @@ import (
 
 	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/peerd/peerd/upgrade/plan"
-	"golang.org/x/mod/semver"
+	"github.com/peerd/peerd/upgrade/versions"
 )
 
 // TriggerRequest is what `peerd upgrade` asks the local agent for.
@@ -93,10 +93,10 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	if req.Version == "" {
 		return res, errors.New("no target version: give --to VERSION")
 	}
-	if req.Rollback && compareVersions(req.Version, running) >= 0 {
+	if req.Rollback && versions.Compare(req.Version, running) >= 0 {
 		return res, fmt.Errorf("rollback to %s: that is not older than the running %s", req.Version, running)
 	}
-	if c := compareVersions(req.Version, running); c < 0 && !req.Rollback {
+	if c := versions.Compare(req.Version, running); c < 0 && !req.Rollback {
 		return res, fmt.Errorf("version %s is older than the running %s: to go back, use 'peerd upgrade rollback'", req.Version, running)
 	}
 	sha := req.ArtifactSHA256
@@ -179,9 +179,15 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 // previousBinary fills a rollback request from the binary this node kept
 // when it was last upgraded.
 func (e *Engine) previousBinary(ctx context.Context, req *TriggerRequest) error {
-	f, err := os.Open(e.keptPath())
+	kept := e.keptPath()
+	if ki, err := os.Stat(kept); err == nil {
+		if ri, err := os.Stat(e.cfg.Executable); err == nil && os.SameFile(ki, ri) {
+			return fmt.Errorf("this node runs the binary a rollback would bring back (%s), so it has nothing to roll back to: run 'peerd upgrade rollback' on a node that was upgraded, or give --to and --artifact", kept)
+		}
+	}
+	f, err := os.Open(kept)
 	if err != nil {
-		return fmt.Errorf("this node has no previous binary (%s): run 'peerd upgrade rollback' on a node that was upgraded, or give --to and --artifact", e.keptPath())
+		return fmt.Errorf("this node has no previous binary (%s): run 'peerd upgrade rollback' on a node that was upgraded, or give --to and --artifact", kept)
 	}
 	defer f.Close()
 	sha, _, err := e.store.Put(f, "")
@@ -245,16 +251,4 @@ func (e *Engine) importURL(ctx context.Context, url string) (string, error) {
 	}
 	sha, _, err := e.store.Put(resp.Body, "")
 	return sha, err
-}
-
-// compareVersions compares two semantic versions (with or without a
-// leading "v"); a version that does not parse sorts before any that does.
-func compareVersions(a, b string) int {
-	norm := func(v string) string {
-		if !strings.HasPrefix(v, "v") {
-			v = "v" + v
-		}
-		return v
-	}
-	return semver.Compare(norm(a), norm(b))
 }

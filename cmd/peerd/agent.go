@@ -40,8 +40,8 @@ func agentFlags() []cli.Flag {
 		&cli.StringFlag{Name: "advertise", Usage: "gossip `HOST:PORT` other nodes reach this one at, when not --bind", EnvVars: env("ADVERTISE")},
 		&cli.StringSliceFlag{Name: "join", Usage: "join the cluster at this gossip `ADDR` at start (repeatable); fail if none answers", EnvVars: env("JOIN")},
 		&cli.StringSliceFlag{Name: "retry-join", Usage: "keep trying to join this `ADDR` with backoff until it answers (repeatable)", EnvVars: env("RETRY_JOIN")},
-		&cli.DurationFlag{Name: "retry-join-interval", Usage: "first wait between retry-join attempts; it doubles (default 1s)", EnvVars: env("RETRY_JOIN_INTERVAL")},
-		&cli.DurationFlag{Name: "retry-join-max-interval", Usage: "longest wait between retry-join attempts (default 30s)", EnvVars: env("RETRY_JOIN_MAX_INTERVAL")},
+		&cli.DurationFlag{Name: "retry-join-interval", Usage: "first wait between retry-join attempts; it doubles", DefaultText: "1s", EnvVars: env("RETRY_JOIN_INTERVAL")},
+		&cli.DurationFlag{Name: "retry-join-max-interval", Usage: "longest wait between retry-join attempts", DefaultText: "30s", EnvVars: env("RETRY_JOIN_MAX_INTERVAL")},
 		&cli.StringFlag{Name: "data-dir", Usage: "`DIR` for the cluster snapshot, socket and state (required; created 0700)", EnvVars: env("DATA_DIR")},
 		&cli.StringFlag{Name: "encrypt", Usage: "base64 gossip encryption `KEY` (make one with 'peerd keygen')", EnvVars: env("ENCRYPT")},
 		&cli.StringFlag{Name: "keyring-file", Usage: "gossip keyring `FILE` (JSON array of base64 keys, first is primary)", EnvVars: env("KEYRING_FILE")},
@@ -59,10 +59,12 @@ func agentFlags() []cli.Flag {
 	}
 }
 
-// agentConfig layers defaults, the config file, then env and flags (which
-// urfave/cli has already layered: a flag wins over its env var).
+// agentConfig layers defaults, under Nomad the allocation's node name and
+// addresses, the config file, then env and flags (which urfave/cli has
+// already layered: a flag wins over its env var).
 func agentConfig(c *cli.Context) (daemon.Config, error) {
 	cfg := daemon.DefaultConfig()
+	daemon.ApplyNomadEnv(&cfg, os.Getenv)
 	if path := c.String("config"); path != "" {
 		if err := daemon.LoadFile(path, &cfg); err != nil {
 			return cfg, err
@@ -132,6 +134,10 @@ func runAgent(c *cli.Context) error {
 	lvl, _ := daemon.ParseLogLevel(cfg.LogLevel)
 	level.Set(lvl)
 	logger := newLogger(c.App.ErrWriter, cfg.LogJSON, level)
+	launcher, self, err := launch(cfg, logger)
+	if err != nil {
+		return err
+	}
 
 	// Signals are caught before Start so that a SIGTERM during a slow join
 	// is not lost: Run sees it as soon as Start returns.
@@ -139,7 +145,10 @@ func runAgent(c *cli.Context) error {
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(signals)
 
-	agent, err := daemon.New(cfg, daemon.Options{Logger: logger, Level: level, HookDir: os.Getenv("PEERD_TEST_HOOK_DIR")})
+	agent, err := daemon.New(cfg, daemon.Options{
+		Logger: logger, Level: level, Executable: self, Launcher: launcher,
+		HookDir: os.Getenv("PEERD_TEST_HOOK_DIR"),
+	})
 	if err != nil {
 		return err
 	}
@@ -152,7 +161,7 @@ func runAgent(c *cli.Context) error {
 		return fmt.Errorf("stop agent: %w", err)
 	}
 	if errors.Is(runErr, daemon.ErrRestart) {
-		return restart(agent.Executable(), cfg, logger)
+		return restart(agent.Launcher(), cfg, logger)
 	}
 	if runErr != nil {
 		return runErr
@@ -161,15 +170,16 @@ func runAgent(c *cli.Context) error {
 	return nil
 }
 
-// restart starts the new binary after a self-upgrade: in place with the
-// same PID (systemd's Type=notify sees READY again), or by exiting with
-// daemon.ExitRestart for a supervisor to start it.
+// restart starts the launcher again after a self-upgrade (it runs the new
+// version from the version store): in place with the same PID (systemd's
+// Type=notify sees READY again), or by exiting with daemon.ExitRestart for
+// a supervisor to start it.
 func restart(exe string, cfg daemon.Config, logger *slog.Logger) error {
 	if cfg.Restart == daemon.RestartSupervisor {
 		logger.Info("exiting for the supervisor to start the new binary", "exit_code", daemon.ExitRestart)
 		return cli.Exit("", daemon.ExitRestart)
 	}
-	logger.Info("re-executing the new binary in place", "path", exe)
+	logger.Info("re-executing the launcher in place", "path", exe)
 	err := textbusy.Retry(context.Background(), func() error {
 		return syscall.Exec(exe, os.Args, os.Environ())
 	})

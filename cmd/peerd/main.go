@@ -59,6 +59,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			signCommand(),
 			versionCommand(),
 			keygenCommand(),
+			completionCommand(),
+			manCommand(),
 		},
 	}
 	app.CommandNotFound = func(c *cli.Context, name string) {
@@ -67,6 +69,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	}
 	for _, cmd := range app.Commands {
 		cmd.OnUsageError = onUsageError
+		// No `help` subcommand under each command: --help is there, and
+		// completion would offer "help h" where files belong.
+		cmd.HideHelpCommand = true
 	}
 	return app
 }

@@ -52,7 +52,7 @@ type Supervised struct {
 // until the test ends.
 func Supervise(t testing.TB, cfg daemon.Config, exe string, opts daemon.Options) *Supervised {
 	t.Helper()
-	opts.Executable = exe
+	opts.Launcher = exe
 	s := &Supervised{t: t, cfg: cfg, opts: opts, done: make(chan struct{})}
 	node, err := s.start()
 	require.NoError(t, err)
@@ -69,20 +69,27 @@ func Supervise(t testing.TB, cfg daemon.Config, exe string, opts daemon.Options)
 }
 
 func (s *Supervised) start() (*Node, error) {
-	var out []byte
-	err := textbusy.Retry(context.Background(), func() (err error) {
-		out, err = exec.Command(s.opts.Executable, "version", "--json").Output()
-		return err
-	})
+	// Start what the launcher would: the version store's current binary
+	// when it is newer than the launcher.
+	launcher := s.opts.Launcher
+	b, err := fakeVersion(launcher)
 	if err != nil {
-		return nil, fmt.Errorf("run %s version: %w", s.opts.Executable, err)
-	}
-	var b buildinfo.Info
-	if err := json.Unmarshal(out, &b); err != nil {
 		return nil, err
+	}
+	exe := launcher
+	chosen, _, err := daemon.VersionStore(s.cfg.DataDir, launcher).Select(b.Version)
+	if err != nil {
+		return nil, err
+	}
+	if !chosen.Base {
+		exe = chosen.Path
+		if b, err = fakeVersion(exe); err != nil {
+			return nil, err
+		}
 	}
 	opts := s.opts
 	opts.Build = b
+	opts.Executable = exe
 	a, err := daemon.New(s.cfg, opts)
 	if err != nil {
 		return nil, err
@@ -113,6 +120,23 @@ func (s *Supervised) loop(ctx context.Context) {
 		s.restarts++
 		s.mu.Unlock()
 	}
+}
+
+// fakeVersion asks a binary for its build, as preflight does.
+func fakeVersion(exe string) (buildinfo.Info, error) {
+	var out []byte
+	err := textbusy.Retry(context.Background(), func() (err error) {
+		out, err = exec.Command(exe, "version", "--json").Output()
+		return err
+	})
+	if err != nil {
+		return buildinfo.Info{}, fmt.Errorf("run %s version: %w", exe, err)
+	}
+	var b buildinfo.Info
+	if err := json.Unmarshal(out, &b); err != nil {
+		return buildinfo.Info{}, fmt.Errorf("run %s version: %w", exe, err)
+	}
+	return b, nil
 }
 
 // Node is the agent currently running.

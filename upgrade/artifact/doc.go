@@ -2,8 +2,8 @@
 // application's): its digest, a content-addressed cache of such blobs, minisign
 // signatures that bind a manifest (target, version, platform, digest, size)
 // rather than bare bytes, bsdiff patches between versions, the new binary's
-// preflight (`version --json`), and the atomic binary swap that keeps the old
-// binary for rollback.
+// preflight (`version --json`). Installing a verified binary is the version
+// store's job (upgrade/versions).
 //
 // It is the node-local half of a rollout's prepare and apply steps; the rollout
 // engine decides when each is called. It holds no state beyond the files it is
@@ -16,9 +16,7 @@
 //   - store, or hand back as verified, bytes whose digest does not match what
 //     was asked for — a mismatching download leaves nothing behind;
 //   - accept a signature for anything other than what the plan names: a
-//     validly signed binary of another version or platform is refused;
-//   - leave a moment where the installed binary's path holds nothing or a
-//     partial file: at every instant it is the old or the new complete binary.
+//     validly signed binary of another version or platform is refused.
 //
 // Preflight executes the binary it is given; call it only on bytes whose digest
 // and signature were verified.

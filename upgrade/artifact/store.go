@@ -95,7 +95,7 @@ func (s *Store) Put(r io.Reader, wantSHA256 string) (sha string, size int64, err
 	if err = os.Rename(tmp, s.Path(sha)); err != nil {
 		return "", size, fmt.Errorf("store artifact: %w", err)
 	}
-	if err = syncDir(s.dir); err != nil {
+	if err = durable.SyncDir(s.dir); err != nil {
 		return "", size, fmt.Errorf("store artifact: %w", err)
 	}
 	return sha, size, nil
@@ -126,6 +126,3 @@ func (s *Store) Open(sha string) (*os.File, error) {
 	}
 	return f, nil
 }
-
-// syncDir makes the renames in dir durable.
-func syncDir(dir string) error { return durable.SyncDir(dir) }

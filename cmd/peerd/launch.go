@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"syscall"
+
+	"github.com/peerd/peerd/buildinfo"
+	"github.com/peerd/peerd/daemon"
+	"github.com/peerd/peerd/internal/textbusy"
+)
+
+// envLauncher tells a binary started from the version store which binary
+// launched it; that is the one a restart starts again. It is removed from
+// the environment at once, so that nothing the agent runs inherits it.
+const envLauncher = "PEERD_LAUNCHER"
+
+// launch hands this process over to the version store's current binary
+// when it is newer than this one (it then does not return). Otherwise it
+// returns the launcher (the binary a restart starts) and this executable.
+//
+// A self-upgrade installs into DATA_DIR/versions, never over the file the
+// package manager owns; this is how the package's /usr/bin/peerd comes
+// back up at the upgraded version after a restart, while a package upgrade
+// to a still newer version runs the package's binary.
+func launch(cfg daemon.Config, logger *slog.Logger) (launcher, self string, err error) {
+	self, err = os.Executable()
+	if err != nil {
+		return "", "", fmt.Errorf("find own executable: %w", err)
+	}
+	if l := os.Getenv(envLauncher); l != "" {
+		os.Unsetenv(envLauncher)
+		return l, self, nil
+	}
+	store := daemon.VersionStore(cfg.DataDir, self)
+	b, why, err := store.Select(buildinfo.Version)
+	switch {
+	case err != nil:
+		logger.Warn("running the launcher's own version", "version", buildinfo.Version, "err", err)
+		return self, self, nil
+	case b.Base:
+		if why != "" {
+			logger.Info("running the launcher's own version", "version", buildinfo.Version, "why", why)
+		}
+		return self, self, nil
+	}
+	logger.Info("starting the newer version from the version store", "version", b.Version, "path", b.Path, "launcher", buildinfo.Version)
+	env := append(os.Environ(), envLauncher+"="+self)
+	err = textbusy.Retry(context.Background(), func() error {
+		return syscall.Exec(b.Path, os.Args, env)
+	})
+	logger.Error("could not start the stored version; running the launcher's own", "path", b.Path, "err", err)
+	return self, self, nil
+}
