@@ -543,3 +543,31 @@ func TestVersionStoreUnderThePackageManager(t *testing.T) {
 	in(t, root, "dpkg", "--purge", "peerd")
 	assert.NoDirExists(t, filepath.Join(root, "var/lib/peerd"), "purge removes the version store too")
 }
+
+// TestRpmInstallsAndErases installs the rpm into the Debian root with rpm
+// --root (there is no RPM-based root here; --nodeps because that root's rpm
+// database knows none of its files): the scriptlets run in the root, make
+// the user and the data dir; erase removes the files and keeps the user.
+func TestRpmInstallsAndErases(t *testing.T) {
+	need(t, "rpm", "rpm")
+	_, rpm := packages(t, "1.0.0")
+	root := debianRoot(t)
+	rpmIn := func(args ...string) string {
+		out, err := exec.Command("rpm", append([]string{"--root", root}, args...)...).CombinedOutput()
+		require.NoError(t, err, "rpm %s:\n%s", strings.Join(args, " "), out)
+		return string(out)
+	}
+	rpmIn("--initdb")
+	rpmIn("-i", "--nodeps", rpm)
+	assert.Contains(t, in(t, root, "peerd", "version"), "peerd 1.0.0")
+	assert.Regexp(t, `^peerd:x:\d+:\d+:peerd agent:/var/lib/peerd:/usr/sbin/nologin`, in(t, root, "getent", "passwd", "peerd"))
+	assert.Equal(t, "root peerd 640\n", in(t, root, "stat", "-c", "%U %G %a", "/etc/peerd/peerd.hcl"))
+	assert.Equal(t, "peerd peerd 700\n", in(t, root, "stat", "-c", "%U %G %a", "/var/lib/peerd"))
+	assert.FileExists(t, filepath.Join(root, "usr/lib/systemd/system/peerd.service"))
+	verify, err := exec.Command("rpm", "--root", root, "-V", "peerd").CombinedOutput()
+	assert.NoError(t, err, "rpm -V:\n%s", verify)
+
+	rpmIn("-e", "peerd")
+	assert.NoFileExists(t, filepath.Join(root, "usr/bin/peerd"))
+	in(t, root, "getent", "passwd", "peerd") // rpm has no purge: the user stays
+}

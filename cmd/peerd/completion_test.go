@@ -110,7 +110,7 @@ func TestCompletionCandidates(t *testing.T) {
 	assert.Equal(t, []string{"--data-dir"}, complete(t, "agent", "--data"))
 
 	// Completing must never run the command: leave would make the agent leave.
-	assert.Equal(t, []string{"--socket", "--help", "-h"}, complete(t, "leave", "-"))
+	assert.Equal(t, []string{"--socket", "--json", "--help", "-h"}, complete(t, "leave", "-"))
 }
 
 // TestCompletionHelperPeerd is peerd itself when the shell scripts run it

@@ -81,11 +81,14 @@ func controlCommand(action, usage string) *cli.Command {
 	return &cli.Command{
 		Name:  action,
 		Usage: usage,
-		Flags: clientFlags()[:1],
+		Flags: clientFlags(),
 		Action: func(c *cli.Context) error {
 			id, err := newClient(c).Control(c.Context, action)
 			if err != nil {
 				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c, map[string]string{"action": action, "plan_id": id})
 			}
 			fmt.Fprintf(c.App.Writer, "%s: sent to every node for plan %s\n", action, id[:min(8, len(id))])
 			return nil

@@ -34,10 +34,14 @@ func keygenCommand() *cli.Command {
 		Usage: "print a new random gossip encryption key",
 		Description: "Give the same key to every agent with --encrypt (or PEERD_ENCRYPT, or encrypt in\n" +
 			"the config file). Agents with another key, or none, cannot join.",
+		Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print {\"key\": KEY} instead of the bare key"}},
 		Action: func(c *cli.Context) error {
 			k, err := cluster.GenerateKey()
 			if err != nil {
 				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c, map[string]string{"key": k})
 			}
 			fmt.Fprintln(c.App.Writer, k)
 			return nil

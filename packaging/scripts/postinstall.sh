@@ -9,15 +9,16 @@ set -e
 
 case "$1" in
 configure) # deb: $2 is the version configured before, empty on a fresh install
-	upgrade=${2:+yes} ;;
+	deb=yes upgrade=${2:+yes} ;;
 [0-9]*) # rpm: the number of installed instances; 2 or more is an upgrade
-	[ "$1" -ge 2 ] && upgrade=yes || upgrade= ;;
+	deb= upgrade=
+	[ "$1" -ge 2 ] && upgrade=yes ;;
 *) exit 0 ;;
 esac
 
 # The config is readable by the agent's group only (see nfpm.yaml). A local
 # override made by the administrator wins.
-if command -v dpkg-statoverride >/dev/null; then
+if [ -n "$deb" ]; then
 	for f in /etc/peerd /etc/peerd/peerd.hcl; do
 		if ! dpkg-statoverride --list "$f" >/dev/null; then
 			mode=0640
