@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/peerd/peerd/apps"
 	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/upgrade"
@@ -36,6 +37,9 @@ type Options struct {
 	Launcher string
 	// HookDir lets tests pause the rollout at a phase (see upgrade.Config).
 	HookDir string
+	// AppHandovers are the applications the previous peerd image left
+	// running across its re-exec, for the supervisors to adopt.
+	AppHandovers []apps.Handover
 }
 
 // ErrRestart is returned by Run when the agent must restart into a new
@@ -65,6 +69,7 @@ type Agent struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 
+	apps    []*apps.Supervisor
 	fatal   chan error    // a background task that cannot go on (buffered)
 	restart chan struct{} // the engine asks for a restart (buffered)
 	exitCh  chan struct{} // closed when a client asked the agent to leave and exit
@@ -201,6 +206,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		}()
 	}
 	if err := a.engine.Start(ctx); err != nil {
+		return err
+	}
+	if err := a.startApps(bg); err != nil {
 		return err
 	}
 	a.notifyf("READY=1\nMAINPID=%d\nSTATUS=%s", os.Getpid(), a.statusLine())
@@ -398,6 +406,7 @@ func (a *Agent) Close() error {
 		if a.cancel != nil {
 			a.cancel()
 		}
+		a.closeApps()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		for _, srv := range []*http.Server{a.control, a.peer} {

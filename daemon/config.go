@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/peerd/peerd/apps"
 	"github.com/peerd/peerd/cluster"
 )
 
@@ -77,6 +78,9 @@ type Config struct {
 	HealthURL string
 	// ConfigFile is where the config was read from, for reloads.
 	ConfigFile string
+	// Apps are the applications the agent supervises on this node (HCL
+	// `app "NAME" { ... }` blocks; the config file only).
+	Apps []apps.Config
 }
 
 // Restart modes.
@@ -153,6 +157,9 @@ func (c Config) Validate() error {
 		if k == "" {
 			add("tag with an empty key: want KEY=VALUE")
 		}
+		if strings.HasPrefix(k, TagAppPrefix) {
+			add("tag %q: keys starting with %q are peerd's (managed applications); choose another key", k, TagAppPrefix)
+		}
 	}
 	if len(c.SocketPath()) > maxSocketPath {
 		add("socket path %s is %d bytes, longer than the %d a unix socket allows: choose a shorter --socket or --data-dir", c.SocketPath(), len(c.SocketPath()), maxSocketPath)
@@ -175,6 +182,16 @@ func (c Config) Validate() error {
 	case cluster.ProfileLAN, cluster.ProfileWAN, cluster.ProfileLocal, cluster.ProfileFast:
 	default:
 		add("gossip profile %q: want lan, wan, local or fast", c.GossipProfile)
+	}
+	seen := map[string]bool{}
+	for _, app := range c.Apps {
+		if err := app.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+		if seen[app.Name] {
+			add("app %q is declared twice", app.Name)
+		}
+		seen[app.Name] = true
 	}
 	return errors.Join(errs...)
 }

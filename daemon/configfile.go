@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/peerd/peerd/apps"
 )
 
 // fileConfig is the HCL form of Config. Pointers tell "absent" from "zero",
@@ -39,6 +40,63 @@ type fileConfig struct {
 	Restart              *string           `hcl:"restart,optional"`
 	HealthCmd            *string           `hcl:"health_cmd,optional"`
 	HealthURL            *string           `hcl:"health_url,optional"`
+	Apps                 []fileApp         `hcl:"app,block"`
+}
+
+// fileApp is an `app "NAME" { ... }` block: a managed application.
+type fileApp struct {
+	Name string `hcl:"name,label"`
+	// Command is the executable and its arguments; a newer version in the
+	// app's version store replaces the executable.
+	Command     []string          `hcl:"command,optional"`
+	Version     *string           `hcl:"version,optional"`
+	Env         map[string]string `hcl:"env,optional"`
+	Address     *string           `hcl:"address,optional"`
+	StopTimeout *string           `hcl:"stop_timeout,optional"`
+	Health      *struct {
+		HTTP     *string  `hcl:"http,optional"`
+		Cmd      []string `hcl:"cmd,optional"`
+		Interval *string  `hcl:"interval,optional"`
+	} `hcl:"health,block"`
+	Peers *struct {
+		Env    *string `hcl:"env,optional"`
+		File   *string `hcl:"file,optional"`
+		Signal *string `hcl:"signal,optional"`
+	} `hcl:"peers,block"`
+}
+
+// appConfig turns a block into an apps.Config.
+func (f fileApp) appConfig(pos string) (apps.Config, error) {
+	deref := func(p *string) string {
+		if p == nil {
+			return ""
+		}
+		return *p
+	}
+	c := apps.Config{Name: f.Name, Version: deref(f.Version), Env: f.Env, Address: deref(f.Address)}
+	if len(f.Command) > 0 {
+		c.Binary, c.Args = f.Command[0], f.Command[1:]
+	}
+	var errs []error
+	dur := func(key string, p *string, dst *time.Duration) {
+		if p == nil {
+			return
+		}
+		d, err := time.ParseDuration(*p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("config file %s: app %q: %s = %q is not a duration (e.g. \"5s\")", pos, f.Name, key, *p))
+		}
+		*dst = d
+	}
+	dur("stop_timeout", f.StopTimeout, &c.StopTimeout)
+	if h := f.Health; h != nil {
+		c.Health = apps.HealthConfig{HTTP: deref(h.HTTP), Cmd: h.Cmd}
+		dur("interval", h.Interval, &c.HealthInterval)
+	}
+	if p := f.Peers; p != nil {
+		c.Peers = apps.PeersConfig{Env: deref(p.Env), File: deref(p.File), Signal: deref(p.Signal)}
+	}
+	return c, errors.Join(errs...)
 }
 
 // LoadFile applies the keys set in the HCL file at path on top of cfg.
@@ -109,6 +167,24 @@ func LoadFile(path string, cfg *Config) error {
 			return fmt.Errorf("config file %s: %s = %q is not a duration (e.g. \"5s\")", attrPos(file, path, d.key), d.key, *d.v)
 		}
 		*d.dst = v
+	}
+	if fc.Apps != nil {
+		cfg.Apps = nil
+		for _, fa := range fc.Apps {
+			pos := path
+			if body, ok := file.Body.(*hclsyntax.Body); ok {
+				for _, b := range body.Blocks {
+					if b.Type == "app" && len(b.Labels) == 1 && b.Labels[0] == fa.Name {
+						pos = fmt.Sprintf("%s:%d", path, b.TypeRange.Start.Line)
+					}
+				}
+			}
+			ac, err := fa.appConfig(pos)
+			if err != nil {
+				return err
+			}
+			cfg.Apps = append(cfg.Apps, ac)
+		}
 	}
 	cfg.ConfigFile = path
 	return nil

@@ -16,7 +16,8 @@ func loadConfig(t *testing.T, body string) (daemon.Config, error) {
 	path := filepath.Join(t.TempDir(), "peerd.hcl")
 	require.NoError(t, os.WriteFile(path, []byte(body), 0o600))
 	cfg := daemon.DefaultConfig()
-	return cfg, daemon.LoadFile(path, &cfg)
+	err := daemon.LoadFile(path, &cfg)
+	return cfg, err
 }
 
 // An unknown key names the file, the line and the key meant; hcl suggests
@@ -64,8 +65,52 @@ func TestShippedConfigLoads(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "/var/lib/peerd", cfg.DataDir)
 
-	examples := regexp.MustCompile(`(?m)^#\s*([a-z_]+\s*=)`)
+	// "# key = ..." examples; the app block's indented lines are its own.
+	examples := regexp.MustCompile(`(?m)^# ?([a-z_]+\s*=)`)
 	require.Greater(t, len(examples.FindAll(shipped, -1)), 10)
 	_, err = loadConfig(t, examples.ReplaceAllString(string(shipped), "$1"))
 	require.NoError(t, err, "an uncommented example in packaging/peerd.hcl")
+}
+
+// The shipped app block example, uncommented, declares a managed app.
+func TestShippedAppExampleLoads(t *testing.T) {
+	shipped, err := os.ReadFile("../packaging/peerd.hcl")
+	require.NoError(t, err)
+	block := regexp.MustCompile(`(?ms)^# app "kv" \{$.*?^# \}$`).Find(shipped)
+	require.NotNil(t, block, "packaging/peerd.hcl documents an app block")
+	src := regexp.MustCompile(`(?m)^# ?`).ReplaceAll(block, nil)
+	cfg, err := loadConfig(t, "data_dir = \"/var/lib/peerd\"\n"+string(src))
+	require.NoError(t, err, "%s", src)
+	require.Len(t, cfg.Apps, 1)
+	app := cfg.Apps[0]
+	assert.Equal(t, "kv", app.Name)
+	assert.Equal(t, "/usr/local/bin/kv", app.Binary)
+	assert.Equal(t, []string{"--listen", "0.0.0.0:8080", "--data-dir", "data", "--peers-file", "peers.json"}, app.Args)
+	assert.Equal(t, ":8080", app.Address)
+	assert.Equal(t, "http://127.0.0.1:8080/health", app.Health.HTTP)
+	assert.Equal(t, "2s", app.HealthInterval.String())
+	assert.Equal(t, "SIGHUP", app.Peers.Signal)
+	assert.Equal(t, map[string]string{"KV_NAME": "node-1"}, app.Env)
+}
+
+func TestAppBlockErrors(t *testing.T) {
+	_, err := loadConfig(t, `data_dir = "/tmp/x"
+app "kv" {
+  command  = ["/bin/true"]
+  address  = "nohost"
+  health { interval = "soon" }
+}
+app "kv" { command = ["/bin/true"] }
+`)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `interval = "soon" is not a duration`)
+
+	_, err = loadConfig(t, `data_dir = "/tmp/x"
+app "kv" {
+  command = ["/bin/true"]
+  adress  = ":8080"
+}
+`)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "address", "a misspelt key names the right one")
 }

@@ -21,6 +21,7 @@ import (
 func (a *Agent) controlHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/members", a.handleMembers)
+	mux.HandleFunc("GET /v1/apps", a.handleApps)
 	mux.HandleFunc("GET /v1/info", a.handleInfo)
 	mux.HandleFunc("POST /v1/leave", a.handleLeave)
 	mux.HandleFunc("POST /v1/rollout/artifacts", a.handleUpload)
@@ -43,6 +44,14 @@ func (a *Agent) peerHandler() http.Handler {
 	mux.HandleFunc("GET /v1/rollout/node", a.handleNodeState)
 	mux.HandleFunc("GET /v1/rollout/status", a.handleStatus)
 	return mux
+}
+
+func (a *Agent) handleApps(w http.ResponseWriter, _ *http.Request) {
+	rows := a.appRows()
+	if rows == nil {
+		rows = []api.App{}
+	}
+	writeJSON(w, rows)
 }
 
 func (a *Agent) handlePlan(w http.ResponseWriter, r *http.Request) {
@@ -236,7 +245,7 @@ func memberRow(m cluster.Member) api.Member {
 		Tags: map[string]string{},
 	}
 	for k, v := range m.Tags {
-		if !slices.Contains(reservedTags, k) {
+		if !slices.Contains(reservedTags, k) && !strings.HasPrefix(k, TagAppPrefix) {
 			row.Tags[k] = v
 		}
 	}

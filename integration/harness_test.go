@@ -44,7 +44,7 @@ func TestMain(m *testing.M) {
 	code := func() int {
 		defer os.RemoveAll(dir)
 		var wg sync.WaitGroup
-		errs := make(chan error, len(builds))
+		errs := make(chan error, len(builds)+1)
 		for name, vars := range builds {
 			out := filepath.Join(dir, name, "peerd")
 			bins[name] = out
@@ -57,6 +57,17 @@ func TestMain(m *testing.M) {
 				}
 			}()
 		}
+		// The example application that managed-app tests supervise.
+		bins["kv"] = filepath.Join(dir, "kv", "kv")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cmd := exec.Command("go", "build", "-ldflags", "-X main.version=1.0.0", "-o", bins["kv"], "./contrib/examples/kv")
+			cmd.Dir = ".."
+			if b, err := cmd.CombinedOutput(); err != nil {
+				errs <- fmt.Errorf("build kv: %v\n%s", err, b)
+			}
+		}()
 		wg.Wait()
 		close(errs)
 		for err := range errs {

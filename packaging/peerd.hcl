@@ -53,3 +53,26 @@ log_level = "info"
 # shell command that exits 0, and a URL that answers 2xx.
 # health_cmd = "/usr/local/bin/app-healthy"
 # health_url = "http://127.0.0.1:8080/healthz"
+
+# Managed applications: peerd supervises each one (restarts it with backoff,
+# logs its output under its name, stops it on shutdown, keeps it running
+# across peerd's own re-exec) and tells it its peers: every alive node that
+# runs it, as JSON [{"name","addr","version"}] in an env var at start and in
+# a file rewritten on every change, followed by a signal. Restart the agent
+# to change this block (SIGHUP does not).
+# app "kv" {
+#   command = ["/usr/local/bin/kv", "--listen", "0.0.0.0:8080", "--data-dir", "data",
+#              "--peers-file", "peers.json"]     # run in /var/lib/peerd/apps/kv
+#   version = "1.0.0"                             # what peers are told it runs
+#   address = ":8080"                             # peers reach it at this node's address, port 8080
+#   env     = { KV_NAME = "node-1" }
+#   health {
+#     http     = "http://127.0.0.1:8080/health"   # or: cmd = ["/usr/local/bin/kv-check"]
+#     interval = "2s"
+#   }
+#   peers {
+#     env    = "KV_PEERS"
+#     file   = "peers.json"
+#     signal = "SIGHUP"
+#   }
+# }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/peerd/peerd/apps"
 	"github.com/peerd/peerd/daemon"
 	"github.com/peerd/peerd/internal/textbusy"
 	"github.com/urfave/cli/v2"
@@ -138,6 +139,10 @@ func runAgent(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	handovers, err := daemon.AppHandoversFromEnv()
+	if err != nil {
+		logger.Error("applications handed over by the previous image are lost; they will be started again", "err", err)
+	}
 
 	// Signals are caught before Start so that a SIGTERM during a slow join
 	// is not lost: Run sees it as soon as Start returns.
@@ -146,7 +151,7 @@ func runAgent(c *cli.Context) error {
 	defer signal.Stop(signals)
 
 	agent, err := daemon.New(cfg, daemon.Options{
-		Logger: logger, Level: level, Executable: self, Launcher: launcher,
+		Logger: logger, Level: level, Executable: self, Launcher: launcher, AppHandovers: handovers,
 		HookDir: os.Getenv("PEERD_TEST_HOOK_DIR"),
 	})
 	if err != nil {
@@ -157,11 +162,16 @@ func runAgent(c *cli.Context) error {
 		return err
 	}
 	runErr := agent.Run(c.Context, signals, func() (daemon.Config, error) { return agentConfig(c) })
+	var keep []apps.Handover
+	if errors.Is(runErr, daemon.ErrRestart) && cfg.Restart == daemon.RestartReexec {
+		// The applications keep running across the re-exec.
+		keep = agent.DetachApps()
+	}
 	if err := agent.Close(); err != nil && runErr == nil {
 		return fmt.Errorf("stop agent: %w", err)
 	}
 	if errors.Is(runErr, daemon.ErrRestart) {
-		return restart(agent.Launcher(), cfg, logger)
+		return restart(agent.Launcher(), cfg, logger, keep)
 	}
 	if runErr != nil {
 		return runErr
@@ -174,14 +184,18 @@ func runAgent(c *cli.Context) error {
 // version from the version store): in place with the same PID (systemd's
 // Type=notify sees READY again), or by exiting with daemon.ExitRestart for
 // a supervisor to start it.
-func restart(exe string, cfg daemon.Config, logger *slog.Logger) error {
+func restart(exe string, cfg daemon.Config, logger *slog.Logger, keep []apps.Handover) error {
 	if cfg.Restart == daemon.RestartSupervisor {
 		logger.Info("exiting for the supervisor to start the new binary", "exit_code", daemon.ExitRestart)
 		return cli.Exit("", daemon.ExitRestart)
 	}
 	logger.Info("re-executing the launcher in place", "path", exe)
+	env := os.Environ()
+	if len(keep) > 0 {
+		env = append(env, daemon.AppHandoverEnv(keep))
+	}
 	err := textbusy.Retry(context.Background(), func() error {
-		return syscall.Exec(exe, os.Args, os.Environ())
+		return syscall.Exec(exe, os.Args, env)
 	})
 	return fmt.Errorf("re-exec %s: %w", exe, err)
 }

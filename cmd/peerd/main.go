@@ -52,6 +52,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			agentCommand(),
 			membersCommand(),
+			appsCommand(),
 			infoCommand(),
 			leaveCommand(),
 			upgradeCommand(),

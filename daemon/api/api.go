@@ -62,3 +62,16 @@ type Upload struct {
 	SHA256 string `json:"sha256"`
 	Size   int64  `json:"size"`
 }
+
+// App is one managed application on one node, as `peerd apps` lists it.
+type App struct {
+	Node       string `json:"node"`
+	NodeStatus string `json:"node_status"`
+	Name       string `json:"app"`
+	Version    string `json:"version,omitempty"`
+	// State is the supervisor's: starting, running (healthy), unhealthy,
+	// backoff, stopped or not-installed.
+	State   string `json:"state"`
+	Address string `json:"address,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+}

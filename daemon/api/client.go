@@ -40,6 +40,12 @@ func NewClient(socket string) *Client {
 }
 
 // Members lists the members the agent knows; status filters by status when not empty.
+// Apps lists every node's managed applications.
+func (c *Client) Apps(ctx context.Context) ([]App, error) {
+	var out []App
+	return out, c.do(ctx, http.MethodGet, "/v1/apps", &out)
+}
+
 func (c *Client) Members(ctx context.Context, status string) ([]Member, error) {
 	q := url.Values{}
 	if status != "" {

@@ -1,0 +1,136 @@
+// Package apps supervises the applications an agent manages on its node
+// (`app "kv" { ... }` in the agent config): it starts each one, restarts it
+// with backoff when it crashes, passes its output to the agent's log under
+// its name, tells it who its peers are (an env var at start, a peers file
+// rewritten atomically on every change, a signal), checks its health, and
+// stops it when the agent shuts down.
+//
+// An application outlives a re-exec of peerd (a self-upgrade): the
+// supervisor detaches from the process, hands its PID and output pipe to the
+// new peerd image through the environment, and the new image adopts it. The
+// application must not restart because peerd did.
+//
+// What it must never do: signal or wait for a process it did not start or
+// adopt; leave a peers file half written.
+package apps
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Config declares one managed application.
+type Config struct {
+	// Name identifies the application in the cluster (letters, digits, '-', '_').
+	Name string
+	// Binary is the installed executable, when the application was installed
+	// by other means (a package, an image). A newer version in the app's
+	// version store (DATA_DIR/apps/NAME/versions) is preferred, as for peerd.
+	Binary string
+	// Version is Binary's version, as peers are told; optional.
+	Version string
+	// Args are the arguments after the executable.
+	Args []string
+	// Env is added to the agent's environment for the application.
+	Env map[string]string
+	// Address is where peers reach this instance (host:port); it is
+	// advertised to the cluster and listed in every peer's peers list.
+	Address string
+	Health  HealthConfig
+	Peers   PeersConfig
+	// StopTimeout bounds a graceful stop (SIGTERM) before SIGKILL.
+	StopTimeout time.Duration
+	// Backoff is the first wait before restarting a crashed application; it
+	// doubles up to MaxBackoff and resets once the application ran for
+	// MaxBackoff.
+	Backoff, MaxBackoff time.Duration
+	// HealthInterval paces the health check.
+	HealthInterval time.Duration
+}
+
+// HealthConfig is how the agent checks the application: an HTTP URL that
+// must answer 2xx, or a command that must exit 0 (neither: running is
+// healthy).
+type HealthConfig struct {
+	HTTP string
+	Cmd  []string
+}
+
+// PeersConfig is how the application learns its peers: the JSON list
+// [{"name","addr","version"}] in an env var at start, in a file (relative
+// paths are in the app's dir) rewritten on every change, and a signal sent
+// after each rewrite.
+type PeersConfig struct {
+	Env    string
+	File   string
+	Signal string
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$`)
+
+// WithDefaults fills in the timings left zero.
+func (c Config) WithDefaults() Config {
+	if c.StopTimeout <= 0 {
+		c.StopTimeout = 10 * time.Second
+	}
+	if c.Backoff <= 0 {
+		c.Backoff = time.Second
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = 30 * time.Second
+	}
+	if c.HealthInterval <= 0 {
+		c.HealthInterval = 2 * time.Second
+	}
+	return c
+}
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	if !nameRE.MatchString(c.Name) {
+		errs = append(errs, fmt.Errorf("app %q: the name must be 1-32 letters, digits, '-' or '_'", c.Name))
+	}
+	if c.Address != "" {
+		if _, _, err := net.SplitHostPort(c.Address); err != nil {
+			errs = append(errs, fmt.Errorf("app %q: address %q: want host:port", c.Name, c.Address))
+		}
+	}
+	if c.Health.HTTP != "" && len(c.Health.Cmd) > 0 {
+		errs = append(errs, fmt.Errorf("app %q: health: give http or cmd, not both", c.Name))
+	}
+	if c.Health.HTTP != "" && !strings.HasPrefix(c.Health.HTTP, "http://") && !strings.HasPrefix(c.Health.HTTP, "https://") {
+		errs = append(errs, fmt.Errorf("app %q: health http %q: want an http:// or https:// URL", c.Name, c.Health.HTTP))
+	}
+	if c.Peers.Signal != "" {
+		if _, err := ParseSignal(c.Peers.Signal); err != nil {
+			errs = append(errs, fmt.Errorf("app %q: peers signal: %w", c.Name, err))
+		}
+	}
+	if c.Peers.File != "" && strings.Contains(c.Peers.File, "\x00") {
+		errs = append(errs, fmt.Errorf("app %q: peers file: bad path", c.Name))
+	}
+	return errors.Join(errs...)
+}
+
+var signals = map[string]syscall.Signal{
+	"SIGHUP": syscall.SIGHUP, "SIGUSR1": syscall.SIGUSR1, "SIGUSR2": syscall.SIGUSR2,
+	"SIGINT": syscall.SIGINT, "SIGTERM": syscall.SIGTERM, "SIGWINCH": syscall.SIGWINCH,
+}
+
+// ParseSignal reads a signal name such as "SIGHUP" or "HUP".
+func ParseSignal(name string) (syscall.Signal, error) {
+	n := strings.ToUpper(strings.TrimSpace(name))
+	if !strings.HasPrefix(n, "SIG") {
+		n = "SIG" + n
+	}
+	if s, ok := signals[n]; ok {
+		return s, nil
+	}
+	return 0, fmt.Errorf("unknown signal %q: want SIGHUP, SIGUSR1, SIGUSR2, SIGINT, SIGTERM or SIGWINCH", name)
+}

@@ -1,0 +1,583 @@
+package apps
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/peerd/peerd/internal/durable"
+	"github.com/peerd/peerd/upgrade/versions"
+)
+
+// Peer is one entry of an application's peers list.
+type Peer struct {
+	Name    string `json:"name"`
+	Addr    string `json:"addr"`
+	Version string `json:"version,omitempty"`
+}
+
+// States of a supervised application.
+const (
+	StateNotInstalled = "not-installed" // no binary yet
+	StateStarting     = "starting"      // running, health not passed yet
+	StateRunning      = "running"       // running and healthy
+	StateUnhealthy    = "unhealthy"     // running, health check failing
+	StateBackoff      = "backoff"       // crashed; waiting to restart
+	StateStopped      = "stopped"
+)
+
+// Status is what the agent reports about one application.
+type Status struct {
+	Name     string    `json:"name"`
+	Version  string    `json:"version,omitempty"`
+	State    string    `json:"state"`
+	PID      int       `json:"pid,omitempty"`
+	Address  string    `json:"address,omitempty"`
+	Restarts int       `json:"restarts"`
+	Since    time.Time `json:"since"`
+	Reason   string    `json:"reason,omitempty"`
+	Peers    int       `json:"peers"`
+}
+
+// Healthy reports whether the application runs and passes its check.
+func (s Status) Healthy() bool { return s.State == StateRunning }
+
+// Handover is a running application passed from one peerd image to the
+// next across a re-exec: its PID and the read end of its output pipe,
+// inherited as an open file descriptor.
+type Handover struct {
+	Name    string    `json:"name"`
+	PID     int       `json:"pid"`
+	FD      int       `json:"fd"`
+	Version string    `json:"version,omitempty"`
+	Path    string    `json:"path"`
+	Started time.Time `json:"started"`
+}
+
+// Supervisor runs one application. One goroutine owns its process.
+type Supervisor struct {
+	cfg   Config
+	dir   string
+	log   *slog.Logger
+	store *versions.Store
+
+	cmds   chan chan<- *Handover // detach requests
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex // guards the fields below
+	status Status
+	proc   *proc
+	peers  []Peer
+}
+
+// proc is one running instance.
+type proc struct {
+	process *os.Process
+	out     *os.File // read end of the output pipe
+	path    string
+	version string
+	started time.Time
+	exited  chan struct{} // closed once the process was reaped
+	waitErr error
+	reader  chan struct{} // closed when the output reader stops
+}
+
+// New prepares the supervisor of cfg with its files in dataDir/apps/NAME.
+// It starts nothing.
+func New(cfg Config, dataDir string, logger *slog.Logger) (*Supervisor, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.Default()
+	}
+	dir := filepath.Join(dataDir, "apps", cfg.Name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("app %s: %w", cfg.Name, err)
+	}
+	return &Supervisor{
+		cfg:    cfg,
+		dir:    dir,
+		log:    logger.With("component", "app", "app", cfg.Name),
+		store:  versions.New(filepath.Join(dir, "versions"), cfg.Name, cfg.Binary),
+		cmds:   make(chan chan<- *Handover),
+		status: Status{Name: cfg.Name, State: StateStopped, Address: cfg.Address, Since: time.Now()},
+	}, nil
+}
+
+// Name is the application's name.
+func (s *Supervisor) Name() string { return s.cfg.Name }
+
+// Versions is the application's version store.
+func (s *Supervisor) Versions() *versions.Store { return s.store }
+
+// Start runs the application until Close or Detach, adopting the instance
+// h names when the previous peerd image handed one over.
+func (s *Supervisor) Start(ctx context.Context, h *Handover) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		s.run(ctx, h)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.checkHealth(ctx)
+	}()
+}
+
+// Close stops the application (SIGTERM, then SIGKILL after StopTimeout)
+// and waits for every goroutine.
+func (s *Supervisor) Close() {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wg.Wait()
+}
+
+// Detach stops supervising without stopping the application and returns
+// what the next peerd image needs to adopt it (nil when nothing runs). Its
+// output pipe stays open across exec. Call it only right before re-exec.
+func (s *Supervisor) Detach() *Handover {
+	reply := make(chan *Handover, 1)
+	select {
+	case s.cmds <- reply:
+	case <-time.After(s.cfg.StopTimeout):
+		return nil
+	}
+	h := <-reply
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wg.Wait()
+	return h
+}
+
+// Status reports the application's state.
+func (s *Supervisor) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.status
+	st.Peers = len(s.peers)
+	return st
+}
+
+// SetPeers tells the application its peers: the peers file is rewritten
+// and the signal sent when the list changed; the env var carries it at the
+// next start.
+func (s *Supervisor) SetPeers(peers []Peer) error {
+	peers = slices.Clone(peers)
+	slices.SortFunc(peers, func(a, b Peer) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if slices.Equal(peers, s.peers) && s.peers != nil {
+		return nil
+	}
+	s.peers = peers
+	if err := s.writePeersLocked(); err != nil {
+		return err
+	}
+	if s.proc != nil && s.cfg.Peers.Signal != "" {
+		sig, _ := ParseSignal(s.cfg.Peers.Signal)
+		if err := s.proc.process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			return fmt.Errorf("app %s: signal peers change: %w", s.cfg.Name, err)
+		}
+	}
+	s.log.Info("peers changed", "peers", len(peers))
+	return nil
+}
+
+func (s *Supervisor) peersJSON() []byte {
+	b, _ := json.Marshal(append([]Peer{}, s.peers...))
+	return b
+}
+
+// PeersFile is where the peers list is written ("" when not configured).
+func (s *Supervisor) PeersFile() string {
+	f := s.cfg.Peers.File
+	if f == "" || filepath.IsAbs(f) {
+		return f
+	}
+	return filepath.Join(s.dir, f)
+}
+
+func (s *Supervisor) writePeersLocked() error {
+	path := s.PeersFile()
+	if path == "" {
+		return nil
+	}
+	if err := durable.WriteFile(path, append(s.peersJSON(), '\n'), 0o644); err != nil {
+		return fmt.Errorf("app %s: write peers file: %w", s.cfg.Name, err)
+	}
+	return nil
+}
+
+func (s *Supervisor) setState(state, reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status.State != state {
+		s.status.Since = time.Now()
+	}
+	s.status.State, s.status.Reason = state, reason
+}
+
+// run owns the process: start (or adopt), wait, restart with backoff.
+func (s *Supervisor) run(ctx context.Context, h *Handover) {
+	backoff := s.cfg.Backoff
+	for {
+		var p *proc
+		var err error
+		if h != nil {
+			p, err = s.adopt(h)
+			h = nil
+		} else {
+			p, err = s.spawn()
+		}
+		if err != nil {
+			state := StateBackoff
+			if errors.Is(err, errNotInstalled) {
+				state = StateNotInstalled
+			}
+			s.setState(state, err.Error())
+			if state == StateBackoff {
+				s.log.Error("start failed", "err", err, "retry_in", backoff)
+			}
+			if !s.pause(ctx, backoff) {
+				return
+			}
+			backoff = min(2*backoff, s.cfg.MaxBackoff)
+			continue
+		}
+		s.mu.Lock()
+		s.proc = p
+		s.status.PID, s.status.Version = p.process.Pid, p.version
+		s.mu.Unlock()
+		s.setState(StateStarting, "")
+
+		select {
+		case <-p.exited:
+			ran := time.Since(p.started)
+			s.mu.Lock()
+			s.proc = nil
+			s.status.PID = 0
+			s.status.Restarts++
+			s.mu.Unlock()
+			<-p.reader
+			p.out.Close()
+			if ran >= s.cfg.MaxBackoff {
+				backoff = s.cfg.Backoff
+			}
+			s.setState(StateBackoff, fmt.Sprintf("exited: %v", p.waitErr))
+			s.log.Warn("exited; restarting", "err", p.waitErr, "ran", ran.Round(time.Millisecond), "retry_in", backoff)
+			if !s.pause(ctx, backoff) {
+				return
+			}
+			backoff = min(2*backoff, s.cfg.MaxBackoff)
+		case reply := <-s.cmds:
+			reply <- s.handover(p)
+			<-ctx.Done()
+			return
+		case <-ctx.Done():
+			s.stop(p)
+			return
+		}
+	}
+}
+
+// pause waits d, answering a detach with nothing to hand over.
+func (s *Supervisor) pause(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case reply := <-s.cmds:
+		reply <- nil
+		<-ctx.Done()
+		return false
+	case <-ctx.Done():
+		s.setState(StateStopped, "")
+		return false
+	}
+}
+
+var errNotInstalled = errors.New("not installed: no binary configured and nothing in the version store")
+
+// binary picks what to run: the store's current version when newer than
+// the configured binary, else the configured binary.
+func (s *Supervisor) binary() (path, version string, err error) {
+	b, why, err := s.store.Select(s.cfg.Version)
+	if err != nil {
+		s.log.Warn("version store", "err", err)
+	}
+	if b.Base {
+		if why != "" {
+			s.log.Info("running the configured binary", "why", why)
+		}
+		if s.cfg.Binary == "" {
+			return "", "", errNotInstalled
+		}
+		return s.cfg.Binary, s.cfg.Version, nil
+	}
+	return b.Path, b.Version, nil
+}
+
+func (s *Supervisor) spawn() (*proc, error) {
+	path, version, err := s.binary()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.stopOrphan(path); err != nil {
+		return nil, err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("output pipe: %w", err)
+	}
+	cmd := exec.Command(path, s.cfg.Args...)
+	cmd.Dir = s.dir
+	cmd.Stdout, cmd.Stderr = w, w
+	cmd.Env = os.Environ()
+	for k, v := range s.cfg.Env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	s.mu.Lock()
+	if s.cfg.Peers.Env != "" {
+		cmd.Env = append(cmd.Env, s.cfg.Peers.Env+"="+string(s.peersJSON()))
+	}
+	if f := s.PeersFile(); f != "" {
+		if _, err := os.Stat(f); errors.Is(err, fs.ErrNotExist) {
+			_ = s.writePeersLocked()
+		}
+	}
+	s.mu.Unlock()
+	cmd.Env = append(cmd.Env, "PEERD_APP_NAME="+s.cfg.Name, "PEERD_APP_DIR="+s.dir, "PEERD_APP_VERSION="+version)
+	// Its own process group: a Ctrl-C meant for peerd in a terminal does
+	// not reach the application; peerd stops it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("start %s: %w", path, err)
+	}
+	p := &proc{process: cmd.Process, out: r, path: path, version: version, started: time.Now()}
+	s.watch(p)
+	s.log.Info("started", "pid", p.process.Pid, "version", version, "path", path)
+	if err := s.saveRun(p); err != nil {
+		s.log.Warn("record running instance", "err", err)
+	}
+	return p, nil
+}
+
+// adopt takes over the instance a previous peerd image handed over.
+func (s *Supervisor) adopt(h *Handover) (*proc, error) {
+	// Non-blocking, so that os.NewFile puts it in the poller: a later
+	// hand-over interrupts the reader with a read deadline.
+	if err := syscall.SetNonblock(h.FD, true); err != nil {
+		return nil, fmt.Errorf("adopt pid %d: output fd %d: %w", h.PID, h.FD, err)
+	}
+	out := os.NewFile(uintptr(h.FD), s.cfg.Name+"-output")
+	if out == nil {
+		return nil, fmt.Errorf("adopt pid %d: bad output fd %d", h.PID, h.FD)
+	}
+	syscall.CloseOnExec(h.FD)
+	process, err := os.FindProcess(h.PID)
+	if err == nil {
+		err = process.Signal(syscall.Signal(0))
+	}
+	if err != nil {
+		out.Close()
+		return nil, fmt.Errorf("adopt pid %d: %w", h.PID, err)
+	}
+	p := &proc{process: process, out: out, path: h.Path, version: h.Version, started: h.Started}
+	s.watch(p)
+	s.log.Info("adopted across peerd's re-exec", "pid", h.PID, "version", h.Version)
+	return p, nil
+}
+
+// watch starts p's reaper and output reader.
+func (s *Supervisor) watch(p *proc) {
+	p.exited = make(chan struct{})
+	p.reader = make(chan struct{})
+	go func() {
+		// Owned by run: it waits on exited before it returns, except after a
+		// hand-over, when the process outlives this image.
+		st, err := p.process.Wait()
+		if err == nil && !st.Success() {
+			err = errors.New(st.String())
+		}
+		p.waitErr = err
+		close(p.exited)
+	}()
+	go func() {
+		defer close(p.reader)
+		sc := bufio.NewScanner(p.out)
+		sc.Buffer(make([]byte, 64*1024), 1024*1024)
+		for sc.Scan() {
+			s.log.Info(sc.Text(), "stream", "output")
+		}
+	}()
+}
+
+// handover detaches from p for the next peerd image.
+func (s *Supervisor) handover(p *proc) *Handover {
+	// Stop the reader without closing the pipe: a read deadline wakes it.
+	_ = p.out.SetReadDeadline(time.Now())
+	<-p.reader
+	_ = p.out.SetReadDeadline(time.Time{})
+	fd := int(p.out.Fd())
+	if _, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_SETFD, 0); errno != 0 {
+		s.log.Error("keep the output pipe open across exec", "err", errno)
+		return nil
+	}
+	s.log.Info("handing over to the next peerd image", "pid", p.process.Pid)
+	return &Handover{Name: s.cfg.Name, PID: p.process.Pid, FD: fd, Version: p.version, Path: p.path, Started: p.started}
+}
+
+// stop ends p gracefully, then forcefully.
+func (s *Supervisor) stop(p *proc) {
+	_ = p.process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(s.cfg.StopTimeout):
+		s.log.Warn("did not stop on SIGTERM; killing", "timeout", s.cfg.StopTimeout)
+		_ = syscall.Kill(-p.process.Pid, syscall.SIGKILL)
+		_ = p.process.Kill()
+		<-p.exited
+	}
+	<-p.reader
+	p.out.Close()
+	s.mu.Lock()
+	s.proc = nil
+	s.status.PID = 0
+	s.mu.Unlock()
+	s.setState(StateStopped, "")
+	s.log.Info("stopped", "err", p.waitErr)
+}
+
+// run.json remembers the running instance, so that an agent restarted
+// after a crash (not a re-exec) can stop the orphan it left behind instead
+// of starting a second instance next to it.
+type runRecord struct {
+	PID  int    `json:"pid"`
+	Path string `json:"path"`
+}
+
+func (s *Supervisor) saveRun(p *proc) error {
+	b, _ := json.Marshal(runRecord{PID: p.process.Pid, Path: p.path})
+	return durable.WriteFile(filepath.Join(s.dir, "run.json"), b, 0o600)
+}
+
+// stopOrphan stops an instance a crashed agent left running: the PID in
+// run.json, if that process still runs the same executable.
+func (s *Supervisor) stopOrphan(path string) error {
+	b, err := os.ReadFile(filepath.Join(s.dir, "run.json"))
+	if err != nil {
+		return nil
+	}
+	var rec runRecord
+	if json.Unmarshal(b, &rec) != nil || rec.PID <= 1 {
+		return nil
+	}
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", rec.PID))
+	if err != nil || (exe != rec.Path && exe != path) {
+		return nil
+	}
+	s.log.Warn("stopping an instance a crashed agent left running", "pid", rec.PID)
+	_ = syscall.Kill(rec.PID, syscall.SIGTERM)
+	deadline := time.Now().Add(s.cfg.StopTimeout)
+	for time.Now().Before(deadline) {
+		if syscall.Kill(rec.PID, 0) != nil {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = syscall.Kill(rec.PID, syscall.SIGKILL)
+	return nil
+}
+
+// checkHealth runs the health check while the application runs.
+func (s *Supervisor) checkHealth(ctx context.Context) {
+	t := time.NewTicker(s.cfg.HealthInterval)
+	defer t.Stop()
+	client := &http.Client{Timeout: s.cfg.HealthInterval}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		running := s.proc != nil
+		s.mu.Unlock()
+		if !running {
+			continue
+		}
+		err := s.probe(ctx, client)
+		st := s.Status()
+		if st.State != StateStarting && st.State != StateRunning && st.State != StateUnhealthy {
+			continue
+		}
+		if err != nil {
+			if st.State != StateUnhealthy {
+				s.log.Warn("unhealthy", "err", err)
+			}
+			s.setState(StateUnhealthy, err.Error())
+		} else {
+			if st.State != StateRunning {
+				s.log.Info("healthy")
+			}
+			s.setState(StateRunning, "")
+		}
+	}
+}
+
+func (s *Supervisor) probe(ctx context.Context, client *http.Client) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.HealthInterval)
+	defer cancel()
+	switch {
+	case s.cfg.Health.HTTP != "":
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.cfg.Health.HTTP, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode/100 != 2 {
+			return fmt.Errorf("GET %s: %s", s.cfg.Health.HTTP, resp.Status)
+		}
+	case len(s.cfg.Health.Cmd) > 0:
+		out, err := exec.CommandContext(ctx, s.cfg.Health.Cmd[0], s.cfg.Health.Cmd[1:]...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("health cmd: %w: %.200s", err, out)
+		}
+	}
+	return nil
+}
