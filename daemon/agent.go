@@ -211,6 +211,13 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if err := a.startApps(bg); err != nil {
 		return err
 	}
+	if a.opts.Executable != a.opts.Launcher {
+		// Running a stored version that came up: the launcher's count of
+		// failed starts is over.
+		if err := a.Versions().Started(a.opts.Build.Version); err != nil {
+			a.log.Warn("record a good start", "err", err)
+		}
+	}
 	a.notifyf("READY=1\nMAINPID=%d\nSTATUS=%s", os.Getpid(), a.statusLine())
 	a.log.Info("agent ready", "node", a.cfg.Node, "gossip", a.cluster.LocalAddr(), "http", a.httpAddr,
 		"socket", a.cfg.SocketPath(), "version", a.opts.Build.Version)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/peerd/peerd/upgrade"
 	"github.com/stretchr/testify/assert"
+	"github.com/peerd/peerd/upgrade/versions"
 	"github.com/stretchr/testify/require"
 )
 
@@ -329,4 +330,36 @@ func statusFrom(t *testing.T, agents []*agent) upgrade.Status {
 		return fmt.Errorf("no agent answered: %s", strings.Join(errs, "; "))
 	})
 	return st
+}
+
+// TestStoredVersionThatCannotStartIsRolledBack: a stored version that
+// passed every check but exits at once (here: a script standing in for a
+// broken build) is handed over at most versions.MaxStarts times; then the
+// launcher rolls the store back and runs its own version, so a supervisor
+// restarting the node brings it back rather than looping.
+func TestStoredVersionThatCannotStartIsRolledBack(t *testing.T) {
+	a := newAgent(t, "n01", bins["v1"])
+	require.NoError(t, os.MkdirAll(a.dataDir(), 0o700))
+	broken := filepath.Join(t.TempDir(), "peerd")
+	require.NoError(t, os.WriteFile(broken, []byte("#!/bin/sh\necho 'broken build: cannot start' >&2\nexit 1\n"), 0o755))
+	store := versions.New(filepath.Join(a.dataDir(), "versions"), "peerd", a.bin)
+	require.NoError(t, store.Install(broken, "9.0.0", a.bin))
+
+	for i := 1; i <= versions.MaxStarts; i++ {
+		a.start()
+		code, err := a.wait(20 * time.Second)
+		require.NoError(t, err)
+		require.Equal(t, 1, code, "start %d hands over to the broken 9.0.0", i)
+	}
+	a.run() // the supervisor's next try
+	info, err := a.info()
+	require.NoError(t, err)
+	assert.Equal(t, "1.0.0", info.Build.Version)
+	log, err := os.ReadFile(a.logPath)
+	require.NoError(t, err)
+	assert.Equal(t, versions.MaxStarts, strings.Count(string(log), "broken build: cannot start"))
+	assert.Contains(t, string(log), "rolling back to what ran before")
+	_, ok, err := store.Current()
+	require.NoError(t, err)
+	assert.False(t, ok, "nothing newer is current any more")
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/daemon"
 	"github.com/peerd/peerd/internal/textbusy"
+	"github.com/peerd/peerd/upgrade/versions"
 )
 
 // envLauncher tells a binary started from the version store which binary
@@ -24,7 +25,10 @@ const envLauncher = "PEERD_LAUNCHER"
 // A self-upgrade installs into DATA_DIR/versions, never over the file the
 // package manager owns; this is how the package's /usr/bin/peerd comes
 // back up at the upgraded version after a restart, while a package upgrade
-// to a still newer version runs the package's binary.
+// to a still newer version runs the package's binary. A stored version
+// handed over to versions.MaxStarts times without the agent coming up is
+// rolled back, so that a binary that cannot start does not keep the node
+// down.
 func launch(cfg daemon.Config, logger *slog.Logger) (launcher, self string, err error) {
 	self, err = os.Executable()
 	if err != nil {
@@ -35,22 +39,40 @@ func launch(cfg daemon.Config, logger *slog.Logger) (launcher, self string, err 
 		return l, self, nil
 	}
 	store := daemon.VersionStore(cfg.DataDir, self)
-	b, why, err := store.Select(buildinfo.Version)
-	switch {
-	case err != nil:
-		logger.Warn("running the launcher's own version", "version", buildinfo.Version, "err", err)
-		return self, self, nil
-	case b.Base:
-		if why != "" {
-			logger.Info("running the launcher's own version", "version", buildinfo.Version, "why", why)
+	// Each round either hands over or rolls the store back one version, so
+	// this ends: with a version that has starts left, or with the launcher.
+	for {
+		b, why, err := store.Select(buildinfo.Version)
+		switch {
+		case err != nil:
+			logger.Warn("running the launcher's own version", "version", buildinfo.Version, "err", err)
+			return self, self, nil
+		case b.Base:
+			if why != "" {
+				logger.Info("running the launcher's own version", "version", buildinfo.Version, "why", why)
+			}
+			return self, self, nil
 		}
+		n, err := store.NoteStart(b.Version)
+		if err != nil {
+			logger.Warn("count the start of the stored version", "err", err)
+		}
+		if n > versions.MaxStarts {
+			logger.Error("the stored version was started without coming up too often; rolling back to what ran before",
+				"version", b.Version, "starts", n-1)
+			if err := store.Rollback(b.Version); err != nil {
+				logger.Error("roll back the version store; running the launcher's own version", "err", err)
+				return self, self, nil
+			}
+			_ = store.Started(b.Version)
+			continue
+		}
+		logger.Info("starting the newer version from the version store", "version", b.Version, "path", b.Path, "launcher", buildinfo.Version)
+		env := append(os.Environ(), envLauncher+"="+self)
+		err = textbusy.Retry(context.Background(), func() error {
+			return syscall.Exec(b.Path, os.Args, env)
+		})
+		logger.Error("could not start the stored version; running the launcher's own", "path", b.Path, "err", err)
 		return self, self, nil
 	}
-	logger.Info("starting the newer version from the version store", "version", b.Version, "path", b.Path, "launcher", buildinfo.Version)
-	env := append(os.Environ(), envLauncher+"="+self)
-	err = textbusy.Retry(context.Background(), func() error {
-		return syscall.Exec(b.Path, os.Args, env)
-	})
-	logger.Error("could not start the stored version; running the launcher's own", "path", b.Path, "err", err)
-	return self, self, nil
 }

@@ -289,6 +289,39 @@ func (s *Store) prune(keep ...string) {
 	}
 }
 
+// startsFile counts the launcher's hand-overs to a stored version that
+// have not reached a running agent yet.
+const startsFile = "starts"
+
+// MaxStarts is how many times the launcher hands over to a stored version
+// that never comes up before it gives up on it and rolls back: a binary
+// that passed every check but cannot start must not keep a node down.
+const MaxStarts = 3
+
+// NoteStart counts one more hand-over to the stored version v and returns
+// the count, including this one.
+func (s *Store) NoteStart(v string) (int, error) {
+	path := filepath.Join(s.dir, v, startsFile)
+	n := 0
+	if b, err := os.ReadFile(path); err == nil {
+		fmt.Sscanf(string(b), "%d", &n)
+	}
+	n++
+	if err := durable.WriteFile(path, []byte(fmt.Sprintf("%d\n", n)), 0o644); err != nil {
+		return n, fmt.Errorf("version store: %w", err)
+	}
+	return n, nil
+}
+
+// Started records that the stored version v came up: its count restarts.
+func (s *Store) Started(v string) error {
+	err := os.Remove(filepath.Join(s.dir, v, startsFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("version store: %w", err)
+	}
+	return nil
+}
+
 // Compare compares two semantic versions, with or without a leading "v";
 // a version that does not parse sorts before any that does.
 func Compare(a, b string) int {

@@ -190,3 +190,19 @@ func TestCompare(t *testing.T) {
 		assert.Equal(t, c.want, versions.Compare(c.a, c.b), "%s vs %s", c.a, c.b)
 	}
 }
+
+func TestStartsAreCountedUntilStarted(t *testing.T) {
+	f := newFixture(t)
+	f.install("2.0.0", f.base)
+	for want := 1; want <= 3; want++ {
+		n, err := f.store.NoteStart("2.0.0")
+		require.NoError(t, err)
+		assert.Equal(t, want, n)
+	}
+	require.NoError(t, f.store.Started("2.0.0"))
+	n, err := f.store.NoteStart("2.0.0")
+	require.NoError(t, err)
+	assert.Equal(t, 1, n, "a version that came up starts counting again")
+	require.NoError(t, f.store.Started("2.0.0"))
+	require.NoError(t, f.store.Started("2.0.0"), "twice is fine")
+}
