@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/peerd/peerd/upgrade"
-	"github.com/stretchr/testify/assert"
 	"github.com/peerd/peerd/upgrade/versions"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
