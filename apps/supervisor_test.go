@@ -59,8 +59,8 @@ func newApp(t *testing.T, mutate func(*apps.Config)) (*apps.Supervisor, string, 
 	require.NoError(t, os.WriteFile(bin, []byte(script), 0o755))
 	cfg := apps.Config{
 		Name: "kv", Binary: bin, Version: "1.0.0", Address: "127.0.0.1:9999",
-		Peers:       apps.PeersConfig{Env: "KV_PEERS", File: "peers.json", Signal: "SIGHUP"},
-		Backoff:     20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		Peers:   apps.PeersConfig{Env: "KV_PEERS", File: "peers.json", Signal: "SIGHUP"},
+		Backoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 		StopTimeout: 5 * time.Second, HealthInterval: 20 * time.Millisecond,
 	}
 	if mutate != nil {
