@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -73,9 +75,10 @@ type Supervisor struct {
 	log   *slog.Logger
 	store *versions.Store
 
-	cmds   chan chan<- *Handover // detach requests
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cmds     chan chan<- *Handover // detach requests
+	restarts chan chan error       // restart requests (after an install)
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 
 	mu     sync.Mutex // guards the fields below
 	status Status
@@ -110,12 +113,13 @@ func New(cfg Config, dataDir string, logger *slog.Logger) (*Supervisor, error) {
 		return nil, fmt.Errorf("app %s: %w", cfg.Name, err)
 	}
 	return &Supervisor{
-		cfg:    cfg,
-		dir:    dir,
-		log:    logger.With("component", "app", "app", cfg.Name),
-		store:  versions.New(filepath.Join(dir, "versions"), cfg.Name, cfg.Binary),
-		cmds:   make(chan chan<- *Handover),
-		status: Status{Name: cfg.Name, State: StateStopped, Address: cfg.Address, Since: time.Now()},
+		cfg:      cfg,
+		dir:      dir,
+		log:      logger.With("component", "app", "app", cfg.Name),
+		store:    versions.New(filepath.Join(dir, "versions"), cfg.Name, cfg.Binary),
+		cmds:     make(chan chan<- *Handover),
+		restarts: make(chan chan error),
+		status:   Status{Name: cfg.Name, State: StateStopped, Address: cfg.Address, Since: time.Now()},
 	}, nil
 }
 
@@ -244,9 +248,41 @@ func (s *Supervisor) setState(state, reason string) {
 	s.status.State, s.status.Reason = state, reason
 }
 
+// Restart stops the running instance and starts the version store's
+// choice (a new version after an install, the previous after a rollback).
+// It returns once the new instance was started, or why it was not.
+func (s *Supervisor) Restart(ctx context.Context) error {
+	reply := make(chan error, 1)
+	select {
+	case s.restarts <- reply:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// BaseVersion is the configured binary's version ("" when not given).
+func (s *Supervisor) BaseVersion() string { return s.cfg.Version }
+
+// Running is the version and binary of the instance running now.
+func (s *Supervisor) Running() (version, path string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return s.status.Version, ""
+	}
+	return s.proc.version, s.proc.path
+}
+
 // run owns the process: start (or adopt), wait, restart with backoff.
 func (s *Supervisor) run(ctx context.Context, h *Handover) {
 	backoff := s.cfg.Backoff
+	var restarted chan error // a Restart waiting for the next start
 	for {
 		var p *proc
 		var err error
@@ -255,6 +291,10 @@ func (s *Supervisor) run(ctx context.Context, h *Handover) {
 			h = nil
 		} else {
 			p, err = s.spawn()
+		}
+		if restarted != nil {
+			restarted <- err
+			restarted = nil
 		}
 		if err != nil {
 			state := StateBackoff
@@ -300,6 +340,9 @@ func (s *Supervisor) run(ctx context.Context, h *Handover) {
 			reply <- s.handover(p)
 			<-ctx.Done()
 			return
+		case restarted = <-s.restarts:
+			s.stop(p)
+			backoff = s.cfg.Backoff
 		case <-ctx.Done():
 			s.stop(p)
 			return
@@ -318,6 +361,10 @@ func (s *Supervisor) pause(ctx context.Context, d time.Duration) bool {
 		reply <- nil
 		<-ctx.Done()
 		return false
+	case reply := <-s.restarts:
+		// Not running: start now rather than after the backoff.
+		reply <- nil
+		return true
 	case <-ctx.Done():
 		s.setState(StateStopped, "")
 		return false
@@ -338,6 +385,10 @@ func (s *Supervisor) binary() (path, version string, err error) {
 			s.log.Info("running the configured binary", "why", why)
 		}
 		if s.cfg.Binary == "" {
+			return "", "", errNotInstalled
+		}
+		if _, err := os.Stat(s.cfg.Binary); errors.Is(err, fs.ErrNotExist) {
+			// A name, not a file: peerd install puts the binary in the store.
 			return "", "", errNotInstalled
 		}
 		return s.cfg.Binary, s.cfg.Version, nil
@@ -569,9 +620,10 @@ func (s *Supervisor) probe(ctx context.Context, client *http.Client) error {
 		if err != nil {
 			return err
 		}
-		resp.Body.Close()
+		defer resp.Body.Close()
 		if resp.StatusCode/100 != 2 {
-			return fmt.Errorf("GET %s: %s", s.cfg.Health.HTTP, resp.Status)
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+			return fmt.Errorf("GET %s: %s: %s", s.cfg.Health.HTTP, resp.Status, strings.TrimSpace(string(body)))
 		}
 	case len(s.cfg.Health.Cmd) > 0:
 		out, err := exec.CommandContext(ctx, s.cfg.Health.Cmd[0], s.cfg.Health.Cmd[1:]...).CombinedOutput()

@@ -69,11 +69,14 @@ type Agent struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 
-	apps    []*apps.Supervisor
-	fatal   chan error    // a background task that cannot go on (buffered)
-	restart chan struct{} // the engine asks for a restart (buffered)
-	exitCh  chan struct{} // closed when a client asked the agent to leave and exit
-	exit    sync.Once
+	apps       []*apps.Supervisor
+	appTags    map[string]string // the app tags last advertised (syncApps only)
+	appMu      sync.Mutex        // guards appEngines (read by Serf's handler goroutines)
+	appEngines map[string]*upgrade.Engine
+	fatal      chan error    // a background task that cannot go on (buffered)
+	restart    chan struct{} // the engine asks for a restart (buffered)
+	exitCh     chan struct{} // closed when a client asked the agent to leave and exit
+	exit       sync.Once
 
 	closeOnce sync.Once
 	closeErr  error
@@ -165,7 +168,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if a.engine, err = a.newEngine(); err != nil {
 		return err
 	}
-	a.cluster.SetHandler(a.engine)
+	a.cluster.SetHandler(engineMux{a})
 	if err := a.cluster.Start(ctx); err != nil {
 		return err
 	}
@@ -429,6 +432,7 @@ func (a *Agent) Close() error {
 		if a.engine != nil {
 			a.engine.Close()
 		}
+		a.closeAppEngines()
 		if a.cluster != nil {
 			errs = append(errs, a.cluster.Close())
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/peerd/peerd/apps"
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/daemon/api"
+	"github.com/peerd/peerd/upgrade"
 )
 
 // TagAppPrefix starts the tag a node advertises for each application it
@@ -30,6 +31,7 @@ const appSyncInterval = 250 * time.Millisecond
 // startApps starts a supervisor per configured application, adopting the
 // instances the previous image handed over.
 func (a *Agent) startApps(ctx context.Context) error {
+	a.appTags = map[string]string{}
 	handovers := map[string]*apps.Handover{}
 	for i := range a.opts.AppHandovers {
 		h := a.opts.AppHandovers[i]
@@ -46,6 +48,23 @@ func (a *Agent) startApps(ctx context.Context) error {
 		h := handovers[sup.Name()]
 		delete(handovers, sup.Name())
 		sup.Start(ctx, h)
+	}
+	// Advertise the apps before their engines look for plans in the tags.
+	a.syncApps()
+	for _, sup := range a.apps {
+		e, err := a.newAppEngine(sup)
+		if err != nil {
+			return err
+		}
+		if err := e.Start(ctx); err != nil {
+			return err
+		}
+		a.appMu.Lock()
+		if a.appEngines == nil {
+			a.appEngines = map[string]*upgrade.Engine{}
+		}
+		a.appEngines[sup.Name()] = e
+		a.appMu.Unlock()
 	}
 	for name, h := range handovers {
 		// The app left the config while peerd re-executed: stop it.
@@ -79,18 +98,22 @@ func (a *Agent) startApps(ctx context.Context) error {
 func (a *Agent) syncApps() {
 	members := a.cluster.Members()
 	for _, sup := range a.apps {
+		// Advertised while configured, running or not: the app's engine
+		// and peers lists count the nodes that have it.
 		st := sup.Status()
-		tag := ""
-		if st.PID != 0 {
-			tag = strings.Join([]string{st.Version, st.State, st.Address}, ",")
-		}
-		if err := a.cluster.SetTag(TagAppPrefix+sup.Name(), tag); err != nil {
-			a.log.Warn("advertise app state", "app", sup.Name(), "err", err)
+		tag := strings.Join([]string{st.Version, st.State, st.Address}, ",")
+		// Only a change is gossiped: every SetTag is a cluster-wide update.
+		if a.appTags[sup.Name()] != tag {
+			if err := a.cluster.SetTag(TagAppPrefix+sup.Name(), tag); err != nil {
+				a.log.Warn("advertise app state", "app", sup.Name(), "err", err)
+			} else {
+				a.appTags[sup.Name()] = tag
+			}
 		}
 		var peers []apps.Peer
 		for _, m := range members {
 			app, ok := parseAppTag(m, sup.Name())
-			if !ok || m.Status != "alive" || app.Address == "" {
+			if !ok || m.Status != "alive" || app.Address == "" || app.Version == "" {
 				continue
 			}
 			peers = append(peers, apps.Peer{Name: m.Name, Addr: app.Address, Version: app.Version})
@@ -140,12 +163,6 @@ func (a *Agent) appRows() []api.App {
 			rows = append(rows, app)
 		}
 	}
-	// This node's apps that are not running have no tag; list them too.
-	for _, sup := range a.apps {
-		if st := sup.Status(); st.PID == 0 {
-			rows = append(rows, api.App{Node: a.cfg.Node, Name: st.Name, State: st.State, NodeStatus: "alive", Reason: st.Reason})
-		}
-	}
 	sort.Slice(rows, func(i, j int) bool {
 		if rows[i].Name != rows[j].Name {
 			return rows[i].Name < rows[j].Name
@@ -159,6 +176,7 @@ func (a *Agent) appRows() []api.App {
 // running, and the next image adopts them (see EnvAppHandover). Call it
 // right before Close when the agent re-execs itself.
 func (a *Agent) DetachApps() []apps.Handover {
+	a.closeAppEngines()
 	var hs []apps.Handover
 	for _, sup := range a.apps {
 		if h := sup.Detach(); h != nil {
@@ -169,8 +187,9 @@ func (a *Agent) DetachApps() []apps.Handover {
 	return hs
 }
 
-// closeApps stops every application.
+// closeApps stops every application (and first its engine).
 func (a *Agent) closeApps() {
+	a.closeAppEngines()
 	for _, sup := range a.apps {
 		sup.Close()
 	}

@@ -55,7 +55,11 @@ func (a *Agent) handleApps(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (a *Agent) handlePlan(w http.ResponseWriter, r *http.Request) {
-	b, err := a.engine.PlanBytes(r.PathValue("id"))
+	e, ok := a.engineFor(w, r)
+	if !ok {
+		return
+	}
+	b, err := e.PlanBytes(r.PathValue("id"))
 	if err != nil {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no plan %s here", r.PathValue("id")))
 		return
@@ -65,7 +69,11 @@ func (a *Agent) handlePlan(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) handleArtifact(w http.ResponseWriter, r *http.Request) {
-	f, size, err := a.engine.OpenArtifact(r.PathValue("sha"))
+	e, ok := a.engineFor(w, r)
+	if !ok {
+		return
+	}
+	f, size, err := e.OpenArtifact(r.PathValue("sha"))
 	if err != nil {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no artifact %s here", r.PathValue("sha")))
 		return
@@ -76,12 +84,18 @@ func (a *Agent) handleArtifact(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(w, f)
 }
 
-func (a *Agent) handleNodeState(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, a.engine.State())
+func (a *Agent) handleNodeState(w http.ResponseWriter, r *http.Request) {
+	if e, ok := a.engineFor(w, r); ok {
+		writeJSON(w, e.State())
+	}
 }
 
 func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
-	st, err := a.engine.Status(r.Context())
+	e, ok := a.engineFor(w, r)
+	if !ok {
+		return
+	}
+	st, err := e.Status(r.Context())
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return
@@ -90,7 +104,11 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) handleUpload(w http.ResponseWriter, r *http.Request) {
-	sha, size, err := a.engine.ImportArtifact(http.MaxBytesReader(w, r.Body, 1<<30))
+	e, ok := a.engineFor(w, r)
+	if !ok {
+		return
+	}
+	sha, size, err := e.ImportArtifact(http.MaxBytesReader(w, r.Body, 1<<30))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("store artifact: %w", err))
 		return
@@ -104,7 +122,11 @@ func (a *Agent) handleTrigger(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("decode upgrade request: %w", err))
 		return
 	}
-	res, err := a.engine.Trigger(r.Context(), req)
+	e, ok := a.engineFor(w, r)
+	if !ok {
+		return
+	}
+	res, err := e.Trigger(r.Context(), req)
 	if err != nil {
 		writeError(w, http.StatusConflict, err)
 		return
@@ -113,7 +135,11 @@ func (a *Agent) handleTrigger(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) handleControl(w http.ResponseWriter, r *http.Request) {
-	id, err := a.engine.Control(r.Context(), r.PathValue("action"))
+	e, ok := a.engineFor(w, r)
+	if !ok {
+		return
+	}
+	id, err := e.Control(r.Context(), r.PathValue("action"))
 	if err != nil {
 		writeError(w, http.StatusConflict, err)
 		return

@@ -29,6 +29,12 @@ type kvNode struct {
 // startKVNode starts an agent whose config declares app "kv": the real
 // example store, told its peers by env, peers file and SIGHUP.
 func startKVNode(t *testing.T, name, peerdBin string, join string) *kvNode {
+	return startKVNodeWith(t, name, peerdBin, join, bins["kv"], "1.0.0")
+}
+
+// startKVNodeWith declares kv with the given binary and version; a binary
+// that is only a name ("kv", version "") means not installed yet.
+func startKVNodeWith(t *testing.T, name, peerdBin, join, kvBin, kvVersion string) *kvNode {
 	t.Helper()
 	kvAddr := fmt.Sprintf("127.0.0.1:%d", freeport.Get(t))
 	a := newAgent(t, name, peerdBin, "--allow-unsigned")
@@ -37,7 +43,7 @@ func startKVNode(t *testing.T, name, peerdBin string, join string) *kvNode {
 app "kv" {
   command = [%q, "--listen", %q, "--name", %q, "--data-dir", "kvdata",
              "--peers-file", "peers.json", "--anti-entropy-interval", "200ms"]
-  version = "1.0.0"
+  version = %q
   address = %q
   health {
     http     = "http://%s/health"
@@ -49,7 +55,7 @@ app "kv" {
     signal = "SIGHUP"
   }
 }
-`, bins["kv"], kvAddr, name, kvAddr, kvAddr)), 0o644))
+`, kvBin, kvAddr, name, kvVersion, kvAddr, kvAddr)), 0o644))
 	a.args = append(a.args, "--config", cfg)
 	n := &kvNode{agent: a, kvAddr: kvAddr}
 	// A test that kills the agent with SIGKILL must not leave kv running.

@@ -44,7 +44,7 @@ func TestMain(m *testing.M) {
 	code := func() int {
 		defer os.RemoveAll(dir)
 		var wg sync.WaitGroup
-		errs := make(chan error, len(builds)+1)
+		errs := make(chan error, len(builds)+3)
 		for name, vars := range builds {
 			out := filepath.Join(dir, name, "peerd")
 			bins[name] = out
@@ -57,17 +57,25 @@ func TestMain(m *testing.M) {
 				}
 			}()
 		}
-		// The example application that managed-app tests supervise.
-		bins["kv"] = filepath.Join(dir, "kv", "kv")
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cmd := exec.Command("go", "build", "-ldflags", "-X main.version=1.0.0", "-o", bins["kv"], "./contrib/examples/kv")
-			cmd.Dir = ".."
-			if b, err := cmd.CombinedOutput(); err != nil {
-				errs <- fmt.Errorf("build kv: %v\n%s", err, b)
-			}
-		}()
+		// The example application that managed-app tests supervise and
+		// roll out: v1 (wire 1), v2 (wire 1-2), and a v2 whose health fails.
+		for name, ldflags := range map[string]string{
+			"kv":     "-X main.version=1.0.0",
+			"kv2":    "-X main.version=2.0.0",
+			"kv2bad": "-X main.version=2.0.0 -X main.healthFault=bad-release",
+		} {
+			out := filepath.Join(dir, name, "kv")
+			bins[name] = out
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cmd := exec.Command("go", "build", "-ldflags", ldflags, "-o", out, "./contrib/examples/kv")
+				cmd.Dir = ".."
+				if b, err := cmd.CombinedOutput(); err != nil {
+					errs <- fmt.Errorf("build %s: %v\n%s", name, err, b)
+				}
+			}()
+		}
 		wg.Wait()
 		close(errs)
 		for err := range errs {

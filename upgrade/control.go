@@ -30,7 +30,7 @@ func (e *Engine) Control(_ context.Context, action string) (string, error) {
 		return "", errors.New("no rollout to " + action + ": this node has not seen one (see 'peerd upgrade status')")
 	}
 	b, _ := json.Marshal(controlMsg{PlanID: id, Action: action})
-	if err := e.net.Broadcast(eventControl, b); err != nil {
+	if err := e.net.Broadcast(e.name(eventControl), b); err != nil {
 		return "", err
 	}
 	return id, nil

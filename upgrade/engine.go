@@ -53,6 +53,15 @@ type Config struct {
 	// Versions is where a self-upgrade installs the new binary and what a
 	// rollback restores; the launcher starts its current version.
 	Versions *versions.Store
+	// Target is what this engine rolls out: TargetPeerd (the default) or a
+	// managed application's name. Each target has its own engine, files,
+	// tag, events and lease query, so rollouts of different targets never
+	// mix; an application's engine runs on the nodes that run it.
+	Target string
+	// Dir holds the engine's files; default DataDir/rollout.
+	Dir string
+	// App drives an application target; nil for peerd itself.
+	App *AppTarget
 	// Build is the running binary's identity.
 	Build buildinfo.Info
 	// TrustedKeys verify artifact signatures. With none, unsigned artifacts
@@ -80,8 +89,30 @@ type Config struct {
 	HookDir string
 }
 
+// AppTarget is what the engine needs of a managed application: unlike
+// peerd, it restarts without the agent restarting, and its build is not
+// asked with `version --json`.
+type AppTarget struct {
+	// Running is the version and binary path of the instance running now.
+	Running func() (version, path string)
+	// Restart starts the version store's choice in place of the running
+	// instance and returns once it was started.
+	Restart func() error
+	// Check is the preflight of a staged artifact of the given version.
+	Check func(ctx context.Context, path, version string) error
+	// BaseVersion is the version of the binary the app's config names,
+	// which a rollback past the version store returns to.
+	BaseVersion string
+}
+
 // DefaultConfig fills in the timings and collaborators that have defaults.
 func (c Config) withDefaults() Config {
+	if c.Target == "" {
+		c.Target = TargetPeerd
+	}
+	if c.Dir == "" {
+		c.Dir = filepath.Join(c.DataDir, "rollout")
+	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = 100 * time.Millisecond
 	}
@@ -141,10 +172,10 @@ type Engine struct {
 // New opens the engine's files. It starts nothing.
 func New(cfg Config, net Network) (*Engine, error) {
 	cfg = cfg.withDefaults()
-	if cfg.DataDir == "" || cfg.Executable == "" || cfg.Versions == nil {
+	if cfg.DataDir == "" || (cfg.Executable == "" && cfg.App == nil) || cfg.Versions == nil {
 		return nil, errors.New("rollout engine: data dir, executable and version store are required")
 	}
-	dir := filepath.Join(cfg.DataDir, "rollout")
+	dir := cfg.Dir
 	for _, d := range []string{dir, filepath.Join(dir, "plans"), filepath.Join(dir, "staged")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create rollout dir: %w", err)
@@ -164,7 +195,7 @@ func New(cfg Config, net Network) (*Engine, error) {
 	}
 	e := &Engine{
 		cfg: cfg, net: net, dir: dir, store: store, granter: granter,
-		log:   cfg.Logger.With("component", "rollout"),
+		log:   cfg.Logger.With("component", "rollout", "target", cfg.Target),
 		kick:  make(chan struct{}, 1),
 		state: st,
 		plans: map[string]plan.Plan{},
@@ -204,7 +235,7 @@ func (e *Engine) recover() error {
 	if !st.Active() {
 		return nil
 	}
-	running := e.cfg.Build.Version
+	running := e.running()
 	log := e.log.With("plan", short(st.PlanID), "phase", st.Phase)
 	switch st.Phase {
 	case PhaseApply, PhaseRestart, PhaseHealth:
@@ -357,6 +388,12 @@ func (e *Engine) fail(st NodeState, reason string, rollback bool) {
 	e.transition(st, log)
 	log.Error("rollout failed on this node; the rollout halts", "reason", reason, "rolled_back", rollback)
 	if rollback {
+		if e.cfg.App != nil {
+			if err := e.cfg.App.Restart(); err != nil {
+				log.Error("restart the application at the previous version", "err", err)
+			}
+			return
+		}
 		e.restarting.Store(true)
 		e.cfg.RequestRestart()
 	}
@@ -373,17 +410,31 @@ func (e *Engine) keptPath() string {
 }
 
 func (e *Engine) stagedPath(p plan.Plan) string {
-	return filepath.Join(e.dir, "staged", "peerd-"+p.Artifact.SHA256[:16])
+	return filepath.Join(e.dir, "staged", e.cfg.Target+"-"+p.Artifact.SHA256[:16])
 }
 
 // apply makes the prepared binary the version store's current one (the
 // running one stays, for rollback) and restarts.
 func (e *Engine) apply(p plan.Plan, st NodeState, log *slog.Logger) {
-	if err := e.cfg.Versions.Install(e.stagedPath(p), p.Version, e.cfg.Executable); err != nil {
+	if err := e.cfg.Versions.Install(e.stagedPath(p), p.Version, e.runningPath()); err != nil {
 		e.fail(st, fmt.Sprintf("apply: %v", err), false)
 		return
 	}
 	e.hook(PhaseRestart)
+	if e.cfg.App != nil {
+		// An application restarts under the agent: straight to its gate.
+		if err := e.cfg.App.Restart(); err != nil {
+			e.fail(st, fmt.Sprintf("restart: %v", err), true)
+			return
+		}
+		e.mu.Lock()
+		e.healthySince, e.lastHealth = time.Time{}, nil
+		e.mu.Unlock()
+		st.Phase = PhaseHealth
+		st.Starts = 1
+		e.transition(st, log)
+		return
+	}
 	st.Phase = PhaseRestart
 	e.transition(st, log)
 	e.restarting.Store(true)
@@ -483,7 +534,7 @@ func (e *Engine) view(p plan.Plan) (phases map[string]Phase, present map[string]
 	phases, present = map[string]Phase{}, map[string]bool{}
 	for _, m := range e.net.Members() {
 		present[m.Name] = m.Status != "left"
-		if pr, ok := ParseProgress(m.Tags[TagRollout]); ok && pr.PlanShort == p.ShortID() {
+		if pr, ok := ParseProgress(m.Tags[e.tagKey()]); ok && pr.PlanShort == p.ShortID() {
 			phases[m.Name] = pr.Phase
 		}
 	}
@@ -525,7 +576,7 @@ func (e *Engine) publish() {
 	if st.PlanID != "" {
 		val = Progress{PlanShort: short(st.PlanID), Wave: st.Wave, Phase: st.Phase}.String()
 	}
-	if err := e.net.SetTag(TagRollout, val); err != nil {
+	if err := e.net.SetTag(e.tagKey(), val); err != nil {
 		e.log.Warn("publish rollout progress", "err", err)
 	}
 }
@@ -563,3 +614,53 @@ func appendUnique(list []string, v string) []string {
 }
 
 func decodeJSON(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// running is the version of the target running now.
+func (e *Engine) running() string {
+	if e.cfg.App != nil {
+		v, _ := e.cfg.App.Running()
+		return v
+	}
+	return e.cfg.Build.Version
+}
+
+// runningPath is the target's binary running now (a patch applies to it).
+func (e *Engine) runningPath() string {
+	if e.cfg.App != nil {
+		_, p := e.cfg.App.Running()
+		return p
+	}
+	return e.cfg.Executable
+}
+
+// Target is what this engine rolls out.
+func (e *Engine) Target() string { return e.cfg.Target }
+
+// TagKey is the member tag carrying progress of target's rollouts.
+func TagKey(target string) string {
+	if target == "" || target == TargetPeerd {
+		return TagRollout
+	}
+	return TagRollout + "." + target
+}
+
+func (e *Engine) tagKey() string { return TagKey(e.cfg.Target) }
+
+// name is the Serf event or query name of this engine's target.
+func (e *Engine) name(base string) string {
+	if e.cfg.Target == TargetPeerd {
+		return base
+	}
+	return base + ":" + e.cfg.Target
+}
+
+// Handles reports whether a Serf event or query of this name is this
+// engine's.
+func (e *Engine) Handles(name string) bool {
+	for _, b := range []string{eventPlan, eventControl, queryLease} {
+		if name == e.name(b) {
+			return true
+		}
+	}
+	return false
+}

@@ -52,7 +52,7 @@ func (e *Engine) requestLease(ctx context.Context, p plan.Plan, wave int) (bool,
 		t, _ := count(answers)
 		return t.Granted()
 	}
-	answers, err := e.net.Query(ctx, queryLease, payload, ask, e.cfg.QueryTimeout, enough)
+	answers, err := e.net.Query(ctx, e.name(queryLease), payload, ask, e.cfg.QueryTimeout, enough)
 	if err != nil && len(answers) == 0 {
 		return false, err.Error()
 	}
@@ -104,7 +104,7 @@ func (e *Engine) answerLease(payload []byte) []byte {
 	held := e.holdsGrant(req.PlanID, req.Wave)
 	gr, err := e.granter.Decide(req, func(_ string, w int) bool { return e.earlierWavesDone(p, waves, w) })
 	e.log.Debug("lease vote", "plan", p.ShortID(), "requester", req.Node, "wave", req.Wave,
-		"granted", err == nil, "voter_version", e.cfg.Build.Version, "err", err)
+		"granted", err == nil, "voter_version", e.running(), "err", err)
 	if err != nil {
 		return refuse("%v", err)
 	}

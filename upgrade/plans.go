@@ -20,13 +20,13 @@ import (
 // HandleEvent receives the cluster's user events.
 func (e *Engine) HandleEvent(name string, payload []byte) {
 	switch name {
-	case eventPlan:
+	case e.name(eventPlan):
 		id := strings.TrimSpace(string(payload))
 		if !isHexID(id) {
 			return
 		}
 		e.announce(id)
-	case eventControl:
+	case e.name(eventControl):
 		var c controlMsg
 		if err := decodeJSON(payload, &c); err == nil {
 			e.control(c)
@@ -36,7 +36,7 @@ func (e *Engine) HandleEvent(name string, payload []byte) {
 
 // HandleQuery answers the cluster's queries.
 func (e *Engine) HandleQuery(name string, payload []byte) ([]byte, error) {
-	if name == queryLease {
+	if name == e.name(queryLease) {
 		return e.answerLease(payload), nil
 	}
 	return nil, fmt.Errorf("unknown query %q", name)
@@ -69,7 +69,7 @@ func (e *Engine) adopt(ctx context.Context, st NodeState) {
 	e.mu.Unlock()
 	seen := map[string]bool{}
 	for _, m := range e.net.Members() {
-		pr, ok := ParseProgress(m.Tags[TagRollout])
+		pr, ok := ParseProgress(m.Tags[e.tagKey()])
 		if !ok || m.Status != "alive" || strings.HasPrefix(st.PlanID, pr.PlanShort) || seen[pr.PlanShort] {
 			continue
 		}
@@ -125,10 +125,10 @@ func (e *Engine) start(p plan.Plan, prev NodeState) {
 	e.mu.Unlock()
 	st := NodeState{
 		PlanID: p.ID(), Wave: w, Phase: PhaseWait,
-		FromVersion: e.cfg.Build.Version, ToVersion: p.Version,
+		FromVersion: e.running(), ToVersion: p.Version,
 		RolledBackFrom: prev.RolledBackFrom,
 	}
-	if e.cfg.Build.Version == p.Version {
+	if e.running() == p.Version {
 		st.Phase = PhaseDone // already there: nothing to do, nothing to hold up
 	}
 	e.transition(st, e.log.With("plan", p.ShortID(), "wave", w))
@@ -243,6 +243,9 @@ func (e *Engine) open(ctx context.Context, m cluster.Member, path string) (*http
 	addr := e.cfg.PeerHTTPAddr(m)
 	if addr == "" {
 		return nil, fmt.Errorf("node %s advertises no peer HTTP address", m.Name)
+	}
+	if e.cfg.Target != TargetPeerd {
+		path += "?target=" + e.cfg.Target
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
 	if err != nil {

@@ -33,7 +33,7 @@ var ErrUnsigned = errors.New("unsigned artifact refused: start the agent with --
 // runs the new binary's preflight. It all happens online, before the lease.
 func (e *Engine) prepare(ctx context.Context, p plan.Plan) error {
 	sha := p.Artifact.SHA256
-	if !e.store.Has(sha) && p.Patch != nil && p.Patch.FromVersion == e.cfg.Build.Version {
+	if !e.store.Has(sha) && p.Patch != nil && p.Patch.FromVersion == e.running() {
 		if err := e.preparePatch(ctx, p); err != nil {
 			e.log.Warn("patch failed; falling back to the full artifact", "plan", p.ShortID(), "err", err)
 		}
@@ -44,7 +44,7 @@ func (e *Engine) prepare(ctx context.Context, p plan.Plan) error {
 		}
 	}
 	info, err := e.verify(ctx, p)
-	if err != nil {
+	if err != nil || e.cfg.App != nil {
 		return err
 	}
 	return artifact.CheckBuild(info, p.Version, runtime.GOOS, runtime.GOARCH, e.net.ProtocolRange().Max)
@@ -64,6 +64,12 @@ func (e *Engine) verify(ctx context.Context, p plan.Plan) (buildinfo.Info, error
 	staged := e.stagedPath(p)
 	if err := durable.WriteFile(staged, data, 0o755); err != nil {
 		return buildinfo.Info{}, fmt.Errorf("stage artifact: %w", err)
+	}
+	if e.cfg.App != nil {
+		if err := e.cfg.App.Check(ctx, staged, p.Version); err != nil {
+			return buildinfo.Info{}, fmt.Errorf("preflight: %w", err)
+		}
+		return buildinfo.Info{Version: p.Version, OS: runtime.GOOS, Arch: runtime.GOARCH}, nil
 	}
 	info, err := artifact.Preflight(ctx, staged)
 	if err != nil {
@@ -86,8 +92,8 @@ func (e *Engine) preparePatch(ctx context.Context, p plan.Plan) error {
 	}
 	defer f.Close()
 	var out bytes.Buffer
-	if err := artifact.ApplyPatch(e.cfg.Executable, f, &out); err != nil {
-		return fmt.Errorf("apply patch to %s: %w", e.cfg.Executable, err)
+	if err := artifact.ApplyPatch(e.runningPath(), f, &out); err != nil {
+		return fmt.Errorf("apply patch to %s: %w", e.runningPath(), err)
 	}
 	if _, _, err := e.store.Put(&out, p.Artifact.SHA256); err != nil {
 		return fmt.Errorf("patched binary: %w", err)
@@ -188,7 +194,7 @@ func (e *Engine) sources(p plan.Plan, sha string) []cluster.Member {
 			origin = &m
 			continue
 		}
-		pr, ok := ParseProgress(m.Tags[TagRollout])
+		pr, ok := ParseProgress(m.Tags[e.tagKey()])
 		if !ok || pr.PlanShort != p.ShortID() {
 			continue
 		}

@@ -63,7 +63,7 @@ func (e *Engine) RunningPlan() string {
 	}
 	own := e.State().PlanID
 	for _, m := range e.net.Members() {
-		pr, ok := ParseProgress(m.Tags[TagRollout])
+		pr, ok := ParseProgress(m.Tags[e.tagKey()])
 		if ok && m.Status == "alive" && !pr.Phase.Terminal() {
 			if strings.HasPrefix(own, pr.PlanShort) {
 				return own
@@ -84,7 +84,7 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	if id := e.RunningPlan(); id != "" {
 		return res, fmt.Errorf("a rollout is already running: plan %s; watch it with 'peerd upgrade status', or stop it with 'peerd upgrade abort'", id)
 	}
-	running := e.cfg.Build.Version
+	running := e.running()
 	if req.Rollback && req.ArtifactSHA256 == "" && req.URL == "" {
 		if err := e.previousBinary(ctx, &req); err != nil {
 			return res, err
@@ -120,7 +120,7 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 		return res, err
 	}
 	p := plan.Plan{
-		Target: TargetPeerd, Version: req.Version, Rollback: req.Rollback,
+		Target: e.cfg.Target, Version: req.Version, Rollback: req.Rollback,
 		Artifact: plan.Artifact{SHA256: sha, Size: size, URL: req.URL, Signature: req.Signature},
 		Options:  req.Options,
 		Origin:   e.net.LocalMember().Name,
@@ -169,7 +169,7 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	e.triggered = p.ID()
 	e.mu.Unlock()
 	e.announce(p.ID())
-	if err := e.net.Broadcast(eventPlan, []byte(p.ID())); err != nil {
+	if err := e.net.Broadcast(e.name(eventPlan), []byte(p.ID())); err != nil {
 		return res, err
 	}
 	e.log.Info("rollout planned", "plan", p.ShortID(), "version", p.Version, "waves", len(waves), "members", len(p.Members))
@@ -181,7 +181,7 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 func (e *Engine) previousBinary(ctx context.Context, req *TriggerRequest) error {
 	kept := e.keptPath()
 	if ki, err := os.Stat(kept); err == nil {
-		if ri, err := os.Stat(e.cfg.Executable); err == nil && os.SameFile(ki, ri) {
+		if ri, err := os.Stat(e.runningPath()); err == nil && os.SameFile(ki, ri) {
 			return fmt.Errorf("this node runs the binary a rollback would bring back (%s), so it has nothing to roll back to: run 'peerd upgrade rollback' on a node that was upgraded, or give --to and --artifact", kept)
 		}
 	}
@@ -194,14 +194,29 @@ func (e *Engine) previousBinary(ctx context.Context, req *TriggerRequest) error 
 	if err != nil {
 		return err
 	}
-	info, err := artifact.Preflight(ctx, e.keptPath())
+	req.ArtifactSHA256 = sha
+	if req.Version != "" {
+		return nil
+	}
+	if e.cfg.App != nil {
+		prev, err := e.cfg.Versions.Previous()
+		if err != nil {
+			return err
+		}
+		req.Version = prev.Version
+		if prev.Base {
+			req.Version = e.cfg.App.BaseVersion
+		}
+		if req.Version == "" {
+			return fmt.Errorf("the version of the previous %s binary is unknown: give --to VERSION (or version in the app block)", e.cfg.Target)
+		}
+		return nil
+	}
+	info, err := artifact.Preflight(ctx, kept)
 	if err != nil {
 		return fmt.Errorf("previous binary: %w", err)
 	}
-	if req.Version == "" {
-		req.Version = info.Version
-	}
-	req.ArtifactSHA256 = sha
+	req.Version = info.Version
 	return nil
 }
 
@@ -218,6 +233,13 @@ func (e *Engine) originChecks(ctx context.Context, p plan.Plan) ([]string, error
 		checks = append(checks, "minisign signature over version, platform and digest")
 	} else {
 		checks = append(checks, "unsigned (the agents allow unsigned artifacts)")
+	}
+	if e.cfg.App != nil {
+		checks = append(checks, fmt.Sprintf("%s %s passes its preflight here", e.cfg.Target, p.Version))
+		if p.Patch != nil {
+			checks = append(checks, fmt.Sprintf("patch from %s: %d bytes; nodes at another version fetch the full artifact", p.Patch.FromVersion, p.Patch.Size))
+		}
+		return checks, nil
 	}
 	active := e.net.ProtocolRange().Max
 	if err := artifact.CheckBuild(info, p.Version, runtime.GOOS, runtime.GOARCH, active); err != nil {

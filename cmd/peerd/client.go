@@ -26,7 +26,16 @@ func clientFlags() []cli.Flag {
 }
 
 func newClient(c *cli.Context) *api.Client {
-	return api.NewClient(socketPath(c))
+	cl := api.NewClient(socketPath(c))
+	if app := c.String("app"); app != "" {
+		cl = cl.ForTarget(app)
+	}
+	return cl
+}
+
+// appFlag makes a rollout command act on a managed application.
+func appFlag() cli.Flag {
+	return &cli.StringFlag{Name: "app", Usage: "roll out the managed application `NAME` instead of peerd (also: peerd upgrade NAME ...)"}
 }
 
 func socketPath(c *cli.Context) string {

@@ -149,7 +149,7 @@ func TestCompletionInShells(t *testing.T) {
 		{[]string{"peerd", "completion", ""}, []string{"bash", "zsh"}},
 		{[]string{"peerd", "upgrade", "--"}, append(longFlags(upgradeFlags()), "--help")},
 		{[]string{"peerd", "upgrade", "--ar"}, []string{"--artifact"}},
-		{[]string{"peerd", "upgrade", "status", "--"}, []string{"--socket", "--json", "--watch", "--help"}},
+		{[]string{"peerd", "upgrade", "status", "--"}, []string{"--socket", "--json", "--app", "--watch", "--help"}},
 		{[]string{"peerd", "agent", "--data-dir", "/tmp/x", "--log-"}, []string{"--log-level", "--log-json"}},
 		// After "--" urfave/cli does not complete but runs the command: the
 		// scripts must not call peerd at all.

@@ -18,6 +18,7 @@ func main() {
 
 // run is main without os.Exit, so tests can drive the CLI.
 func run(args []string, stdout, stderr io.Writer) int {
+	args = appArgs(args)
 	app := newApp(stdout, stderr)
 	if err := app.Run(args); err != nil {
 		var ec cli.ExitCoder
@@ -56,6 +57,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			infoCommand(),
 			leaveCommand(),
 			upgradeCommand(),
+			installCommand(),
 			mkpatchCommand(),
 			signCommand(),
 			versionCommand(),
@@ -75,6 +77,27 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		cmd.HideHelpCommand = true
 	}
 	return app
+}
+
+// appArgs turns `peerd upgrade APP [SUB] ...` and `peerd install APP ...`
+// into `peerd upgrade [SUB] --app APP ...`: urfave/cli stops reading flags
+// at the first argument, and an application's name reads best first.
+func appArgs(args []string) []string {
+	if len(args) < 3 || (args[1] != "upgrade" && args[1] != "install") || strings.HasPrefix(args[2], "-") {
+		return args
+	}
+	subs := map[string]bool{"status": true, "pause": true, "resume": true, "abort": true, "rollback": true, "help": true}
+	if subs[args[2]] {
+		return args
+	}
+	out := []string{args[0], args[1]}
+	rest := args[3:]
+	if args[1] == "upgrade" && len(rest) > 0 && subs[rest[0]] {
+		out = append(out, rest[0])
+		rest = rest[1:]
+	}
+	out = append(out, "--app", args[2])
+	return append(out, rest...)
 }
 
 // usageError is a mistake in the command line; it exits 2, like flag parsing errors do.

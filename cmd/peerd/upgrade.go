@@ -19,7 +19,7 @@ func upgradeCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "upgrade",
 		Usage:     "upgrade the whole cluster to a new peerd version, one wave at a time",
-		UsageText: "peerd upgrade --to VERSION --artifact PATH|URL [options]\n   peerd upgrade status|pause|resume|abort|rollback",
+		UsageText: "peerd upgrade [APP] --to VERSION --artifact PATH|URL [options]\n   peerd upgrade [APP] status|pause|resume|abort|rollback",
 		Description: "Every node computes the same waves from the plan; a wave goes offline only while it holds\n" +
 			"a lease granted by a majority of the cluster, so at most one wave is offline at a time.\n" +
 			"Each node fetches the artifact (from a peer that has it, or this node), verifies its sha256,\n" +
@@ -35,7 +35,7 @@ func upgradeCommand() *cli.Command {
 }
 
 func upgradeFlags() []cli.Flag {
-	return append(clientFlags(),
+	return append(clientFlags(), appFlag(),
 		&cli.StringFlag{Name: "to", Usage: "target `VERSION` (the new binary must report it)"},
 		&cli.StringFlag{Name: "artifact", Usage: "the new peerd binary: a local `PATH` or an http(s) URL"},
 		&cli.StringFlag{Name: "signature", Usage: "minisign signature `FILE` of the artifact (see 'peerd sign')"},
@@ -59,7 +59,7 @@ func upgradeSubcommands() []*cli.Command {
 		{
 			Name:   "status",
 			Usage:  "show the rollout's progress per wave, and what to do if it halted",
-			Flags:  append(clientFlags(), &cli.BoolFlag{Name: "watch", Usage: "follow the rollout until it ends"}),
+			Flags:  append(clientFlags(), appFlag(), &cli.BoolFlag{Name: "watch", Usage: "follow the rollout until it ends"}),
 			Action: runUpgradeStatus,
 		},
 		{
@@ -81,7 +81,7 @@ func controlCommand(action, usage string) *cli.Command {
 	return &cli.Command{
 		Name:  action,
 		Usage: usage,
-		Flags: clientFlags(),
+		Flags: append(clientFlags(), appFlag()),
 		Action: func(c *cli.Context) error {
 			id, err := newClient(c).Control(c.Context, action)
 			if err != nil {
@@ -327,5 +327,35 @@ func printStatus(w io.Writer, st upgrade.Status) {
 	tw.Flush()
 	if st.Hint != "" {
 		fmt.Fprintln(w, st.Hint)
+	}
+}
+
+func installCommand() *cli.Command {
+	var flags []cli.Flag
+	for _, f := range upgradeFlags() {
+		if f.Names()[0] == "to" {
+			f = &cli.StringFlag{Name: "version", Aliases: []string{"to"}, Usage: "the `VERSION` the artifact is"}
+		}
+		flags = append(flags, f)
+	}
+	return &cli.Command{
+		Name:      "install",
+		Usage:     "install a managed application on the nodes that declare it, one wave at a time",
+		UsageText: "peerd install APP --artifact PATH|URL --version VERSION [options]",
+		Description: "The nodes that declare app \"APP\" { ... } in their config and do not run VERSION yet\n" +
+			"install it wave by wave, as 'peerd upgrade APP' does: fetch, verify, install into the app's\n" +
+			"version store, start it, and pass its health check before the next wave starts.\n\n" +
+			"Example:\n" +
+			"  peerd install kv --artifact ./kv-1.0.0 --version 1.0.0 --batch 2",
+		Flags: flags,
+		Action: func(c *cli.Context) error {
+			if c.String("app") == "" {
+				return usagef("name the application: peerd install APP --artifact PATH --version VERSION")
+			}
+			if c.String("to") == "" {
+				return usagef("--version VERSION is required")
+			}
+			return startUpgrade(c, false)
+		},
 	}
 }

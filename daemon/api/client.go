@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -21,6 +22,15 @@ import (
 type Client struct {
 	socket string
 	hc     *http.Client
+	target string // the rollout target of /v1/rollout calls; "" is peerd
+}
+
+// ForTarget returns a client whose rollout calls are about the managed
+// application name (peerd itself when name is "" or "peerd").
+func (c *Client) ForTarget(name string) *Client {
+	cc := *c
+	cc.target = name
+	return &cc
 }
 
 // NewClient returns a client for the agent serving socket.
@@ -72,6 +82,13 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 }
 
 func (c *Client) doBody(ctx context.Context, method, path string, body io.Reader, out any) error {
+	if c.target != "" && strings.HasPrefix(path, "/v1/rollout/") {
+		sep := "?"
+		if strings.Contains(path, "?") {
+			sep = "&"
+		}
+		path += sep + "target=" + url.QueryEscape(c.target)
+	}
 	req, err := http.NewRequestWithContext(ctx, method, "http://peerd"+path, body)
 	if err != nil {
 		return err

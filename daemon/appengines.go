@@ -1,0 +1,157 @@
+package daemon
+
+import (
+	"context"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/peerd/peerd/apps"
+	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/upgrade"
+	"github.com/peerd/peerd/upgrade/artifact"
+)
+
+// engineMux hands each Serf event and query to the engine it is for:
+// peerd's own, or a managed application's.
+type engineMux struct{ a *Agent }
+
+func (m engineMux) HandleEvent(name string, payload []byte) {
+	for _, e := range m.a.engines() {
+		if e.Handles(name) {
+			e.HandleEvent(name, payload)
+		}
+	}
+}
+
+func (m engineMux) HandleQuery(name string, payload []byte) ([]byte, error) {
+	for _, e := range m.a.engines() {
+		if e.Handles(name) {
+			return e.HandleQuery(name, payload)
+		}
+	}
+	return nil, fmt.Errorf("unknown query %q (is the application configured on this node?)", name)
+}
+
+// engines are every rollout engine of this agent, peerd's first.
+func (a *Agent) engines() []*upgrade.Engine {
+	a.appMu.Lock()
+	defer a.appMu.Unlock()
+	out := []*upgrade.Engine{}
+	if a.engine != nil {
+		out = append(out, a.engine)
+	}
+	for _, e := range a.appEngines {
+		out = append(out, e)
+	}
+	return out
+}
+
+// engineFor picks the engine a request is for: ?target=NAME, peerd by
+// default. It answers 404 itself when there is none.
+func (a *Agent) engineFor(w http.ResponseWriter, r *http.Request) (*upgrade.Engine, bool) {
+	target := r.URL.Query().Get("target")
+	if target == "" || target == upgrade.TargetPeerd {
+		return a.engine, a.engine != nil
+	}
+	a.appMu.Lock()
+	e := a.appEngines[target]
+	a.appMu.Unlock()
+	if e == nil {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no application %q on this node: declare it with app %q { ... } in the agent config", target, target))
+		return nil, false
+	}
+	return e, true
+}
+
+// newAppEngine wires a rollout engine to a supervised application: the
+// application's version store, its restart and its health, and a view of
+// the cluster limited to the members that run it.
+func (a *Agent) newAppEngine(sup *apps.Supervisor) (*upgrade.Engine, error) {
+	keys, err := artifact.LoadTrustedKeys(a.cfg.TrustKeys...)
+	if err != nil {
+		return nil, fmt.Errorf("--trust-key: %w", err)
+	}
+	return upgrade.New(upgrade.Config{
+		DataDir:       a.cfg.DataDir,
+		Dir:           filepath.Join(a.cfg.DataDir, "apps", sup.Name(), "rollout"),
+		Target:        sup.Name(),
+		Versions:      sup.Versions(),
+		Build:         a.opts.Build,
+		TrustedKeys:   keys,
+		AllowUnsigned: a.cfg.AllowUnsigned,
+		Healthy: func(context.Context) error {
+			st := sup.Status()
+			if !st.Healthy() {
+				if st.Reason != "" {
+					return fmt.Errorf("%s is %s: %s", st.Name, st.State, st.Reason)
+				}
+				return fmt.Errorf("%s is %s", st.Name, st.State)
+			}
+			return nil
+		},
+		App: &upgrade.AppTarget{
+			Running: sup.Running,
+			Restart: func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				defer cancel()
+				return sup.Restart(ctx)
+			},
+			Check:       func(_ context.Context, path, _ string) error { return checkExecutable(path) },
+			BaseVersion: sup.BaseVersion(),
+		},
+		PeerHTTPAddr: func(m cluster.Member) string { return memberRow(m).HTTPAddr },
+		Logger:       a.opts.Logger,
+	}, appNetwork{Cluster: a.cluster, tag: TagAppPrefix + sup.Name()})
+}
+
+// appNetwork is the cluster as an application's engine sees it: only the
+// members that run the application plan, vote and serve its artifacts.
+type appNetwork struct {
+	*cluster.Cluster
+	tag string
+}
+
+func (n appNetwork) Members() []cluster.Member {
+	var out []cluster.Member
+	for _, m := range n.Cluster.Members() {
+		if _, ok := m.Tags[n.tag]; ok {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// checkExecutable is an application artifact's preflight: an ELF binary
+// must be for this platform (a script is taken as it is).
+func checkExecutable(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		var fe *elf.FormatError
+		if errors.As(err, &fe) {
+			return nil // not ELF: a script or another interpreter's file
+		}
+		return err
+	}
+	defer f.Close()
+	want := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64, "386": elf.EM_386, "arm": elf.EM_ARM, "riscv64": elf.EM_RISCV}
+	if m, ok := want[runtime.GOARCH]; ok && f.Machine != m {
+		return fmt.Errorf("the artifact is a %s binary; this node is linux/%s", f.Machine, runtime.GOARCH)
+	}
+	return nil
+}
+
+// closeAppEngines stops the application engines (before their apps).
+func (a *Agent) closeAppEngines() {
+	a.appMu.Lock()
+	engines := a.appEngines
+	a.appEngines = nil
+	a.appMu.Unlock()
+	for _, e := range engines {
+		e.Close()
+	}
+}
