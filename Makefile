@@ -33,7 +33,7 @@ NFPM         := $(GO) tool nfpm
 # Newer goreleaser releases need modules the proxy refuses, or a newer Go.
 GORELEASER_VERSION ?= v2.12.5
 
-.PHONY: help build test unit lint fmt demo bench clean gen packages goreleaser-check test-systemd
+.PHONY: help build test unit lint fmt demo demo-app bench clean gen packages goreleaser-check test-systemd
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -58,8 +58,11 @@ lint: ## gofmt check, go vet, staticcheck
 fmt: ## format the code
 	gofmt -w $$(git ls-files '*.go')
 
-demo: ## start a local 3-node cluster on loopback, show its members, stop it
+demo: ## 5 local agents on loopback upgraded 1.0.0 -> 2.0.0 in waves (~20 s)
 	@bash contrib/demo/demo.sh
+
+demo-app: ## 5 local agents install the example kv store, then upgrade it under writes (~30 s)
+	@bash contrib/demo/demo-app.sh
 
 bench: ## roll 20 real agents v1 -> v2 (batch 4, --min-healthy 1s) and report where the time goes
 	$(GO) test -run '^$$' -bench BenchmarkRollout20 -benchtime 1x -timeout 20m ./integration/

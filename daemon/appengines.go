@@ -103,6 +103,10 @@ func (a *Agent) newAppEngine(sup *apps.Supervisor) (*upgrade.Engine, error) {
 			},
 			Check:       func(_ context.Context, path, _ string) error { return checkExecutable(path) },
 			BaseVersion: sup.BaseVersion(),
+			VersionOf: func(m cluster.Member) string {
+				app, _ := parseAppTag(m, sup.Name())
+				return app.Version
+			},
 		},
 		PeerHTTPAddr: func(m cluster.Member) string { return memberRow(m).HTTPAddr },
 		Logger:       a.opts.Logger,

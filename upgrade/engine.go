@@ -103,6 +103,9 @@ type AppTarget struct {
 	// BaseVersion is the version of the binary the app's config names,
 	// which a rollback past the version store returns to.
 	BaseVersion string
+	// VersionOf is the version of the application a member runs, as status
+	// shows it.
+	VersionOf func(cluster.Member) string
 }
 
 // DefaultConfig fills in the timings and collaborators that have defaults.

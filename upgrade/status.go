@@ -83,6 +83,9 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	node := func(name string) NodeStatus {
 		m, ok := members[name]
 		ns := NodeStatus{Name: name, Phase: phases[name], Version: m.Version, Member: m.Status}
+		if e.cfg.App != nil && e.cfg.App.VersionOf != nil {
+			ns.Version = e.cfg.App.VersionOf(m)
+		}
 		if !ok {
 			ns.Member = "gone"
 		}
