@@ -203,7 +203,11 @@ func TestManagedAppInstallAndRollingUpgrade(t *testing.T) {
 		if i > 1 {
 			join = nodes[0].gossip
 		}
-		nodes = append(nodes, startKVNodeWith(t, fmt.Sprintf("k%d", i), bins["v1"], join, "kv", ""))
+		zone := "a"
+		if i > 3 {
+			zone = "b"
+		}
+		nodes = append(nodes, startKVNodeWith(t, fmt.Sprintf("k%d", i), bins["v1"], join, "kv", "", "--tag", "zone="+zone))
 	}
 	var agents []*agent
 	for _, n := range nodes {
@@ -219,20 +223,34 @@ func TestManagedAppInstallAndRollingUpgrade(t *testing.T) {
 		return nil
 	})
 
-	// Install, two nodes per wave.
+	// Install on zone a only, then everywhere, one node per wave: each
+	// wave's instance comes up only after the previous wave's.
+	appCLI(t, nodes[0], "install", "kv", "--artifact", bins["kv"], "--version", "1.0.0", "--where", "zone=a", "--batch", "2",
+		"--min-healthy", "300ms", "--deadline", "1m")
+	eventually(t, 10*time.Second, func() error {
+		for _, r := range apps(t, nodes[0].agent) {
+			if want := map[bool]string{true: "running", false: "not-installed"}[r.Node <= "k3"]; r.State != want {
+				return fmt.Errorf("%s: %s, want %s", r.Node, r.State, want)
+			}
+		}
+		return nil
+	})
 	obs := observeKV(nodes)
-	appCLI(t, nodes[0], "install", "kv", "--artifact", bins["kv"], "--version", "1.0.0", "--batch", "2", "--min-healthy", "300ms", "--deadline", "1m")
+	appCLI(t, nodes[0], "install", "kv", "--artifact", bins["kv"], "--version", "1.0.0", "--batch", "1", "--min-healthy", "300ms", "--deadline", "1m")
 	_, firstUp := obs.finish()
 	st := kvStatus(t, nodes[0])
 	require.Equal(t, upgrade.StateComplete, st.State)
-	waves := waveNames(st)
-	require.Len(t, waves, 3)
-	for i := 1; i < len(waves); i++ {
-		for _, earlier := range waves[i-1] {
-			for _, later := range waves[i] {
-				assert.True(t, firstUp[earlier].Before(firstUp[later]), "wave %d (%s) started before wave %d (%s) was up", i, later, i-1, earlier)
+	var order []string // zone b's nodes in wave order
+	for _, w := range waveNames(st) {
+		for _, name := range w {
+			if name > "k3" {
+				order = append(order, name)
 			}
 		}
+	}
+	require.Len(t, order, 3)
+	for i := 1; i < len(order); i++ {
+		assert.True(t, firstUp[order[i-1]].Before(firstUp[order[i]]), "%s came up before %s, which is in an earlier wave", order[i], order[i-1])
 	}
 	waitPeers(t, nodes, 6)
 	for _, n := range nodes {

@@ -34,10 +34,10 @@ func startKVNode(t *testing.T, name, peerdBin string, join string) *kvNode {
 
 // startKVNodeWith declares kv with the given binary and version; a binary
 // that is only a name ("kv", version "") means not installed yet.
-func startKVNodeWith(t *testing.T, name, peerdBin, join, kvBin, kvVersion string) *kvNode {
+func startKVNodeWith(t *testing.T, name, peerdBin, join, kvBin, kvVersion string, args ...string) *kvNode {
 	t.Helper()
 	kvAddr := fmt.Sprintf("127.0.0.1:%d", freeport.Get(t))
-	a := newAgent(t, name, peerdBin, "--allow-unsigned")
+	a := newAgent(t, name, peerdBin, append([]string{"--allow-unsigned"}, args...)...)
 	cfg := filepath.Join(a.dir, "peerd.hcl")
 	require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`
 app "kv" {

@@ -114,7 +114,11 @@ func (e *Engine) start(p plan.Plan, prev NodeState) {
 		e.log.Error("plan has no valid waves", "plan", p.ShortID(), "err", err)
 		return
 	}
-	w := plan.WaveOf(waves, e.net.LocalMember().Name)
+	local := e.net.LocalMember()
+	w := plan.WaveOf(waves, local.Name)
+	if w < 0 && !p.Options.Selects(local.Tags) {
+		return // not selected (--where): this plan is not for this node
+	}
 	if w < 0 {
 		w = len(waves) // joined after the plan was made: the final wave
 	}

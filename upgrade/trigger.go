@@ -137,7 +137,7 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 		p.Patch = &plan.Patch{FromVersion: req.PatchFrom, Artifact: plan.Artifact{SHA256: req.PatchSHA256, Size: psize}}
 	}
 	for _, m := range e.net.Members() {
-		if m.Status != "alive" {
+		if m.Status != "alive" || !req.Options.Selects(m.Tags) {
 			continue
 		}
 		pm := plan.Member{Name: m.Name, Version: m.Version}

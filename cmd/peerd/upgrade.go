@@ -46,6 +46,7 @@ func upgradeFlags() []cli.Flag {
 		&cli.StringFlag{Name: "max-unavailable", Usage: "nodes per wave as a count `N`, or a share N% of the cluster"},
 		&cli.IntFlag{Name: "canary", Usage: "a first wave of `N` nodes"},
 		&cli.StringFlag{Name: "by-tag", Usage: "a wave never mixes values of this tag `KEY` (e.g. zone: one zone at a time)"},
+		&cli.StringSliceFlag{Name: "where", Usage: "only the nodes with this tag `KEY=VALUE` (repeatable: all must match)"},
 		&cli.DurationFlag{Name: "min-healthy", Value: 10 * time.Second, Usage: "how long an upgraded node must stay healthy before the next wave"},
 		&cli.DurationFlag{Name: "deadline", Value: 5 * time.Minute, Usage: "per wave: a node not healthy by then rolls back"},
 		&cli.BoolFlag{Name: "allow-outage", Usage: "allow a wave that takes every node offline (e.g. a one-node cluster)"},
@@ -116,13 +117,24 @@ func startUpgrade(c *cli.Context, rollback bool) error {
 	if (c.String("patch") == "") != (c.String("patch-from") == "") {
 		return usagef("--patch and --patch-from go together")
 	}
+	where := map[string]string{}
+	for _, kv := range c.StringSlice("where") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return usagef("--where %q: want KEY=VALUE", kv)
+		}
+		where[k] = v
+	}
+	if len(where) == 0 {
+		where = nil
+	}
 	cl := newClient(c)
 	req := upgrade.TriggerRequest{
 		Version: c.String("to"),
 		Options: plan.Options{
 			Batch: c.Int("batch"), MaxUnavailable: c.String("max-unavailable"), Canary: c.Int("canary"),
 			ByTag: c.String("by-tag"), MinHealthy: c.Duration("min-healthy"), Deadline: c.Duration("deadline"),
-			AllowOutage: c.Bool("allow-outage"),
+			AllowOutage: c.Bool("allow-outage"), Where: where,
 		},
 		DryRun:       c.Bool("dry-run"),
 		ExpectSHA256: c.String("sha256"),

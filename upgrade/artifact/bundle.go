@@ -2,7 +2,6 @@ package artifact
 
 import (
 	"archive/tar"
-	"bytes"
 	"compress/gzip"
 	"encoding/json"
 	"errors"
@@ -12,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"unicode"
 
@@ -28,6 +28,7 @@ var (
 	maxBundleSize     int64 = 1 << 30 // total bytes of file contents
 	maxBundleEntries        = 10_000
 	maxBundleManifest int64 = 64 << 10
+	maxBundleTrailer  int64 = 1 << 20 // after the tar end marker (tar pads to 10 KiB)
 )
 
 // BundleManifest describes an application bundle: a gzip-compressed tar with
@@ -181,6 +182,7 @@ func ExtractBundle(path, dir string) (m BundleManifest, err error) {
 		return BundleManifest{}, fmt.Errorf("extract bundle %s into %s: %w", path, dir, err)
 	}
 	existing, err := os.ReadDir(dir)
+	dirExists := err == nil
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
@@ -209,7 +211,7 @@ func ExtractBundle(path, dir string) (m BundleManifest, err error) {
 	}
 	// os.Rename will not replace a directory, even an empty one; removing it
 	// fails, as it should, if something was put in it meanwhile.
-	if len(existing) == 0 && err == nil {
+	if dirExists {
 		if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fail(err)
 		}
@@ -273,6 +275,14 @@ func extractInto(path, dir string) (BundleManifest, error) {
 				return BundleManifest{}, err
 			}
 		}
+	}
+	// Read to the end so that gzip checks its CRC and length: a corrupted or
+	// cut-off bundle is refused rather than installed. Bounded, since the
+	// tar end marker may be followed by any amount of compressed padding.
+	if n, err := io.CopyN(io.Discard, b.gz, maxBundleTrailer+1); err != nil && !errors.Is(err, io.EOF) {
+		return BundleManifest{}, fmt.Errorf("read archive (%v): is the bundle complete? Fetch it again", err)
+	} else if n > maxBundleTrailer {
+		return BundleManifest{}, fmt.Errorf("bundle has more than %d bytes after the end of its tar archive: rebuild it", maxBundleTrailer)
 	}
 	if manifest == nil {
 		return BundleManifest{}, errNoManifest
@@ -409,7 +419,7 @@ func bundleEntryName(name string) (string, error) {
 	}
 	// Refuse ".." anywhere, even where cleaning would resolve it inside:
 	// no honest packager writes it.
-	if strings.ContainsRune(name, '\\') || strings.ContainsRune(name, 0) || slicesContains(strings.Split(name, "/"), "..") {
+	if strings.ContainsRune(name, '\\') || strings.ContainsRune(name, 0) || slices.Contains(strings.Split(name, "/"), "..") {
 		return "", fmt.Errorf("bundle entry %s leaves the bundle root ('..' or '\\' in its path): rebuild the bundle with plain relative paths", name)
 	}
 	clean := path.Clean(name)
@@ -417,8 +427,4 @@ func bundleEntryName(name string) (string, error) {
 		return "", fmt.Errorf("bundle entry %s is not a plain relative path: rebuild the bundle with plain relative paths", name)
 	}
 	return clean, nil
-}
-
-func slicesContains(s []string, v string) bool {
-	return bytes.Contains([]byte("/"+strings.Join(s, "/")+"/"), []byte("/"+v+"/"))
 }

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 )
@@ -31,6 +32,19 @@ type Options struct {
 	MinHealthy     time.Duration `json:"min_healthy"`
 	Deadline       time.Duration `json:"deadline"` // per wave; also the lease TTL
 	AllowOutage    bool          `json:"allow_outage,omitempty"`
+	// Where selects the nodes whose tags have all these values; the others
+	// take no part (e.g. install an app on zone=a only). Empty: every node.
+	Where map[string]string `json:"where,omitempty"`
+}
+
+// Selects reports whether a node with these tags takes part in the plan.
+func (o Options) Selects(tags map[string]string) bool {
+	for k, v := range o.Where {
+		if tags[k] != v {
+			return false
+		}
+	}
+	return true
 }
 
 // Artifact names a blob by digest; URL is an optional origin outside the
@@ -162,6 +176,9 @@ func (p Plan) Validate() error {
 			add("patch size %d: want a non-empty patch", p.Patch.Size)
 		}
 	}
+	if len(p.Members) == 0 && len(p.Options.Where) > 0 {
+		add("no alive member has the tags --where %s: check them with 'peerd members'", formatWhere(p.Options.Where))
+	}
 	errs = append(errs, p.waveProblems()...)
 	if p.Options.MinHealthy < 0 {
 		add("--min-healthy %s: want 0 or more", p.Options.MinHealthy)
@@ -212,4 +229,13 @@ func (p Plan) waveProblems() []error {
 		}
 	}
 	return errs
+}
+
+func formatWhere(w map[string]string) string {
+	var kv []string
+	for k, v := range w {
+		kv = append(kv, k+"="+v)
+	}
+	sort.Strings(kv)
+	return strings.Join(kv, ",")
 }

@@ -586,3 +586,17 @@ func TestWaveOf(t *testing.T) {
 	assert.Equal(t, -1, WaveOf(waves, "late-joiner"))
 	assert.Equal(t, -1, WaveOf(nil, "node00"))
 }
+
+func TestWhereSelectsNodesByTag(t *testing.T) {
+	o := Options{Where: map[string]string{"zone": "a", "role": "db"}}
+	assert.True(t, o.Selects(map[string]string{"zone": "a", "role": "db", "x": "y"}))
+	assert.False(t, o.Selects(map[string]string{"zone": "a"}))
+	assert.False(t, o.Selects(nil))
+	assert.True(t, Options{}.Selects(nil), "no --where: every node")
+
+	p := testPlan(0)
+	p.Options.Where = map[string]string{"zone": "c"}
+	err := p.Validate()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "no alive member has the tags --where zone=c")
+}
