@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"runtime"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/upgrade"
 	"github.com/peerd/peerd/upgrade/artifact"
+	"github.com/peerd/peerd/upgrade/versions"
 )
 
 // engineMux hands each Serf event and query to the engine it is for:
@@ -101,7 +103,12 @@ func (a *Agent) newAppEngine(sup *apps.Supervisor) (*upgrade.Engine, error) {
 				defer cancel()
 				return sup.Restart(ctx)
 			},
-			Check:       func(_ context.Context, path, _ string) error { return checkExecutable(path) },
+			Check: func(_ context.Context, path, version string) error {
+				return checkAppArtifact(path, sup.Name(), version)
+			},
+			Install: func(staged, version, running string) error {
+				return installAppArtifact(sup.Versions(), staged, version, running)
+			},
 			BaseVersion: sup.BaseVersion(),
 			VersionOf: func(m cluster.Member) string {
 				app, _ := parseAppTag(m, sup.Name())
@@ -128,6 +135,52 @@ func (n appNetwork) Members() []cluster.Member {
 		}
 	}
 	return out
+}
+
+// checkAppArtifact is an application artifact's preflight: a bundle's
+// manifest must name the app, the version and this platform; a single
+// executable must be an ELF binary for this platform (or a script).
+func checkAppArtifact(path, name, version string) error {
+	bundle, err := artifact.IsBundle(path)
+	if err != nil {
+		return err
+	}
+	if !bundle {
+		return checkExecutable(path)
+	}
+	m, err := artifact.ReadBundleManifest(path)
+	if err != nil {
+		return err
+	}
+	return artifact.CheckBundle(m, name, version, runtime.GOOS, runtime.GOARCH)
+}
+
+// installAppArtifact installs a verified artifact into the app's version
+// store: a bundle is extracted there whole, its command's executable
+// becoming the version's binary.
+func installAppArtifact(store *versions.Store, staged, version, running string) error {
+	bundle, err := artifact.IsBundle(staged)
+	if err != nil {
+		return err
+	}
+	if !bundle {
+		return store.Install(staged, version, running)
+	}
+	if cur, ok, err := store.Current(); err == nil && ok && cur.Version == version && store.Verify(cur) == nil {
+		return nil // installed already (a retry after a crash)
+	}
+	tree, err := store.TreeDir(version)
+	if err != nil {
+		return err
+	}
+	if err := os.RemoveAll(tree); err != nil { // left by a crash mid-install
+		return err
+	}
+	m, err := artifact.ExtractBundle(staged, tree)
+	if err != nil {
+		return err
+	}
+	return store.InstallTree(tree, m.Command[0], version, running)
 }
 
 // checkExecutable is an application artifact's preflight: an ELF binary

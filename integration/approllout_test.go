@@ -1,14 +1,19 @@
 package integration
 
 import (
+	"archive/tar"
+	"compress/gzip"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -406,4 +411,65 @@ func TestManagedAppBadReleaseRollsBackOnlyTheFailingNode(t *testing.T) {
 	st = kvStatus(t, n1)
 	assert.Equal(t, upgrade.StateHalted, st.State)
 	assert.Equal(t, 0, st.Done)
+}
+
+// makeBundle writes a tar.gz application bundle: peerd-app.json and the
+// binary at bin/kv.
+func makeBundle(t *testing.T, binary, version, arch string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), fmt.Sprintf("kv-%s-%s.tar.gz", version, arch))
+	f, err := os.Create(path)
+	require.NoError(t, err)
+	gz := gzip.NewWriter(f)
+	tw := tar.NewWriter(gz)
+	manifest, _ := json.Marshal(map[string]any{"name": "kv", "version": version, "os": "linux", "arch": arch, "command": []string{"bin/kv"}})
+	bin, err := os.ReadFile(binary)
+	require.NoError(t, err)
+	for _, e := range []struct {
+		name string
+		mode int64
+		data []byte
+	}{{"peerd-app.json", 0o644, manifest}, {"bin/", 0o755, nil}, {"bin/kv", 0o755, bin}} {
+		hdr := &tar.Header{Name: e.name, Mode: e.mode, Size: int64(len(e.data)), Typeflag: tar.TypeReg}
+		if strings.HasSuffix(e.name, "/") {
+			hdr.Typeflag = tar.TypeDir
+		}
+		require.NoError(t, tw.WriteHeader(hdr))
+		_, err := tw.Write(e.data)
+		require.NoError(t, err)
+	}
+	require.NoError(t, tw.Close())
+	require.NoError(t, gz.Close())
+	require.NoError(t, f.Close())
+	return path
+}
+
+// TestManagedAppUpgradeFromBundle: a tar.gz bundle with a manifest; one
+// for another platform is refused before anything goes offline.
+func TestManagedAppUpgradeFromBundle(t *testing.T) {
+	n1 := startKVNode(t, "g1", bins["v1"], "")
+	n2 := startKVNode(t, "g2", bins["v1"], n1.gossip)
+	n3 := startKVNode(t, "g3", bins["v1"], n1.gossip)
+	nodes := []*kvNode{n1, n2, n3}
+	waitAlive(t, []*agent{n1.agent, n2.agent, n3.agent}, 3)
+	waitPeers(t, nodes, 3)
+
+	other := "arm64"
+	if runtime.GOARCH == "arm64" {
+		other = "amd64"
+	}
+	cmd := exec.Command(n1.bin, "upgrade", "kv", "--to", "2.0.0", "--artifact", makeBundle(t, bins["kv2"], "2.0.0", other), "--min-healthy", "300ms")
+	cmd.Env = append(os.Environ(), "PEERD_SOCKET="+n1.socket())
+	out, err := cmd.CombinedOutput()
+	require.Error(t, err)
+	assert.Contains(t, string(out), "artifact refused before any node went offline")
+	assert.Contains(t, string(out), other)
+
+	appCLI(t, n1, "upgrade", "kv", "--to", "2.0.0", "--artifact", makeBundle(t, bins["kv2"], "2.0.0", runtime.GOARCH),
+		"--batch", "1", "--min-healthy", "300ms", "--deadline", "1m")
+	for _, n := range nodes {
+		assert.Equal(t, "2.0.0", kvVersion(t, n), n.name)
+		assert.FileExists(t, filepath.Join(n.dataDir(), "apps", "kv", "versions", "2.0.0", "bin", "kv"))
+		assert.FileExists(t, filepath.Join(n.dataDir(), "apps", "kv", "versions", "2.0.0", "peerd-app.json"))
+	}
 }

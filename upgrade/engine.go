@@ -106,6 +106,9 @@ type AppTarget struct {
 	// VersionOf is the version of the application a member runs, as status
 	// shows it.
 	VersionOf func(cluster.Member) string
+	// Install puts a verified artifact into the version store (a bundle is
+	// extracted); nil: Versions.Install of the single executable.
+	Install func(staged, version, running string) error
 }
 
 // DefaultConfig fills in the timings and collaborators that have defaults.
@@ -419,7 +422,11 @@ func (e *Engine) stagedPath(p plan.Plan) string {
 // apply makes the prepared binary the version store's current one (the
 // running one stays, for rollback) and restarts.
 func (e *Engine) apply(p plan.Plan, st NodeState, log *slog.Logger) {
-	if err := e.cfg.Versions.Install(e.stagedPath(p), p.Version, e.runningPath()); err != nil {
+	install := e.cfg.Versions.Install
+	if e.cfg.App != nil && e.cfg.App.Install != nil {
+		install = e.cfg.App.Install
+	}
+	if err := install(e.stagedPath(p), p.Version, e.runningPath()); err != nil {
 		e.fail(st, fmt.Sprintf("apply: %v", err), false)
 		return
 	}

@@ -61,9 +61,11 @@ func (m BundleManifest) Validate() error {
 		switch {
 		case f.v == "":
 			errs = append(errs, fmt.Errorf("%s: %q is empty: set it, e.g. %s", BundleManifestName, f.key, f.example))
-		case strings.IndexFunc(f.v, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) || r == '/' }) >= 0:
+		case f.v == "." || f.v == ".." ||
+			strings.IndexFunc(f.v, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) || r == '/' }) >= 0:
 			// These values end up in file names and signed manifests.
-			errs = append(errs, fmt.Errorf("%s: %q is %q: it must be one word without white space or '/', e.g. %s", BundleManifestName, f.key, f.v, f.example))
+			errs = append(errs, fmt.Errorf("%s: %q is %q: it must be one word, without white space or '/', and not '.' or '..', e.g. %s",
+				BundleManifestName, f.key, f.v, f.example))
 		}
 	}
 	if m.ProtocolMin < 0 || m.ProtocolMax < 0 {
@@ -130,7 +132,7 @@ func IsBundle(path string) (bool, error) {
 func ReadBundleManifest(path string) (BundleManifest, error) {
 	b, err := openBundle(path)
 	if err != nil {
-		return BundleManifest{}, err
+		return BundleManifest{}, fmt.Errorf("read bundle %s: %w", path, err)
 	}
 	defer b.Close()
 	for {

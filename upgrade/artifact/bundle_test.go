@@ -339,6 +339,8 @@ func TestBundleManifestValidate(t *testing.T) {
 			wantErr: []string{`"name" is "my kv": it must be one word`}},
 		{name: "slash in version", edit: func(m *BundleManifest) { m.Version = "../2" },
 			wantErr: []string{`"version" is "../2"`}},
+		{name: "dot-dot name", edit: func(m *BundleManifest) { m.Name = ".." },
+			wantErr: []string{`"name" is "..": it must be one word`}},
 		{name: "empty protocol range", edit: func(m *BundleManifest) { m.ProtocolMin, m.ProtocolMax = 3, 2 },
 			wantErr: []string{"protocol range 3-2 is empty"}},
 		{name: "negative protocol", edit: func(m *BundleManifest) { m.ProtocolMin = -1 },

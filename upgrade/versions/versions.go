@@ -179,8 +179,60 @@ func (s *Store) Install(src, version, running string) error {
 		return fmt.Errorf("version store: %w", err)
 	}
 
+	return s.activate(version, running)
+}
+
+// InstallTree makes version current from a directory tree (an extracted
+// application bundle) whose executable is entry, a path inside it. The
+// tree is moved into the store (it must be on the store's filesystem, e.g.
+// made with TreeDir); version's binary is then a link to entry.
+func (s *Store) InstallTree(tree, entry, version, running string) error {
+	if !validVersion(version) {
+		return fmt.Errorf("version store: %q is not a version", version)
+	}
+	clean := filepath.Clean(entry)
+	if filepath.IsAbs(clean) || clean == "." || strings.HasPrefix(clean, "..") {
+		return fmt.Errorf("version store: entry %q must be a path inside the bundle", entry)
+	}
+	sum, _, err := artifact.DigestFile(filepath.Join(tree, clean))
+	if err != nil {
+		return fmt.Errorf("version store: install %s: %w", version, err)
+	}
+	if err := os.Symlink(clean, filepath.Join(tree, s.name)); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("version store: install %s: %w", version, err)
+	}
+	if err := durable.WriteFile(filepath.Join(tree, digestFile), []byte(sum+"\n"), 0o644); err != nil {
+		return fmt.Errorf("version store: install %s: %w", version, err)
+	}
+	vdir := filepath.Join(s.dir, version)
+	if cur, ok, _ := s.Current(); ok && cur.Version == version {
+		return fmt.Errorf("version store: %s is current; install another version first", version)
+	}
+	if err := os.RemoveAll(vdir); err != nil {
+		return fmt.Errorf("version store: %w", err)
+	}
+	if err := os.Rename(tree, vdir); err != nil {
+		return fmt.Errorf("version store: install %s: %w", version, err)
+	}
+	if err := durable.SyncDir(s.dir); err != nil {
+		return fmt.Errorf("version store: %w", err)
+	}
+	return s.activate(version, running)
+}
+
+// TreeDir is a fresh path in the store's directory to extract a bundle to
+// before InstallTree (same filesystem, so the move is a rename).
+func (s *Store) TreeDir(version string) (string, error) {
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+		return "", fmt.Errorf("version store: %w", err)
+	}
+	return filepath.Join(s.dir, "."+version+".new"), nil
+}
+
+// activate points current at version, and previous at what ran before.
+func (s *Store) activate(version, running string) error {
 	prev := ""
-	if cur, ok, err := s.Current(); err == nil && ok && sameFile(cur.Path, running) {
+	if cur, ok, err := s.Current(); err == nil && ok && cur.Version != version && sameFile(cur.Path, running) {
 		prev = cur.Version
 	}
 	if err := s.setLink(previousLink, prev); err != nil {

@@ -206,3 +206,28 @@ func TestStartsAreCountedUntilStarted(t *testing.T) {
 	require.NoError(t, f.store.Started("2.0.0"))
 	require.NoError(t, f.store.Started("2.0.0"), "twice is fine")
 }
+
+func TestInstallTree(t *testing.T) {
+	f := newFixture(t)
+	tree, err := f.store.TreeDir("2.0.0")
+	require.NoError(t, err)
+	require.NoError(t, os.MkdirAll(filepath.Join(tree, "bin"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(tree, "bin", "app"), []byte("app 2.0.0"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(tree, "share.txt"), []byte("data"), 0o644))
+	require.NoError(t, f.store.InstallTree(tree, "bin/app", "2.0.0", f.base))
+
+	b := f.selected("1.0.0")
+	assert.Equal(t, "2.0.0", b.Version)
+	data, err := os.ReadFile(b.Path)
+	require.NoError(t, err)
+	assert.Equal(t, "app 2.0.0", string(data), "the version's binary is the bundle's entry")
+	assert.FileExists(t, filepath.Join(f.store.Dir(), "2.0.0", "share.txt"), "the whole tree is installed")
+	assert.NoDirExists(t, tree)
+
+	for _, bad := range []string{"../x", "/abs", "."} {
+		tree2, _ := f.store.TreeDir("3.0.0")
+		require.NoError(t, os.MkdirAll(tree2, 0o755))
+		assert.ErrorContains(t, f.store.InstallTree(tree2, bad, "3.0.0", f.base), "inside the bundle", bad)
+		os.RemoveAll(tree2)
+	}
+}
