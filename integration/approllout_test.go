@@ -329,12 +329,8 @@ func TestManagedAppInstallAndRollingUpgrade(t *testing.T) {
 // TestManagedAppUpgradeByPatch: nodes running kv 1.0.0 build 2.0.0 from a
 // bsdiff patch of the binary they run.
 func TestManagedAppUpgradeByPatch(t *testing.T) {
-	n1 := startKVNode(t, "p1", bins["v1"], "")
-	n2 := startKVNode(t, "p2", bins["v1"], n1.gossip)
-	n3 := startKVNode(t, "p3", bins["v1"], n1.gossip)
-	nodes := []*kvNode{n1, n2, n3}
-	waitAlive(t, []*agent{n1.agent, n2.agent, n3.agent}, 3)
-	waitPeers(t, nodes, 3)
+	nodes := kvFleet(t, "p", 3)
+	n1, n2 := nodes[0], nodes[1]
 	patch := filepath.Join(t.TempDir(), "kv-1-2.patch")
 	appCLI(t, n1, "mkpatch", bins["kv"], bins["kv2"], patch)
 
@@ -370,12 +366,8 @@ func TestManagedAppUpgradeByPatch(t *testing.T) {
 // health fails halts the rollout after its first node, which goes back to
 // 1.0.0; the other nodes never leave 1.0.0.
 func TestManagedAppBadReleaseRollsBackOnlyTheFailingNode(t *testing.T) {
-	n1 := startKVNode(t, "b1", bins["v1"], "")
-	n2 := startKVNode(t, "b2", bins["v1"], n1.gossip)
-	n3 := startKVNode(t, "b3", bins["v1"], n1.gossip)
-	nodes := []*kvNode{n1, n2, n3}
-	waitAlive(t, []*agent{n1.agent, n2.agent, n3.agent}, 3)
-	waitPeers(t, nodes, 3)
+	nodes := kvFleet(t, "b", 3)
+	n1 := nodes[0]
 	pids := map[string]int{}
 	for _, n := range nodes {
 		pids[n.name] = n.kvPID()
@@ -447,12 +439,8 @@ func makeBundle(t *testing.T, binary, version, arch string) string {
 // TestManagedAppUpgradeFromBundle: a tar.gz bundle with a manifest; one
 // for another platform is refused before anything goes offline.
 func TestManagedAppUpgradeFromBundle(t *testing.T) {
-	n1 := startKVNode(t, "g1", bins["v1"], "")
-	n2 := startKVNode(t, "g2", bins["v1"], n1.gossip)
-	n3 := startKVNode(t, "g3", bins["v1"], n1.gossip)
-	nodes := []*kvNode{n1, n2, n3}
-	waitAlive(t, []*agent{n1.agent, n2.agent, n3.agent}, 3)
-	waitPeers(t, nodes, 3)
+	nodes := kvFleet(t, "g", 3)
+	n1 := nodes[0]
 
 	other := "arm64"
 	if runtime.GOARCH == "arm64" {

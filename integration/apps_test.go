@@ -72,6 +72,25 @@ app "kv" {
 	return n
 }
 
+// kvFleet starts n agents at peerd 1.0.0 (named prefix1...), each
+// supervising kv 1.0.0, and waits until every instance knows the others.
+func kvFleet(t *testing.T, prefix string, n int) []*kvNode {
+	t.Helper()
+	var nodes []*kvNode
+	var agents []*agent
+	for i := 1; i <= n; i++ {
+		join := ""
+		if i > 1 {
+			join = nodes[0].gossip
+		}
+		nodes = append(nodes, startKVNode(t, fmt.Sprintf("%s%d", prefix, i), bins["v1"], join))
+		agents = append(agents, nodes[i-1].agent)
+	}
+	waitAlive(t, agents, n)
+	waitPeers(t, nodes, n)
+	return nodes
+}
+
 // kvPID is the running kv's PID as its supervisor recorded it.
 func (n *kvNode) kvPID() int {
 	b, err := os.ReadFile(filepath.Join(n.dataDir(), "apps", "kv", "run.json"))
@@ -159,12 +178,8 @@ func apps(t *testing.T, a *agent) []api.App {
 // place) while kv keeps running with the same PID, and the new peerd image
 // still supervises it (a later join reaches it as a peers change).
 func TestManagedAppLearnsPeersAndOutlivesSelfUpgrade(t *testing.T) {
-	n1 := startKVNode(t, "k1", bins["v1"], "")
-	n2 := startKVNode(t, "k2", bins["v1"], n1.gossip)
-	n3 := startKVNode(t, "k3", bins["v1"], n1.gossip)
-	nodes := []*kvNode{n1, n2, n3}
-	waitAlive(t, []*agent{n1.agent, n2.agent, n3.agent}, 3)
-	waitPeers(t, nodes, 3)
+	nodes := kvFleet(t, "k", 3)
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
 
 	require.NoError(t, n1.put("greeting", "hello"))
 	for _, n := range nodes {
