@@ -75,10 +75,13 @@ type Supervisor struct {
 	log   *slog.Logger
 	store *versions.Store
 
+	first    chan struct{}         // closed once the first start (or adoption) was tried
 	cmds     chan chan<- *Handover // detach requests
 	restarts chan chan error       // restart requests (after an install)
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
+
+	firstOnce sync.Once
 
 	mu     sync.Mutex // guards the fields below
 	status Status
@@ -117,6 +120,7 @@ func New(cfg Config, dataDir string, logger *slog.Logger) (*Supervisor, error) {
 		dir:      dir,
 		log:      logger.With("component", "app", "app", cfg.Name),
 		store:    versions.New(filepath.Join(dir, "versions"), cfg.Name, cfg.Binary),
+		first:    make(chan struct{}),
 		cmds:     make(chan chan<- *Handover),
 		restarts: make(chan chan error),
 		status:   Status{Name: cfg.Name, State: StateStopped, Address: cfg.Address, Since: time.Now()},
@@ -269,6 +273,18 @@ func (s *Supervisor) Restart(ctx context.Context) error {
 // BaseVersion is the configured binary's version ("" when not given).
 func (s *Supervisor) BaseVersion() string { return s.cfg.Version }
 
+// Started waits until the first start (or adoption) was tried, so that
+// Running then tells what runs: the rollout engine decides at start what
+// an interrupted step means by it.
+func (s *Supervisor) Started(ctx context.Context) error {
+	select {
+	case <-s.first:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // Running is the version and binary of the instance running now.
 func (s *Supervisor) Running() (version, path string) {
 	s.mu.Lock()
@@ -296,6 +312,13 @@ func (s *Supervisor) run(ctx context.Context, h *Handover) {
 			restarted <- err
 			restarted = nil
 		}
+		s.mu.Lock()
+		if p != nil {
+			s.proc = p
+			s.status.PID, s.status.Version = p.process.Pid, p.version
+		}
+		s.mu.Unlock()
+		s.firstOnce.Do(func() { close(s.first) })
 		if err != nil {
 			state := StateBackoff
 			if errors.Is(err, errNotInstalled) {
@@ -311,10 +334,6 @@ func (s *Supervisor) run(ctx context.Context, h *Handover) {
 			backoff = min(2*backoff, s.cfg.MaxBackoff)
 			continue
 		}
-		s.mu.Lock()
-		s.proc = p
-		s.status.PID, s.status.Version = p.process.Pid, p.version
-		s.mu.Unlock()
 		s.setState(StateStarting, "")
 
 		select {

@@ -52,6 +52,13 @@ func (a *Agent) startApps(ctx context.Context) error {
 	// Advertise the apps before their engines look for plans in the tags.
 	a.syncApps()
 	for _, sup := range a.apps {
+		// The engine reads what runs to resume an interrupted rollout step.
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := sup.Started(wctx)
+		cancel()
+		if err != nil {
+			a.log.Warn("application not started in time; its rollout engine starts anyway", "app", sup.Name(), "err", err)
+		}
 		e, err := a.newAppEngine(sup)
 		if err != nil {
 			return err
