@@ -590,11 +590,17 @@ func (s *Supervisor) stopOrphan(path string) error {
 	return nil
 }
 
+// healthTimeout bounds one health check: at least 2 s however often it
+// runs, so that a busy machine's slow answer is not taken for a failure.
+func (s *Supervisor) healthTimeout() time.Duration {
+	return max(s.cfg.HealthInterval, 2*time.Second)
+}
+
 // checkHealth runs the health check while the application runs.
 func (s *Supervisor) checkHealth(ctx context.Context) {
 	t := time.NewTicker(s.cfg.HealthInterval)
 	defer t.Stop()
-	client := &http.Client{Timeout: s.cfg.HealthInterval}
+	client := &http.Client{Timeout: s.healthTimeout()}
 	for {
 		select {
 		case <-ctx.Done():
@@ -627,7 +633,7 @@ func (s *Supervisor) checkHealth(ctx context.Context) {
 }
 
 func (s *Supervisor) probe(ctx context.Context, client *http.Client) error {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.HealthInterval)
+	ctx, cancel := context.WithTimeout(ctx, s.healthTimeout())
 	defer cancel()
 	switch {
 	case s.cfg.Health.HTTP != "":
