@@ -190,7 +190,8 @@ func (a *Agent) DetachApps() []apps.Handover {
 			hs = append(hs, *h)
 		}
 	}
-	a.apps = nil
+	// a.apps stays (the sync loop still reads it until Close): closing a
+	// detached supervisor stops nothing.
 	return hs
 }
 
