@@ -276,33 +276,36 @@ func TestManagedAppInstallAndRollingUpgrade(t *testing.T) {
 		return nil
 	})
 	appCLI(t, nodes[1], "upgrade", "kv", "pause")
-	// Wait for the wave in flight, if any, to settle.
-	var mixed [2][]*kvNode // v1, v2
+	// Mixed phase: a write on a 1.0.0 instance is read on a 2.0.0 one and
+	// the other way round. A wave in flight when the pause came may still
+	// restart an instance, so each try picks live instances again.
 	eventually(t, 60*time.Second, func() error {
-		mixed = [2][]*kvNode{}
+		var v1, v2 []*kvNode
 		for _, n := range nodes {
 			h, err := n.health()
-			if err != nil || h.Status != "ok" {
-				return fmt.Errorf("%s down", n.name)
-			}
-			if h.Version == "2.0.0" {
-				mixed[1] = append(mixed[1], n)
-			} else {
-				mixed[0] = append(mixed[0], n)
+			switch {
+			case err != nil || h.Status != "ok":
+				continue
+			case h.Version == "2.0.0":
+				v2 = append(v2, n)
+			default:
+				v1 = append(v1, n)
 			}
 		}
-		return nil
-	})
-	require.NotEmpty(t, mixed[0], "some instances still at 1.0.0")
-	require.NotEmpty(t, mixed[1], "some instances at 2.0.0")
-	require.NoError(t, mixed[0][0].put("on-v1", "read-on-v2"))
-	require.NoError(t, mixed[1][0].put("on-v2", "read-on-v1"))
-	eventually(t, 30*time.Second, func() error {
-		if v, err := mixed[1][len(mixed[1])-1].get("on-v1"); err != nil || v != "read-on-v2" {
-			return fmt.Errorf("v1's write on v2: %q %v", v, err)
+		if len(v1) < 2 || len(v2) < 2 {
+			return fmt.Errorf("want two live instances at each version: %d at 1.0.0, %d at 2.0.0", len(v1), len(v2))
 		}
-		if v, err := mixed[0][len(mixed[0])-1].get("on-v2"); err != nil || v != "read-on-v1" {
-			return fmt.Errorf("v2's write on v1: %q %v", v, err)
+		if err := v1[0].put("on-v1", "read-on-v2"); err != nil {
+			return err
+		}
+		if err := v2[0].put("on-v2", "read-on-v1"); err != nil {
+			return err
+		}
+		if v, err := v2[1].get("on-v1"); err != nil || v != "read-on-v2" {
+			return fmt.Errorf("1.0.0's write on 2.0.0 (%s): %q %v", v2[1].name, v, err)
+		}
+		if v, err := v1[1].get("on-v2"); err != nil || v != "read-on-v1" {
+			return fmt.Errorf("2.0.0's write on 1.0.0 (%s): %q %v", v1[1].name, v, err)
 		}
 		return nil
 	})
