@@ -86,7 +86,10 @@ func appArgs(args []string) []string {
 	if len(args) < 3 || (args[1] != "upgrade" && args[1] != "install") || strings.HasPrefix(args[2], "-") {
 		return args
 	}
-	subs := map[string]bool{"status": true, "pause": true, "resume": true, "abort": true, "rollback": true, "help": true}
+	subs := map[string]bool{"help": true}
+	for _, c := range upgradeSubcommands() {
+		subs[c.Name] = true
+	}
 	if subs[args[2]] {
 		return args
 	}

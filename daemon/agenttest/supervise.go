@@ -6,14 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
 
 	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/daemon"
-	"github.com/peerd/peerd/internal/textbusy"
+	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/stretchr/testify/require"
 )
 
@@ -72,7 +71,7 @@ func (s *Supervised) start() (*Node, error) {
 	// Start what the launcher would: the version store's current binary
 	// when it is newer than the launcher.
 	launcher := s.opts.Launcher
-	b, err := fakeVersion(launcher)
+	b, err := artifact.Preflight(context.Background(), launcher)
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +82,7 @@ func (s *Supervised) start() (*Node, error) {
 	}
 	if !chosen.Base {
 		exe = chosen.Path
-		if b, err = fakeVersion(exe); err != nil {
+		if b, err = artifact.Preflight(context.Background(), exe); err != nil {
 			return nil, err
 		}
 	}
@@ -120,23 +119,6 @@ func (s *Supervised) loop(ctx context.Context) {
 		s.restarts++
 		s.mu.Unlock()
 	}
-}
-
-// fakeVersion asks a binary for its build, as preflight does.
-func fakeVersion(exe string) (buildinfo.Info, error) {
-	var out []byte
-	err := textbusy.Retry(context.Background(), func() (err error) {
-		out, err = exec.Command(exe, "version", "--json").Output()
-		return err
-	})
-	if err != nil {
-		return buildinfo.Info{}, fmt.Errorf("run %s version: %w", exe, err)
-	}
-	var b buildinfo.Info
-	if err := json.Unmarshal(out, &b); err != nil {
-		return buildinfo.Info{}, fmt.Errorf("run %s version: %w", exe, err)
-	}
-	return b, nil
 }
 
 // Node is the agent currently running.
