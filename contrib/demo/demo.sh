@@ -6,14 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/peerd-demo.XXXXXX")
-pids=()
-cleanup() {
-	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-	rm -rf "$work"
-}
-trap cleanup EXIT
+demo_name=demo wait_steps=200
+. contrib/demo/lib.sh
 
 echo "==> building peerd 1.0.0 (protocol 1-1) and 2.0.0 (protocol 1-2)"
 make -s build OUT="$work/v1/peerd" VERSION=1.0.0 PROTOCOL_MIN=1 PROTOCOL_MAX=1 &
@@ -21,15 +15,7 @@ make -s build OUT="$work/v2/peerd" VERSION=2.0.0 PROTOCOL_MIN=1 PROTOCOL_MAX=2 &
 wait
 peerd="$work/v1/peerd"
 
-# Free ports from the kernel, so the demo runs beside anything else.
-read -r -a ports < <(python3 - <<'PY'
-import socket
-socks = []
-for _ in range(10):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-)
+read -r -a ports < <(free_ports 10)
 
 start() { # index
 	local i=$1 node="node$1" g=${ports[$((2 * ($1 - 1)))]} h=${ports[$((2 * ($1 - 1) + 1))]}
@@ -40,11 +26,6 @@ start() { # index
 	[ "$i" -gt 1 ] && args+=(--join "127.0.0.1:${ports[0]}")
 	"$work/$node/peerd" "${args[@]}" 2>>"$work/$node.log" &
 	pids+=($!)
-}
-wait_for() { # description command...
-	local desc=$1; shift
-	for _ in $(seq 1 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-	echo "demo: timed out waiting for $desc" >&2; tail -n 20 "$work"/*.log >&2; exit 1
 }
 sock() { echo "$work/node$1/data/peerd.sock"; }
 
