@@ -9,14 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/peerd-demo-app.XXXXXX")
-pids=()
-cleanup() {
-	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-	rm -rf "$work"
-}
-trap cleanup EXIT
+demo_name=demo-app
+. contrib/demo/lib.sh
 n=5
 
 echo "==> building peerd, and kv 1.0.0 (wire 1) and 2.0.0 (wire 1-2)"
@@ -26,14 +20,7 @@ go build -ldflags "-X main.version=2.0.0" -o "$work/kv-2.0.0" ./contrib/examples
 wait
 peerd="$work/peerd"
 
-read -r -a ports < <(python3 - "$n" <<'PY'
-import socket, sys
-socks = []
-for _ in range(3 * int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-)
+read -r -a ports < <(free_ports $((3 * n)))
 gossip() { echo "${ports[$((3 * ($1 - 1)))]}"; }
 http() { echo "${ports[$((3 * ($1 - 1) + 1))]}"; }
 kvport() { echo "${ports[$((3 * ($1 - 1) + 2))]}"; }
@@ -62,11 +49,6 @@ HCL
 	[ "$i" -gt 1 ] && args+=(--join "127.0.0.1:$(gossip 1)")
 	"$peerd" "${args[@]}" 2>>"$work/$node.log" &
 	pids+=($!)
-}
-wait_for() { # description command...
-	local desc=$1; shift
-	for _ in $(seq 1 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-	echo "demo: timed out waiting for $desc" >&2; tail -n 20 "$work"/*.log >&2; exit 1
 }
 
 echo "==> starting $n agents that declare app \"kv\" (not installed yet)"
@@ -109,6 +91,9 @@ PY
 writer=$!
 pids+=($writer)
 
+# node3 starts the upgrade: wait until gossip told it the install is over.
+installed() { "$peerd" upgrade kv status --socket "$(sock 3)" --json | python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["state"] != "complete")'; }
+wait_for "node3 to see the install complete" installed
 echo "==> peerd upgrade kv --to 2.0.0 --artifact kv-2.0.0 --batch 2 --min-healthy 1s   (run on node3)"
 "$peerd" upgrade kv --socket "$(sock 3)" --to 2.0.0 --artifact "$work/kv-2.0.0" --batch 2 --min-healthy 1s
 touch "$work/acked.stop"
