@@ -264,6 +264,13 @@ func TestManagedAppInstallAndRollingUpgrade(t *testing.T) {
 
 	// Upgrade to 2.0.0 under writes; pause after the first wave to check
 	// the mixed phase.
+	// nodes[1] triggers next: it must have heard that the install is over.
+	eventually(t, 30*time.Second, func() error {
+		if st := kvStatus(t, nodes[1]); st.State != upgrade.StateComplete {
+			return fmt.Errorf("nodes[1] sees the install %s", st.State)
+		}
+		return nil
+	})
 	w := startWriter(nodes)
 	obs = observeKV(nodes)
 	appCLI(t, nodes[1], "upgrade", "kv", "--to", "2.0.0", "--artifact", bins["kv2"], "--batch", "2",
