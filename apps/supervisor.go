@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/peerd/peerd/internal/durable"
+	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/peerd/peerd/upgrade/versions"
 )
 
@@ -42,8 +43,11 @@ const (
 
 // Status is what the agent reports about one application.
 type Status struct {
-	Name     string    `json:"name"`
-	Version  string    `json:"version,omitempty"`
+	Name    string `json:"name"`
+	Version string `json:"version,omitempty"`
+	// Protocol is the running version's protocol range, "MIN-MAX", as its
+	// bundle's manifest declares it ("" when not declared).
+	Protocol string    `json:"protocol,omitempty"`
 	State    string    `json:"state"`
 	PID      int       `json:"pid,omitempty"`
 	Address  string    `json:"address,omitempty"`
@@ -312,10 +316,14 @@ func (s *Supervisor) run(ctx context.Context, h *Handover) {
 			restarted <- err
 			restarted = nil
 		}
+		protocol := ""
+		if p != nil {
+			protocol = s.protocolOf(p.path)
+		}
 		s.mu.Lock()
 		if p != nil {
 			s.proc = p
-			s.status.PID, s.status.Version = p.process.Pid, p.version
+			s.status.PID, s.status.Version, s.status.Protocol = p.process.Pid, p.version, protocol
 		}
 		s.mu.Unlock()
 		s.firstOnce.Do(func() { close(s.first) })
@@ -413,6 +421,23 @@ func (s *Supervisor) binary() (path, version string, err error) {
 		return s.cfg.Binary, s.cfg.Version, nil
 	}
 	return b.Path, b.Version, nil
+}
+
+// protocolOf is the protocol range declared by the manifest beside the
+// binary at path, when path is a version installed from a bundle.
+func (s *Supervisor) protocolOf(path string) string {
+	dir := filepath.Dir(path)
+	if filepath.Dir(dir) != filepath.Clean(s.store.Dir()) {
+		return "" // the configured binary
+	}
+	m, ok, err := artifact.ReadInstalledManifest(dir)
+	if err != nil {
+		s.log.Warn("read the running version's manifest", "err", err)
+	}
+	if !ok || err != nil {
+		return ""
+	}
+	return m.Protocol()
 }
 
 func (s *Supervisor) spawn() (*proc, error) {

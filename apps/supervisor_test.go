@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/peerd/peerd/apps"
+	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -158,6 +159,31 @@ func TestNewerStoredVersionWins(t *testing.T) {
 	st := waitState(t, sup, apps.StateRunning)
 	assert.Equal(t, "2.0.0", st.Version)
 	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "hello from v2") }, 5*time.Second, 5*time.Millisecond)
+}
+
+// A version installed from a bundle reports the protocol range its manifest
+// declares; the configured binary declares none.
+func TestStoredBundleReportsItsProtocol(t *testing.T) {
+	sup, _, _ := newApp(t, nil)
+	tree, err := sup.Versions().TreeDir("2.0.0")
+	require.NoError(t, err)
+	require.NoError(t, os.MkdirAll(filepath.Join(tree, "bin"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(tree, "bin", "kv"), []byte(script), 0o755))
+	manifest := `{"name":"kv","version":"2.0.0","os":"linux","arch":"amd64","protocol_min":1,"protocol_max":2,"command":["bin/kv"]}`
+	require.NoError(t, os.WriteFile(filepath.Join(tree, artifact.BundleManifestName), []byte(manifest), 0o644))
+	require.NoError(t, sup.Versions().InstallTree(tree, "bin/kv", "2.0.0", ""))
+	sup.Start(context.Background(), nil)
+	defer sup.Close()
+	st := waitState(t, sup, apps.StateRunning)
+	assert.Equal(t, "2.0.0", st.Version)
+	assert.Equal(t, "1-2", st.Protocol)
+
+	// Rolled back to the configured binary: no range.
+	require.NoError(t, sup.Versions().Rollback("2.0.0"))
+	require.NoError(t, sup.Restart(context.Background()))
+	st = waitState(t, sup, apps.StateRunning)
+	assert.Equal(t, "1.0.0", st.Version)
+	assert.Empty(t, st.Protocol)
 }
 
 func TestConfigErrors(t *testing.T) {

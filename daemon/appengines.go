@@ -9,10 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/peerd/peerd/apps"
 	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/daemon/api"
 	"github.com/peerd/peerd/upgrade"
 	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/peerd/peerd/upgrade/versions"
@@ -104,7 +106,7 @@ func (a *Agent) newAppEngine(sup *apps.Supervisor) (*upgrade.Engine, error) {
 				return sup.Restart(ctx)
 			},
 			Check: func(_ context.Context, path, version string) error {
-				return checkAppArtifact(path, sup.Name(), version)
+				return checkAppArtifact(path, sup.Name(), version, a.appInstances)
 			},
 			Install: func(staged, version, running string) error {
 				return installAppArtifact(sup.Versions(), staged, version, running)
@@ -138,9 +140,11 @@ func (n appNetwork) Members() []cluster.Member {
 }
 
 // checkAppArtifact is an application artifact's preflight: a bundle's
-// manifest must name the app, the version and this platform; a single
-// executable must be an ELF binary for this platform (or a script).
-func checkAppArtifact(path, name, version string) error {
+// manifest must name the app, the version and this platform, and its
+// protocol range must overlap that of every instance of the app in the
+// cluster; a single executable must be an ELF binary for this platform (or
+// a script).
+func checkAppArtifact(path, name, version string, instances func(name string) []api.App) error {
 	bundle, err := artifact.IsBundle(path)
 	if err != nil {
 		return err
@@ -152,7 +156,57 @@ func checkAppArtifact(path, name, version string) error {
 	if err != nil {
 		return err
 	}
-	return artifact.CheckBundle(m, name, version, runtime.GOOS, runtime.GOARCH)
+	if err := artifact.CheckBundle(m, name, version, runtime.GOOS, runtime.GOARCH); err != nil {
+		return err
+	}
+	return checkAppProtocol(name, version, m.Protocol(), instances(name))
+}
+
+// checkAppProtocol refuses a release whose protocol range shares no
+// protocol with an instance of the app in the cluster: the rollout would
+// mix the two, and they could not talk to each other. This is the
+// application's side of version-compatible peering. Instances whose range
+// is unknown (installed from a single executable) are not checked, nor is
+// a release that declares none.
+func checkAppProtocol(name, version, protocol string, instances []api.App) error {
+	if protocol == "" {
+		return nil
+	}
+	r, err := cluster.ParseProtocolRange(protocol)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", name, version, err)
+	}
+	var apart []string
+	for _, in := range instances {
+		if in.Protocol == "" || in.NodeStatus == "left" {
+			continue
+		}
+		ir, err := cluster.ParseProtocolRange(in.Protocol)
+		if err != nil {
+			continue // an agent's tag this build cannot read: not evidence either way
+		}
+		if ir.Max < r.Min || r.Max < ir.Min {
+			apart = append(apart, fmt.Sprintf("%s (%s %s speaks %s)", in.Node, name, in.Version, ir))
+		}
+	}
+	if len(apart) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s %s speaks %s protocol %s, which shares none with %s: old and new instances could not talk to each other during the rollout; "+
+		"first roll out a release that speaks both, or correct protocol_min/protocol_max in its %s",
+		name, version, name, r, strings.Join(apart, ", "), artifact.BundleManifestName)
+}
+
+// appInstances are the cluster's instances of application name, as the
+// members' tags say.
+func (a *Agent) appInstances(name string) []api.App {
+	var out []api.App
+	for _, row := range a.appRows() {
+		if row.Name == name {
+			out = append(out, row)
+		}
+	}
+	return out
 }
 
 // installAppArtifact installs a verified artifact into the app's version

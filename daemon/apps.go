@@ -21,6 +21,12 @@ import (
 // node's applications, and each application's peers list, come from it.
 const TagAppPrefix = "a."
 
+// TagAppProtocolPrefix starts the tag with the protocol range, "MIN-MAX",
+// of the application version a node runs, where its bundle declared one. A
+// tag of its own rather than a fourth field of "a.NAME", which agents that
+// read three fields would take as part of the address.
+const TagAppProtocolPrefix = "ap."
+
 // EnvAppHandover carries the running applications from one peerd image to
 // the next across a re-exec (JSON list of apps.Handover).
 const EnvAppHandover = "PEERD_APP_HANDOVER"
@@ -108,15 +114,8 @@ func (a *Agent) syncApps() {
 		// Advertised while configured, running or not: the app's engine
 		// and peers lists count the nodes that have it.
 		st := sup.Status()
-		tag := strings.Join([]string{st.Version, st.State, st.Address}, ",")
-		// Only a change is gossiped: every SetTag is a cluster-wide update.
-		if a.appTags[sup.Name()] != tag {
-			if err := a.cluster.SetTag(TagAppPrefix+sup.Name(), tag); err != nil {
-				a.log.Warn("advertise app state", "app", sup.Name(), "err", err)
-			} else {
-				a.appTags[sup.Name()] = tag
-			}
-		}
+		a.advertiseApp(sup.Name(), TagAppPrefix+sup.Name(), strings.Join([]string{st.Version, st.State, st.Address}, ","))
+		a.advertiseApp(sup.Name(), TagAppProtocolPrefix+sup.Name(), st.Protocol)
 		var peers []apps.Peer
 		for _, m := range members {
 			app, ok := parseAppTag(m, sup.Name())
@@ -131,6 +130,19 @@ func (a *Agent) syncApps() {
 	}
 }
 
+// advertiseApp sets one of an application's tags ("" removes it). Only a
+// change is gossiped: every SetTag is a cluster-wide update.
+func (a *Agent) advertiseApp(name, key, value string) {
+	if old, ok := a.appTags[key]; ok && old == value || !ok && value == "" {
+		return
+	}
+	if err := a.cluster.SetTag(key, value); err != nil {
+		a.log.Warn("advertise app state", "app", name, "err", err)
+		return
+	}
+	a.appTags[key] = value
+}
+
 // parseAppTag reads member m's tag for the application name. An address
 // without a host (":8080", "0.0.0.0:8080") is on the member's gossip host.
 func parseAppTag(m cluster.Member, name string) (api.App, bool) {
@@ -142,7 +154,8 @@ func parseAppTag(m cluster.Member, name string) (api.App, bool) {
 	for len(parts) < 3 {
 		parts = append(parts, "")
 	}
-	app := api.App{Node: m.Name, Name: name, Version: parts[0], State: parts[1], Address: parts[2]}
+	app := api.App{Node: m.Name, Name: name, Version: parts[0], State: parts[1], Address: parts[2],
+		Protocol: m.Tags[TagAppProtocolPrefix+name]}
 	if host, port, err := net.SplitHostPort(app.Address); err == nil {
 		if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 			if mh, _, err := net.SplitHostPort(m.Addr); err == nil {

@@ -415,16 +415,17 @@ func TestManagedAppBadReleaseRollsBackOnlyTheFailingNode(t *testing.T) {
 	assert.Equal(t, 0, st.Done)
 }
 
-// makeBundle writes a tar.gz application bundle: peerd-app.json and the
-// binary at bin/kv.
-func makeBundle(t *testing.T, binary, version, arch string) string {
+// makeBundle writes a tar.gz application bundle: peerd-app.json, declaring
+// the protocol range pmin-pmax, and the binary at bin/kv.
+func makeBundle(t *testing.T, binary, version, arch string, pmin, pmax int) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), fmt.Sprintf("kv-%s-%s.tar.gz", version, arch))
 	f, err := os.Create(path)
 	require.NoError(t, err)
 	gz := gzip.NewWriter(f)
 	tw := tar.NewWriter(gz)
-	manifest, _ := json.Marshal(map[string]any{"name": "kv", "version": version, "os": "linux", "arch": arch, "command": []string{"bin/kv"}})
+	manifest, _ := json.Marshal(map[string]any{"name": "kv", "version": version, "os": "linux", "arch": arch, "command": []string{"bin/kv"},
+		"protocol_min": pmin, "protocol_max": pmax})
 	bin, err := os.ReadFile(binary)
 	require.NoError(t, err)
 	for _, e := range []struct {
@@ -447,7 +448,8 @@ func makeBundle(t *testing.T, binary, version, arch string) string {
 }
 
 // TestManagedAppUpgradeFromBundle: a tar.gz bundle with a manifest; one
-// for another platform is refused before anything goes offline.
+// for another platform, and one that shares no protocol with the running
+// instances, are refused before anything goes offline.
 func TestManagedAppUpgradeFromBundle(t *testing.T) {
 	nodes := kvFleet(t, "g", 3)
 	n1 := nodes[0]
@@ -456,18 +458,44 @@ func TestManagedAppUpgradeFromBundle(t *testing.T) {
 	if runtime.GOARCH == "arm64" {
 		other = "amd64"
 	}
-	cmd := exec.Command(n1.bin, "upgrade", "kv", "--to", "2.0.0", "--artifact", makeBundle(t, bins["kv2"], "2.0.0", other), "--min-healthy", "300ms")
+	cmd := exec.Command(n1.bin, "upgrade", "kv", "--to", "2.0.0", "--artifact", makeBundle(t, bins["kv2"], "2.0.0", other, 1, 2), "--min-healthy", "300ms")
 	cmd.Env = append(os.Environ(), "PEERD_SOCKET="+n1.socket())
 	out, err := cmd.CombinedOutput()
 	require.Error(t, err)
 	assert.Contains(t, string(out), "artifact refused before any node went offline")
 	assert.Contains(t, string(out), other)
 
-	appCLI(t, n1, "upgrade", "kv", "--to", "2.0.0", "--artifact", makeBundle(t, bins["kv2"], "2.0.0", runtime.GOARCH),
+	appCLI(t, n1, "upgrade", "kv", "--to", "2.0.0", "--artifact", makeBundle(t, bins["kv2"], "2.0.0", runtime.GOARCH, 1, 2),
 		"--batch", "1", "--min-healthy", "300ms", "--deadline", "1m")
 	for _, n := range nodes {
 		assert.Equal(t, "2.0.0", kvVersion(t, n), n.name)
 		assert.FileExists(t, filepath.Join(n.dataDir(), "apps", "kv", "versions", "2.0.0", "bin", "kv"))
 		assert.FileExists(t, filepath.Join(n.dataDir(), "apps", "kv", "versions", "2.0.0", "peerd-app.json"))
+	}
+
+	// Every node advertises the range kv 2.0.0 declared...
+	n3 := nodes[2]
+	eventually(t, 20*time.Second, func() error {
+		rows := apps(t, n3.agent)
+		for _, r := range rows {
+			if r.Protocol != "1-2" {
+				return fmt.Errorf("%s advertises kv protocol %q", r.Node, r.Protocol)
+			}
+		}
+		if len(rows) != len(nodes) {
+			return fmt.Errorf("peerd apps lists %d instances", len(rows))
+		}
+		return nil
+	})
+	// ...so a 3.0.0 that speaks only 3 is refused: no node goes offline.
+	cmd = exec.Command(n3.bin, "upgrade", "kv", "--to", "3.0.0", "--artifact", makeBundle(t, bins["kv2"], "3.0.0", runtime.GOARCH, 3, 3))
+	cmd.Env = append(os.Environ(), "PEERD_SOCKET="+n3.socket())
+	out, err = cmd.CombinedOutput()
+	require.Error(t, err, "%s", out)
+	assert.Contains(t, string(out), "artifact refused before any node went offline")
+	assert.Contains(t, string(out), "kv 3.0.0 speaks kv protocol 3-3, which shares none with")
+	assert.Contains(t, string(out), "(kv 2.0.0 speaks 1-2)")
+	for _, n := range nodes {
+		assert.Equal(t, "2.0.0", kvVersion(t, n), n.name)
 	}
 }

@@ -202,7 +202,7 @@ func TestManagedAppLearnsPeersAndOutlivesSelfUpgrade(t *testing.T) {
 	})
 	out, stderr, err := n2.cli("apps")
 	require.NoError(t, err, stderr)
-	assert.Regexp(t, `kv\s+k1\s+1\.0\.0\s+running\s+127\.0\.0\.1:\d+\s+alive`, out)
+	assert.Regexp(t, `kv\s+k1\s+1\.0\.0\s+-\s+running\s+127\.0\.0\.1:\d+\s+alive`, out)
 
 	// A node joining later: the running instances learn it by file + SIGHUP.
 	n4 := startKVNode(t, "k4", bins["v1"], n1.gossip)

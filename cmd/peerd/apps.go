@@ -14,7 +14,9 @@ func appsCommand() *cli.Command {
 		Description: "Applications are declared in the agent's config file (app \"NAME\" { ... } blocks);\n" +
 			"each agent supervises its own and advertises their state to the cluster. STATE is\n" +
 			"starting, running (healthy), unhealthy, backoff (crashed, restarting), stopped or\n" +
-			"not-installed.",
+			"not-installed. PROTOCOL is the range of application protocols the running version\n" +
+			"speaks, as its bundle's peerd-app.json declares it (- when it declares none); a\n" +
+			"release that shares no protocol with a running instance is refused.",
 		Flags: clientFlags(),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -32,13 +34,13 @@ func appsCommand() *cli.Command {
 				return nil
 			}
 			w := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(w, "APP\tNODE\tVERSION\tSTATE\tADDRESS\tNODE STATUS")
+			fmt.Fprintln(w, "APP\tNODE\tVERSION\tPROTOCOL\tSTATE\tADDRESS\tNODE STATUS")
 			for _, r := range rows {
 				state := r.State
 				if r.Reason != "" {
 					state += " (" + r.Reason + ")"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Node, dash(r.Version), state, dash(r.Address), r.NodeStatus)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Node, dash(r.Version), dash(r.Protocol), state, dash(r.Address), r.NodeStatus)
 			}
 			return w.Flush()
 		},

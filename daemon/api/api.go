@@ -73,5 +73,8 @@ type App struct {
 	// backoff, stopped or not-installed.
 	State   string `json:"state"`
 	Address string `json:"address,omitempty"`
-	Reason  string `json:"reason,omitempty"`
+	// Protocol is the version's protocol range, "MIN-MAX", where its
+	// bundle declared one.
+	Protocol string `json:"protocol,omitempty"`
+	Reason   string `json:"reason,omitempty"`
 }

@@ -41,7 +41,8 @@ type BundleManifest struct {
 	OS      string `json:"os"`
 	Arch    string `json:"arch"`
 	// ProtocolMin and ProtocolMax are the application's protocol range;
-	// 0 means unspecified.
+	// both 0: unspecified. A release is refused where it shares no protocol
+	// with an instance running in the cluster (see Protocol).
 	ProtocolMin int `json:"protocol_min,omitempty"`
 	ProtocolMax int `json:"protocol_max,omitempty"`
 	// Command is the argv that runs the application. Command[0] is a path
@@ -71,7 +72,10 @@ func (m BundleManifest) Validate() error {
 	if m.ProtocolMin < 0 || m.ProtocolMax < 0 {
 		errs = append(errs, fmt.Errorf("%s: protocol range %d-%d is negative: use positive numbers, or leave protocol_min and protocol_max out",
 			BundleManifestName, m.ProtocolMin, m.ProtocolMax))
-	} else if m.ProtocolMin > 0 && m.ProtocolMax > 0 && m.ProtocolMax < m.ProtocolMin {
+	} else if m.ProtocolMin > 0 && m.ProtocolMax == 0 {
+		errs = append(errs, fmt.Errorf("%s: protocol_min is %d but protocol_max is missing: give the highest protocol this release speaks too",
+			BundleManifestName, m.ProtocolMin))
+	} else if m.ProtocolMin > 0 && m.ProtocolMax < m.ProtocolMin {
 		errs = append(errs, fmt.Errorf("%s: protocol range %d-%d is empty: protocol_max must be at least protocol_min",
 			BundleManifestName, m.ProtocolMin, m.ProtocolMax))
 	}
@@ -83,6 +87,34 @@ func (m BundleManifest) Validate() error {
 			BundleManifestName, m.Command[0]))
 	}
 	return errors.Join(errs...)
+}
+
+// Protocol is the application's protocol range as "MIN-MAX" (the form of
+// peerd's own "p" tag), or "" when the manifest declares none. A missing
+// protocol_min is 1.
+func (m BundleManifest) Protocol() string {
+	if m.ProtocolMax <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d-%d", max(m.ProtocolMin, 1), m.ProtocolMax)
+}
+
+// ReadInstalledManifest reads the manifest an extracted bundle kept in dir
+// (a version's directory in an application's version store); ok is false
+// when there is none, as for a version installed from a single executable.
+func ReadInstalledManifest(dir string) (m BundleManifest, ok bool, err error) {
+	data, err := os.ReadFile(filepath.Join(dir, BundleManifestName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return BundleManifest{}, false, nil
+	}
+	if err != nil {
+		return BundleManifest{}, false, err
+	}
+	m, err = parseBundleManifest(data)
+	if err != nil {
+		return BundleManifest{}, false, fmt.Errorf("%s: %w", dir, err)
+	}
+	return m, true, nil
 }
 
 // CheckBundle verifies a bundle's manifest against what the plan and the node

@@ -332,7 +332,9 @@ func TestBundleManifestValidate(t *testing.T) {
 	}{
 		{name: "valid"},
 		{name: "no protocol range", edit: func(m *BundleManifest) { m.ProtocolMin, m.ProtocolMax = 0, 0 }},
-		{name: "open-ended protocol range", edit: func(m *BundleManifest) { m.ProtocolMax = 0 }},
+		{name: "no protocol_min", edit: func(m *BundleManifest) { m.ProtocolMin = 0 }},
+		{name: "open-ended protocol range", edit: func(m *BundleManifest) { m.ProtocolMax = 0 },
+			wantErr: []string{"protocol_min is 1 but protocol_max is missing"}},
 		{name: "everything missing", edit: func(m *BundleManifest) { *m = BundleManifest{} },
 			wantErr: []string{`"name" is empty`, `"version" is empty`, `"os" is empty`, `"arch" is empty`, `"command" is empty`}},
 		{name: "white space", edit: func(m *BundleManifest) { m.Name = "my kv" },
@@ -410,4 +412,35 @@ func TestCheckBundle(t *testing.T) {
 			assert.NotContains(t, err.Error(), "\n", "one line for the operator")
 		})
 	}
+}
+
+func TestBundleManifestProtocol(t *testing.T) {
+	for _, tc := range []struct {
+		min, max int
+		want     string
+	}{{1, 2, "1-2"}, {0, 3, "1-3"}, {2, 2, "2-2"}, {0, 0, ""}} {
+		m := kvManifest()
+		m.ProtocolMin, m.ProtocolMax = tc.min, tc.max
+		assert.Equal(t, tc.want, m.Protocol(), "%d-%d", tc.min, tc.max)
+	}
+}
+
+func TestReadInstalledManifest(t *testing.T) {
+	dir := t.TempDir()
+	_, ok, err := ReadInstalledManifest(dir)
+	require.NoError(t, err)
+	assert.False(t, ok, "a version installed from a single executable has no manifest")
+
+	want := kvManifest()
+	data, err := json.Marshal(want)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, BundleManifestName), data, 0o644))
+	got, ok, err := ReadInstalledManifest(dir)
+	require.NoError(t, err)
+	assert.True(t, ok)
+	assert.Equal(t, want, got)
+
+	require.NoError(t, os.WriteFile(filepath.Join(dir, BundleManifestName), []byte("{"), 0o644))
+	_, _, err = ReadInstalledManifest(dir)
+	assert.ErrorContains(t, err, dir)
 }
