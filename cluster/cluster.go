@@ -239,7 +239,7 @@ func (c *Cluster) Join(addrs []string) (int, error) {
 
 // SetTags replaces this node's extra tags (TagVersion and TagProtocol stay).
 func (c *Cluster) SetTags(tags map[string]string) error {
-	for _, k := range []string{TagVersion, TagProtocol} {
+	for _, k := range []string{TagVersion, TagProtocol, TagLeaving} {
 		if _, ok := tags[k]; ok {
 			return fmt.Errorf("tag %q is reserved for peerd", k)
 		}
@@ -334,12 +334,21 @@ func (c *Cluster) Members() []Member {
 	return out
 }
 
+// status is m's status, except that a failed member that had announced
+// its leave (see TagLeaving) has left.
+func status(m serf.Member) serf.MemberStatus {
+	if m.Status == serf.StatusFailed && m.Tags[TagLeaving] != "" {
+		return serf.StatusLeft
+	}
+	return m.Status
+}
+
 func toMember(m serf.Member) Member {
 	r, _ := ParseProtocolRange(m.Tags[TagProtocol])
 	return Member{
 		Name:     m.Name,
 		Addr:     net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port))),
-		Status:   m.Status.String(),
+		Status:   status(m).String(),
 		Version:  m.Tags[TagVersion],
 		Protocol: r,
 		Tags:     m.Tags,
@@ -373,7 +382,14 @@ func ranges(members []Member, skip string) []ProtocolRange {
 // to spread (bounded by the profile's broadcast timeout) or for ctx.
 func (c *Cluster) Leave(ctx context.Context) error {
 	done := make(chan error, 1)
-	go func() { done <- c.serf.Leave() }()
+	go func() {
+		// Say so first: SetTag returns once the update went out, ahead of
+		// the leave intent (see TagLeaving). Leaving goes on without it.
+		if err := c.SetTag(TagLeaving, "1"); err != nil {
+			c.log.Warn("announce leave", "err", err)
+		}
+		done <- c.serf.Leave()
+	}()
 	select {
 	case err := <-done:
 		if err != nil {

@@ -17,6 +17,11 @@ import (
 const (
 	TagVersion  = "v"
 	TagProtocol = "p"
+	// TagLeaving is set by a node that is about to leave gracefully. Serf
+	// can take a leave for a failure when the leave intent loses a race
+	// with a push/pull sync (the intent then looks old); a failed member
+	// with this tag is reported as left, as it said it would be.
+	TagLeaving = "l"
 )
 
 // Gossip timing profiles, after memberlist's defaults.
@@ -97,7 +102,7 @@ func (c Config) Validate() error {
 	if err := c.Protocol.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	for _, k := range []string{TagVersion, TagProtocol} {
+	for _, k := range []string{TagVersion, TagProtocol, TagLeaving} {
 		if _, ok := c.Tags[k]; ok {
 			errs = append(errs, fmt.Errorf("tag %q is reserved for peerd", k))
 		}

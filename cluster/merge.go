@@ -74,7 +74,7 @@ func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) (err error) {
 	// Decode the incoming members that still count for the protocol.
 	var theirs []Member
 	for _, m := range incoming {
-		if m.Name == d.self || m.Status == serf.StatusLeft {
+		if m.Name == d.self || status(*m) == serf.StatusLeft {
 			continue
 		}
 		r, err := ParseProtocolRange(m.Tags[TagProtocol])

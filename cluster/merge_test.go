@@ -32,6 +32,19 @@ func TestMergeDelegate(t *testing.T) {
 		assert.ErrorIs(t, d.refusal(), ErrIncompatibleProtocol, "the joiner remembers why, for its Join error")
 	})
 
+	t.Run("a failed member that announced its leave has left", func(t *testing.T) {
+		// The last of the 1-1 members left (Serf saw it fail: see
+		// TagLeaving); the 3-3 joiner need only match the rest.
+		gone := serfMember("old", "1-1")
+		gone.Status, gone.Tags[TagLeaving] = serf.StatusFailed, "1"
+		d := delegateWithView("new", v3, alive("new", v3))
+		assert.NoError(t, d.NotifyMerge([]*serf.Member{gone, serfMember("a", "3-3")}))
+
+		gone.Tags[TagLeaving] = ""
+		assert.ErrorIs(t, d.NotifyMerge([]*serf.Member{gone, serfMember("a", "3-3")}), ErrIncompatibleProtocol,
+			"a failed member may come back at the version it had")
+	})
+
 	t.Run("cluster refuses an incompatible newcomer", func(t *testing.T) {
 		d := delegateWithView("a", v1, alive("a", v1), alive("b", v2))
 		assert.ErrorIs(t, d.NotifyMerge([]*serf.Member{serfMember("new", "3-3")}), ErrIncompatibleProtocol)

@@ -132,6 +132,14 @@ func TestLeaveAndSignals(t *testing.T) {
 	require.NoError(t, api.NewClient(nodes[1].Agent.SocketPath()).Leave(context.Background()))
 	require.NoError(t, waitErr(t, done))
 	require.Eventually(t, func() bool { return agenttest.StatusOf(nodes[0], "node2") == "left" }, 10*time.Second, 10*time.Millisecond)
+	// It said so before it went: should Serf take the leave for a failure
+	// (a race of the leave intent with a push/pull sync), the tag still
+	// tells the others it left.
+	for _, m := range nodes[0].Agent.Cluster().Members() {
+		if m.Name == "node2" {
+			assert.Equal(t, "1", m.Tags[cluster.TagLeaving], "node2's last tags, as node1 saw them")
+		}
+	}
 
 	// SIGTERM leaves gracefully too.
 	signals := make(chan os.Signal, 1)

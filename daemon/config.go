@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,7 +24,17 @@ const (
 	TagRollout = "r"
 )
 
-var reservedTags = []string{cluster.TagVersion, cluster.TagProtocol, TagHTTP, TagRollout}
+var reservedTags = []string{cluster.TagVersion, cluster.TagProtocol, cluster.TagLeaving, TagHTTP, TagRollout}
+
+// reservedTagPrefixes start the tags peerd keeps per managed application:
+// its state, its protocol range and its rollouts' progress.
+var reservedTagPrefixes = []string{TagAppPrefix, TagAppProtocolPrefix, TagRollout + "."}
+
+// peerdTag reports whether tag key is one of peerd's own, not the user's.
+func peerdTag(k string) bool {
+	return slices.Contains(reservedTags, k) ||
+		slices.ContainsFunc(reservedTagPrefixes, func(p string) bool { return strings.HasPrefix(k, p) })
+}
 
 // maxSocketPath is the longest path a unix socket can have on Linux (108
 // bytes including the terminating NUL).
@@ -149,16 +160,14 @@ func (c Config) Validate() error {
 		}
 	}
 	for k := range c.Tags {
-		for _, r := range reservedTags {
-			if k == r {
-				add("tag %q is reserved for peerd; choose another key", k)
-			}
-		}
-		if k == "" {
+		switch {
+		case k == "":
 			add("tag with an empty key: want KEY=VALUE")
-		}
-		if strings.HasPrefix(k, TagAppPrefix) {
-			add("tag %q: keys starting with %q are peerd's (managed applications); choose another key", k, TagAppPrefix)
+		case slices.Contains(reservedTags, k):
+			add("tag %q is reserved for peerd; choose another key", k)
+		case peerdTag(k):
+			add("tag %q: keys starting with %s are peerd's (managed applications and their rollouts); choose another key",
+				k, strings.Join(reservedTagPrefixes, ", "))
 		}
 	}
 	if len(c.SocketPath()) > maxSocketPath {

@@ -271,7 +271,7 @@ func memberRow(m cluster.Member) api.Member {
 		Tags: map[string]string{},
 	}
 	for k, v := range m.Tags {
-		if !slices.Contains(reservedTags, k) && !strings.HasPrefix(k, TagAppPrefix) {
+		if !peerdTag(k) {
 			row.Tags[k] = v
 		}
 	}
