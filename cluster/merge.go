@@ -71,10 +71,17 @@ func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) (err error) {
 		local = localFn()
 	}
 
-	// Decode the incoming members that still count for the protocol.
+	// Decode the incoming members that still count for the protocol. When
+	// they include this node, the other side still counts it as a member:
+	// it is returning (a restart, a rollback), not joining anew.
 	var theirs []Member
+	returning := false
 	for _, m := range incoming {
-		if m.Name == d.self || status(*m) == serf.StatusLeft {
+		if status(*m) == serf.StatusLeft {
+			continue
+		}
+		if m.Name == d.self {
+			returning = true
 			continue
 		}
 		r, err := ParseProtocolRange(m.Tags[TagProtocol])
@@ -96,8 +103,9 @@ func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) (err error) {
 	}()
 
 	// Alone, this node is the joiner: the other side is the cluster, and
-	// this node must speak its active protocol.
-	if len(ranges(local, d.self)) == 0 {
+	// this node must speak its active protocol, unless it is returning
+	// (then the rule for known members below applies).
+	if len(ranges(local, d.self)) == 0 && !returning {
 		var rs []ProtocolRange
 		for _, m := range theirs {
 			rs = append(rs, m.Protocol)
@@ -126,8 +134,13 @@ func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) (err error) {
 	// the cluster, since either view may be partial (a restarted node may
 	// have rejoined only some peers from its snapshot). They must only not
 	// split: together they must share a protocol. So must a member this node
-	// knew before it restarted.
-	if len(theirs) > 1 || (len(theirs) == 1 && previous[theirs[0].Name]) {
+	// knew before it restarted, and a member coming back at another range
+	// (a node that failed its health gate in a rollout's last wave rolls
+	// back to a build without the protocol everyone else now speaks; it
+	// must get back in, and the active protocol falls back with it). Only
+	// a newcomer is held to the active protocol.
+	member := func(name string) bool { _, ok := known[name]; return ok || previous[name] }
+	if returning || len(theirs) > 1 || (len(theirs) == 1 && member(theirs[0].Name)) {
 		var all []ProtocolRange
 		for _, r := range everyone {
 			all = append(all, r)
@@ -135,6 +148,9 @@ func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) (err error) {
 		if cr, _ := ClusterRange(all); cr.Min > cr.Max {
 			err := fmt.Errorf("%w: merging these members would leave no protocol every member speaks (highest minimum %d, lowest maximum %d)", ErrIncompatibleProtocol, cr.Min, cr.Max)
 			d.log.Warn("refused merge", "err", err)
+			if len(ranges(local, d.self)) == 0 {
+				d.refuse(err) // for the joiner's Join error
+			}
 			return err
 		}
 		return nil
@@ -144,9 +160,6 @@ func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) (err error) {
 	// active protocol of everyone else, so it can neither split the cluster
 	// nor lower a protocol the cluster has switched on.
 	for _, m := range theirs {
-		if r, ok := known[m.Name]; ok && r == m.Protocol {
-			continue
-		}
 		var others []ProtocolRange
 		for name, r := range everyone {
 			if name != m.Name {

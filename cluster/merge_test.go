@@ -45,6 +45,29 @@ func TestMergeDelegate(t *testing.T) {
 			"a failed member may come back at the version it had")
 	})
 
+	t.Run("a member rolled back to a build without the active protocol gets back in", func(t *testing.T) {
+		// Everyone ran 1-2 (active protocol 2) when the last wave's node
+		// failed its health gate and went back to 1-1.
+		d := delegateWithView("a", v2, alive("a", v2), alive("b", v2), Member{Name: "last", Status: "failed", Protocol: v2})
+		assert.NoError(t, d.NotifyMerge([]*serf.Member{serfMember("last", "1-1")}), "the cluster side")
+
+		self := serfMember("last", "1-2")
+		self.Status = serf.StatusFailed
+		joiner := delegateWithView("last", v1, alive("last", v1))
+		assert.NoError(t, joiner.NotifyMerge([]*serf.Member{serfMember("a", "1-2"), serfMember("b", "1-2"), self}),
+			"the returning node's side: the cluster still lists it")
+
+		// A newcomer at 1-1 is still refused, on both sides.
+		assert.ErrorIs(t, d.NotifyMerge([]*serf.Member{serfMember("new", "1-1")}), ErrIncompatibleProtocol)
+		stranger := delegateWithView("new", v1, alive("new", v1))
+		assert.ErrorIs(t, stranger.NotifyMerge([]*serf.Member{serfMember("a", "1-2"), serfMember("b", "1-2")}), ErrIncompatibleProtocol)
+		// And a returning member may not split the cluster.
+		assert.ErrorIs(t, d.NotifyMerge([]*serf.Member{serfMember("last", "3-3")}), ErrIncompatibleProtocol)
+		joiner3 := delegateWithView("last", v3, alive("last", v3))
+		assert.ErrorIs(t, joiner3.NotifyMerge([]*serf.Member{serfMember("a", "1-2"), serfMember("b", "1-2"), self}), ErrIncompatibleProtocol)
+		assert.ErrorIs(t, joiner3.refusal(), ErrIncompatibleProtocol, "the returning node remembers why")
+	})
+
 	t.Run("cluster refuses an incompatible newcomer", func(t *testing.T) {
 		d := delegateWithView("a", v1, alive("a", v1), alive("b", v2))
 		assert.ErrorIs(t, d.NotifyMerge([]*serf.Member{serfMember("new", "3-3")}), ErrIncompatibleProtocol)

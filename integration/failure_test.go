@@ -363,3 +363,68 @@ func TestStoredVersionThatCannotStartIsRolledBack(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, ok, "nothing newer is current any more")
 }
+
+// TestLastWaveFailureRollsBackIntoTheCluster: when the node of the last
+// wave fails its health gate, every member ran 2.0.0 for a moment (so the
+// active protocol rose to 2); the node must still come back into the
+// cluster at 1.0.0, and the rollout halt there.
+func TestLastWaveFailureRollsBackIntoTheCluster(t *testing.T) {
+	var agents []*agent
+	for i := 1; i <= 3; i++ {
+		a := newAgent(t, fmt.Sprintf("n%02d", i), bins["v1"], "--allow-unsigned")
+		// Each node's own health check: it fails once the test marks it.
+		a.args = append(a.args, "--health-cmd", "test ! -e "+filepath.Join(a.dir, "unhealthy"))
+		if i == 1 {
+			a.run()
+		} else {
+			a.run("--join", agents[0].gossip)
+		}
+		agents = append(agents, a)
+	}
+	waitAlive(t, agents, 3)
+
+	_, stderr, err := agents[0].cli("upgrade", "--to", "2.0.0", "--artifact", bins["v2"], "--batch", "1",
+		"--min-healthy", "1s", "--deadline", "10s", "--detach")
+	require.NoError(t, err, stderr)
+	st := statusFrom(t, agents)
+	lastWave := st.Waves[len(st.Waves)-1]
+	require.Len(t, lastWave.Nodes, 1)
+	last := byName(agents, lastWave.Nodes[0].Name)
+	require.NoError(t, os.WriteFile(filepath.Join(last.dir, "unhealthy"), nil, 0o644))
+
+	eventually(t, 90*time.Second, func() error {
+		st = statusFrom(t, agents)
+		if st.State != upgrade.StateHalted || len(st.Failed) != 1 {
+			return fmt.Errorf("rollout %s: %d/%d done, failed %v", st.State, st.Done, st.Total, st.Failed)
+		}
+		return nil
+	})
+	assert.Equal(t, last.name, st.Failed[0].Name)
+	assert.Equal(t, len(agents)-1, st.Done, "the earlier waves stay upgraded")
+	// The failed node runs 1.0.0 again, and every member sees it alive.
+	eventually(t, 30*time.Second, func() error {
+		if last.exited() {
+			return fmt.Errorf("%s exited after its rollback", last.name)
+		}
+		info, err := last.info()
+		if err != nil {
+			return err
+		}
+		if info.Build.Version != "1.0.0" {
+			return fmt.Errorf("%s runs %s", last.name, info.Build.Version)
+		}
+		for _, a := range agents {
+			ms, err := a.members()
+			if err != nil {
+				return err
+			}
+			for _, m := range ms {
+				if m.Name == last.name && (m.Status != "alive" || m.Version != "1.0.0") {
+					return fmt.Errorf("%s sees %s %s at %s", a.name, m.Name, m.Status, m.Version)
+				}
+			}
+		}
+		return nil
+	})
+	require.False(t, last.exited(), "%s was refused by the cluster after its rollback", last.name)
+}
