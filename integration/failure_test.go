@@ -18,9 +18,18 @@ import (
 // startFleet starts n v1 agents joined to the first, with extra flags.
 func startFleet(t testing.TB, n int, args ...string) []*agent {
 	t.Helper()
+	return startFleetWith(t, n, nil, args...)
+}
+
+// startFleetWith is startFleet with setup run on each agent before it starts.
+func startFleetWith(t testing.TB, n int, setup func(*agent), args ...string) []*agent {
+	t.Helper()
 	var agents []*agent
 	for i := 1; i <= n; i++ {
 		a := newAgent(t, fmt.Sprintf("n%02d", i), bins["v1"], args...)
+		if setup != nil {
+			setup(a)
+		}
 		if i == 1 {
 			a.run()
 		} else {
@@ -167,23 +176,14 @@ func TestBadReleaseRollsBackAndHalts(t *testing.T) {
 func TestKillDuringUpgrade(t *testing.T) {
 	for _, step := range []upgrade.Phase{upgrade.PhasePrepare, upgrade.PhaseApply, upgrade.PhaseRestart, upgrade.PhaseHealth} {
 		t.Run(string(step), func(t *testing.T) {
-			var agents []*agent
-			for i := 1; i <= 4; i++ {
-				a := newAgent(t, fmt.Sprintf("n%02d", i), bins["v1"], "--allow-unsigned")
+			agents := startFleetWith(t, 4, func(a *agent) {
 				hooks := filepath.Join(a.dir, "hooks")
 				require.NoError(t, os.MkdirAll(hooks, 0o755))
 				a.env = []string{"PEERD_TEST_HOOK_DIR=" + hooks}
 				if step != upgrade.PhaseHealth {
 					require.NoError(t, os.WriteFile(filepath.Join(hooks, "pause-"+string(step)), nil, 0o644))
 				}
-				if i == 1 {
-					a.run()
-				} else {
-					a.run("--join", agents[0].gossip)
-				}
-				agents = append(agents, a)
-			}
-			waitAlive(t, agents, 4)
+			}, "--allow-unsigned")
 			obs := observe(agents)
 
 			_, stderr, err := agents[0].cli("upgrade", "--to", "2.0.0", "--artifact", bins["v2"], "--batch", "1",
@@ -369,19 +369,10 @@ func TestStoredVersionThatCannotStartIsRolledBack(t *testing.T) {
 // active protocol rose to 2); the node must still come back into the
 // cluster at 1.0.0, and the rollout halt there.
 func TestLastWaveFailureRollsBackIntoTheCluster(t *testing.T) {
-	var agents []*agent
-	for i := 1; i <= 3; i++ {
-		a := newAgent(t, fmt.Sprintf("n%02d", i), bins["v1"], "--allow-unsigned")
+	agents := startFleetWith(t, 3, func(a *agent) {
 		// Each node's own health check: it fails once the test marks it.
 		a.args = append(a.args, "--health-cmd", "test ! -e "+filepath.Join(a.dir, "unhealthy"))
-		if i == 1 {
-			a.run()
-		} else {
-			a.run("--join", agents[0].gossip)
-		}
-		agents = append(agents, a)
-	}
-	waitAlive(t, agents, 3)
+	}, "--allow-unsigned")
 
 	_, stderr, err := agents[0].cli("upgrade", "--to", "2.0.0", "--artifact", bins["v2"], "--batch", "1",
 		"--min-healthy", "1s", "--deadline", "10s", "--detach")
