@@ -118,11 +118,14 @@ func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) (err error) {
 	}
 
 	everyone := map[string]ProtocolRange{}
-	known := map[string]ProtocolRange{}
+	known := map[string]bool{} // members of this node's view, and those it knew before restarting
+	for name := range previous {
+		known[name] = true
+	}
 	for _, m := range local {
 		if inCluster(m) {
 			everyone[m.Name] = m.Protocol
-			known[m.Name] = m.Protocol
+			known[m.Name] = true
 		}
 	}
 	for _, m := range theirs {
@@ -139,8 +142,7 @@ func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) (err error) {
 	// back to a build without the protocol everyone else now speaks; it
 	// must get back in, and the active protocol falls back with it). Only
 	// a newcomer is held to the active protocol.
-	member := func(name string) bool { _, ok := known[name]; return ok || previous[name] }
-	if returning || len(theirs) > 1 || (len(theirs) == 1 && member(theirs[0].Name)) {
+	if returning || len(theirs) > 1 || (len(theirs) == 1 && known[theirs[0].Name]) {
 		var all []ProtocolRange
 		for _, r := range everyone {
 			all = append(all, r)
