@@ -56,8 +56,10 @@ type Cluster struct {
 
 // Handler receives the cluster's user events and queries. Queries are
 // answered on their own goroutine, so a slow answer does not hold up gossip.
+// Events may arrive out of order, or again after a restart: ltime is the
+// event's Lamport time, higher for an event sent after another was seen.
 type Handler interface {
-	HandleEvent(name string, payload []byte)
+	HandleEvent(name string, ltime uint64, payload []byte)
 	HandleQuery(name string, payload []byte) ([]byte, error)
 }
 
@@ -442,7 +444,7 @@ func (c *Cluster) eventLoop(ctx context.Context) {
 				}
 			case serf.UserEvent:
 				if c.handler != nil {
-					c.handler.HandleEvent(e.Name, e.Payload)
+					c.handler.HandleEvent(e.Name, uint64(e.LTime), e.Payload)
 				}
 			case *serf.Query:
 				if c.handler == nil {

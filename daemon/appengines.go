@@ -24,10 +24,10 @@ import (
 // peerd's own, or a managed application's.
 type engineMux struct{ a *Agent }
 
-func (m engineMux) HandleEvent(name string, payload []byte) {
+func (m engineMux) HandleEvent(name string, ltime uint64, payload []byte) {
 	for _, e := range m.a.engines() {
 		if e.Handles(name) {
-			e.HandleEvent(name, payload)
+			e.HandleEvent(name, ltime, payload)
 		}
 	}
 }

@@ -18,6 +18,19 @@ const (
 type controlMsg struct {
 	PlanID string `json:"plan_id"`
 	Action string `json:"action"`
+	ltime  uint64 // the event's Lamport time
+}
+
+// takeControl reports whether operator action c is news to st, and notes it.
+// Serf delivers events in no set order and may deliver one again after a
+// restart: a pause that arrives after the resume issued after it must not
+// leave the node paused.
+func (st *NodeState) takeControl(c controlMsg) bool {
+	if c.PlanID != st.PlanID || c.ltime != 0 && c.ltime <= st.ControlLTime {
+		return false
+	}
+	st.ControlLTime = max(st.ControlLTime, c.ltime)
+	return true
 }
 
 // Control broadcasts an operator action on the current plan to every node.
@@ -53,7 +66,7 @@ func (e *Engine) applyControl() {
 	e.mu.Unlock()
 	for _, c := range msgs {
 		st := e.State()
-		if c.PlanID != st.PlanID {
+		if !st.takeControl(c) {
 			continue
 		}
 		log := e.log.With("plan", short(st.PlanID), "wave", st.Wave, "action", c.Action)

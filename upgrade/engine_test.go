@@ -106,3 +106,28 @@ func TestRecover(t *testing.T) {
 		})
 	}
 }
+
+// TestControlOrder: Serf delivers user events in no set order, and again
+// after a restart. A node applies an operator action only when it is newer
+// than the last one it applied, so a pause that arrives after the resume
+// sent after it does not leave the node paused.
+func TestControlOrder(t *testing.T) {
+	st := NodeState{PlanID: "p"}
+	pause := controlMsg{PlanID: "p", Action: ActionPause, ltime: 7}
+	resume := controlMsg{PlanID: "p", Action: ActionResume, ltime: 9}
+
+	assert.True(t, st.takeControl(resume), "the resume arrives first")
+	assert.False(t, st.takeControl(pause), "the older pause, late, is ignored")
+	assert.False(t, st.takeControl(resume), "and so is the resume delivered again")
+	assert.Equal(t, uint64(9), st.ControlLTime)
+
+	assert.False(t, st.takeControl(controlMsg{PlanID: "other", Action: ActionAbort, ltime: 12}), "another plan's action")
+	assert.True(t, st.takeControl(controlMsg{PlanID: "p", Action: ActionPause, ltime: 10}), "a newer pause")
+
+	// What was applied survives a restart with the state file.
+	path := filepath.Join(t.TempDir(), "state.json")
+	require.NoError(t, SaveState(path, st))
+	back, err := LoadState(path)
+	require.NoError(t, err)
+	assert.False(t, back.takeControl(resume), "a replayed old resume after a restart")
+}

@@ -18,7 +18,7 @@ import (
 )
 
 // HandleEvent receives the cluster's user events.
-func (e *Engine) HandleEvent(name string, payload []byte) {
+func (e *Engine) HandleEvent(name string, ltime uint64, payload []byte) {
 	switch name {
 	case e.name(eventPlan):
 		id := strings.TrimSpace(string(payload))
@@ -29,6 +29,7 @@ func (e *Engine) HandleEvent(name string, payload []byte) {
 	case e.name(eventControl):
 		var c controlMsg
 		if err := decodeJSON(payload, &c); err == nil {
+			c.ltime = ltime
 			e.control(c)
 		}
 	}

@@ -49,6 +49,9 @@ type NodeState struct {
 	Starts int `json:"starts,omitempty"`
 	// Paused holds the node before its next lease request.
 	Paused bool `json:"paused,omitempty"`
+	// ControlLTime is the Lamport time of the last operator action
+	// (pause, resume, abort) applied; an older one is ignored.
+	ControlLTime uint64 `json:"control_ltime,omitempty"`
 	// RolledBackFrom lists versions this node rolled back from. It does not
 	// retry them on its own (no rollback loop); only `resume` or a new plan
 	// naming the version again clears one.
