@@ -59,10 +59,11 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	st := e.State()
 	id := st.PlanID
 	e.mu.Lock()
-	if e.latest != "" && e.latest != id {
-		id = e.latest // announced here, not adopted yet
-	}
+	latest := e.latest
 	e.mu.Unlock()
+	if latest != "" && latest != id && e.newerPlan(ctx, latest, id) {
+		id = latest // announced here, not adopted yet
+	}
 	if id == "" {
 		return Status{State: StateNone}, nil
 	}
@@ -153,6 +154,22 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 		out.State = StateRunning
 	}
 	return out, nil
+}
+
+// newerPlan reports whether plan a was made after plan b (or b is none).
+// The last plan announced to this node is not always the newest: Serf
+// delivers events in no set order, and a node may adopt a plan it found in
+// its peers' tags before the event announcing it arrives, if ever.
+func (e *Engine) newerPlan(ctx context.Context, a, b string) bool {
+	if b == "" {
+		return true
+	}
+	pa, errA := e.planByID(ctx, a)
+	pb, errB := e.planByID(ctx, b)
+	if errA != nil || errB != nil {
+		return errB != nil // show what can be shown
+	}
+	return pa.Created.After(pb.Created)
 }
 
 // reasonOf asks a failed node why (the tag has no room for it).
