@@ -133,7 +133,7 @@ func (a *Agent) syncApps() {
 // advertiseApp sets one of an application's tags ("" removes it). Only a
 // change is gossiped: every SetTag is a cluster-wide update.
 func (a *Agent) advertiseApp(name, key, value string) {
-	if old, ok := a.appTags[key]; ok && old == value || !ok && value == "" {
+	if a.appTags[key] == value { // a tag never set reads "", as a removed one
 		return
 	}
 	if err := a.cluster.SetTag(key, value); err != nil {
