@@ -8,6 +8,7 @@ require (
 	github.com/hashicorp/hcl/v2 v2.25.0
 	github.com/hashicorp/memberlist v0.7.0
 	github.com/hashicorp/serf v0.11.0
+	github.com/jonboulle/clockwork v0.5.0
 	github.com/kr/binarydist v0.1.0
 	github.com/minio/selfupdate v0.6.0
 	github.com/prometheus/client_golang v1.25.0

@@ -54,14 +54,21 @@ type Cluster struct {
 	closed   bool
 }
 
-// Handler receives the cluster's user events and queries. Queries are
-// answered on their own goroutine, so a slow answer does not hold up gossip.
-// Events may arrive out of order, or again after a restart: ltime is the
-// event's Lamport time, higher for an event sent after another was seen.
+// Handler receives the cluster's member changes, user events and queries.
+// Queries are answered on their own goroutine, so a slow answer does not
+// hold up gossip. Events may arrive out of order, or again after a
+// restart: ltime is the event's Lamport time, higher for an event sent
+// after another was seen. Member changes arrive in order, on one
+// goroutine, and must not block.
 type Handler interface {
+	HandleMembers(ms []Member)
 	HandleEvent(name string, ltime uint64, payload []byte)
 	HandleQuery(name string, payload []byte) ([]byte, error)
 }
+
+// StatusReaped is the status HandleMembers reports for a member that was
+// removed from the member list (Serf reaps left and long-failed members).
+const StatusReaped = "reaped"
 
 // SetHandler installs h; it must be called before Start.
 func (c *Cluster) SetHandler(h Handler) { c.handler = h }
@@ -291,9 +298,10 @@ func (c *Cluster) Broadcast(name string, payload []byte) error {
 }
 
 // Query asks the given nodes (all members when nodes is empty) and collects
-// their answers until every one answered, enough (if not nil) says the
+// their answers until every one answered, enough (if not nil; called once
+// per answer, as it arrives, so that a caller can count in O(1)) says the
 // answers so far suffice, the timeout passed, or ctx ended.
-func (c *Cluster) Query(ctx context.Context, name string, payload []byte, nodes []string, timeout time.Duration, enough func(map[string][]byte) bool) (map[string][]byte, error) {
+func (c *Cluster) Query(ctx context.Context, name string, payload []byte, nodes []string, timeout time.Duration, enough func(from string, answer []byte) bool) (map[string][]byte, error) {
 	resp, err := c.serf.Query(name, payload, &serf.QueryParam{FilterNodes: nodes, Timeout: timeout})
 	if err != nil {
 		return nil, fmt.Errorf("query %s: %w", name, err)
@@ -307,8 +315,11 @@ func (c *Cluster) Query(ctx context.Context, name string, payload []byte, nodes 
 			if !ok {
 				return out, nil
 			}
+			if _, dup := out[r.From]; dup {
+				continue
+			}
 			out[r.From] = r.Payload
-			if (want > 0 && len(out) >= want) || (enough != nil && enough(out)) {
+			if (enough != nil && enough(r.From, r.Payload)) || (want > 0 && len(out) >= want) {
 				return out, nil
 			}
 		case <-ctx.Done():
@@ -434,6 +445,16 @@ func (c *Cluster) eventLoop(ctx context.Context) {
 		case e := <-c.events:
 			switch e := e.(type) {
 			case serf.MemberEvent:
+				if c.handler != nil {
+					ms := make([]Member, len(e.Members))
+					for i, m := range e.Members {
+						ms[i] = toMember(m)
+						if e.EventType() == serf.EventMemberReap {
+							ms[i].Status = StatusReaped
+						}
+					}
+					c.handler.HandleMembers(ms)
+				}
 				if e.EventType() == serf.EventMemberUpdate {
 					continue // tag changes (rollout progress) are too frequent to log
 				}

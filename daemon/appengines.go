@@ -21,8 +21,20 @@ import (
 )
 
 // engineMux hands each Serf event and query to the engine it is for:
-// peerd's own, or a managed application's.
+// peerd's own, or a managed application's; and member changes to all.
 type engineMux struct{ a *Agent }
+
+func (m engineMux) HandleMembers(ms []cluster.Member) {
+	a := m.a
+	if a.engine != nil {
+		a.engine.MembersChanged(ms)
+	}
+	a.appMu.Lock()
+	defer a.appMu.Unlock()
+	for name, e := range a.appEngines {
+		e.MembersChanged(appMembers(ms, TagAppPrefix+name))
+	}
+}
 
 func (m engineMux) HandleEvent(name string, ltime uint64, payload []byte) {
 	for _, e := range m.a.engines() {
@@ -55,18 +67,29 @@ func (a *Agent) engines() []*upgrade.Engine {
 	return out
 }
 
-// engineFor picks the engine a request is for: ?target=NAME, peerd by
-// default. It answers 404 itself when there is none.
-func (a *Agent) engineFor(w http.ResponseWriter, r *http.Request) (*upgrade.Engine, bool) {
-	target := r.URL.Query().Get("target")
+// engineFor is the engine of target: peerd's for "", or an application's.
+func (a *Agent) engineFor(target string) (*upgrade.Engine, error) {
 	if target == "" || target == upgrade.TargetPeerd {
-		return a.engine, a.engine != nil
+		if a.engine == nil {
+			return nil, errors.New("the rollout engine is not running")
+		}
+		return a.engine, nil
 	}
 	a.appMu.Lock()
 	e := a.appEngines[target]
 	a.appMu.Unlock()
 	if e == nil {
-		writeError(w, http.StatusNotFound, fmt.Errorf("no application %q on this node: declare it with app %q { ... } in the agent config", target, target))
+		return nil, fmt.Errorf("no application %q on this node: declare it with app %q { ... } in the agent config", target, target)
+	}
+	return e, nil
+}
+
+// engineOf picks the engine a request is for (?target=NAME, peerd by
+// default), answering 404 itself when there is none.
+func (a *Agent) engineOf(w http.ResponseWriter, r *http.Request) (*upgrade.Engine, bool) {
+	e, err := a.engineFor(r.URL.Query().Get("target"))
+	if err != nil {
+		writeError(w, http.StatusNotFound, err)
 		return nil, false
 	}
 	return e, true
@@ -81,44 +104,43 @@ func (a *Agent) newAppEngine(sup *apps.Supervisor) (*upgrade.Engine, error) {
 		return nil, fmt.Errorf("--trust-key: %w", err)
 	}
 	return upgrade.New(upgrade.Config{
-		DataDir:       a.cfg.DataDir,
-		Dir:           filepath.Join(a.cfg.DataDir, "apps", sup.Name(), "rollout"),
-		Target:        sup.Name(),
-		Versions:      sup.Versions(),
-		Build:         a.opts.Build,
-		TrustedKeys:   keys,
-		AllowUnsigned: a.cfg.AllowUnsigned,
-		Healthy: func(context.Context) error {
-			st := sup.Status()
-			if !st.Healthy() {
-				if st.Reason != "" {
-					return fmt.Errorf("%s is %s: %s", st.Name, st.State, st.Reason)
-				}
-				return fmt.Errorf("%s is %s", st.Name, st.State)
-			}
-			return nil
-		},
-		App: &upgrade.AppTarget{
-			Running: sup.Running,
-			Restart: func() error {
-				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		DataDir: a.cfg.DataDir,
+		Dir:     filepath.Join(a.cfg.DataDir, "apps", sup.Name(), "rollout"),
+		Target: &upgrade.App{
+			AppName: sup.Name(),
+			Store:   sup.Versions(),
+			Run:     sup.Running,
+			Start: func(ctx context.Context) error {
+				ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 				defer cancel()
 				return sup.Restart(ctx)
 			},
-			Check: func(_ context.Context, path, version string) error {
+			Preflight: func(_ context.Context, path, version string) error {
 				return checkAppArtifact(path, sup.Name(), version, a.appInstances)
 			},
-			Install: func(staged, version, running string) error {
+			Put: func(staged, version, running string) error {
 				return installAppArtifact(sup.Versions(), staged, version, running)
 			},
+			Health: func(context.Context) error {
+				st := sup.Status()
+				if !st.Healthy() {
+					if st.Reason != "" {
+						return fmt.Errorf("%s is %s: %s", st.Name, st.State, st.Reason)
+					}
+					return fmt.Errorf("%s is %s", st.Name, st.State)
+				}
+				return nil
+			},
 			BaseVersion: sup.BaseVersion(),
-			VersionOf: func(m cluster.Member) string {
+			MemberVersion: func(m cluster.Member) string {
 				app, _ := parseAppTag(m, sup.Name())
 				return app.Version
 			},
 		},
-		PeerHTTPAddr: func(m cluster.Member) string { return memberRow(m).HTTPAddr },
-		Logger:       a.opts.Logger,
+		TrustedKeys:   keys,
+		AllowUnsigned: a.cfg.AllowUnsigned,
+		PeerHTTPAddr:  func(m cluster.Member) string { return memberRow(m).HTTPAddr },
+		Logger:        a.opts.Logger,
 	}, appNetwork{Cluster: a.cluster, tag: TagAppPrefix + sup.Name()})
 }
 
@@ -134,6 +156,19 @@ func (n appNetwork) Members() []cluster.Member {
 	for _, m := range n.Cluster.Members() {
 		if _, ok := m.Tags[n.tag]; ok {
 			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// appMembers is a member change as an application's engine sees it: a
+// member without the application is gone from its view.
+func appMembers(ms []cluster.Member, tag string) []cluster.Member {
+	out := make([]cluster.Member, len(ms))
+	for i, m := range ms {
+		out[i] = m
+		if _, ok := m.Tags[tag]; !ok {
+			out[i].Status = cluster.StatusReaped
 		}
 	}
 	return out

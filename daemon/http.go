@@ -26,9 +26,8 @@ func (a *Agent) controlHandler() http.Handler {
 	mux.HandleFunc("POST /v1/leave", a.handleLeave)
 	mux.HandleFunc("POST /v1/rollout/artifacts", a.handleUpload)
 	mux.HandleFunc("POST /v1/rollout/trigger", a.handleTrigger)
-	mux.HandleFunc("GET /v1/rollout/status", a.handleStatus)
 	mux.HandleFunc("POST /v1/rollout/control/{action}", a.handleControl)
-	mux.HandleFunc("GET /v1/rollout/node", a.handleNodeState)
+	upgrade.StateRoutes(mux, a.engineFor)
 	return mux
 }
 
@@ -39,10 +38,7 @@ func (a *Agent) peerHandler() http.Handler {
 	mux.HandleFunc("GET /v1/health", a.handleHealth)
 	mux.HandleFunc("GET /v1/info", a.handleInfo)
 	mux.Handle("GET /metrics", a.metricsHandler())
-	mux.HandleFunc("GET /v1/rollout/plans/{id}", a.handlePlan)
-	mux.HandleFunc("GET /v1/rollout/artifacts/{sha}", a.handleArtifact)
-	mux.HandleFunc("GET /v1/rollout/node", a.handleNodeState)
-	mux.HandleFunc("GET /v1/rollout/status", a.handleStatus)
+	upgrade.PeerRoutes(mux, a.engineFor)
 	return mux
 }
 
@@ -54,57 +50,8 @@ func (a *Agent) handleApps(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, rows)
 }
 
-func (a *Agent) handlePlan(w http.ResponseWriter, r *http.Request) {
-	e, ok := a.engineFor(w, r)
-	if !ok {
-		return
-	}
-	b, err := e.PlanBytes(r.PathValue("id"))
-	if err != nil {
-		writeError(w, http.StatusNotFound, fmt.Errorf("no plan %s here", r.PathValue("id")))
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(b)
-}
-
-func (a *Agent) handleArtifact(w http.ResponseWriter, r *http.Request) {
-	e, ok := a.engineFor(w, r)
-	if !ok {
-		return
-	}
-	f, size, err := e.OpenArtifact(r.PathValue("sha"))
-	if err != nil {
-		writeError(w, http.StatusNotFound, fmt.Errorf("no artifact %s here", r.PathValue("sha")))
-		return
-	}
-	defer f.Close()
-	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Length", fmt.Sprint(size))
-	_, _ = io.Copy(w, f)
-}
-
-func (a *Agent) handleNodeState(w http.ResponseWriter, r *http.Request) {
-	if e, ok := a.engineFor(w, r); ok {
-		writeJSON(w, e.State())
-	}
-}
-
-func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
-	e, ok := a.engineFor(w, r)
-	if !ok {
-		return
-	}
-	st, err := e.Status(r.Context())
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, err)
-		return
-	}
-	writeJSON(w, st)
-}
-
 func (a *Agent) handleUpload(w http.ResponseWriter, r *http.Request) {
-	e, ok := a.engineFor(w, r)
+	e, ok := a.engineOf(w, r)
 	if !ok {
 		return
 	}
@@ -122,7 +69,7 @@ func (a *Agent) handleTrigger(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("decode upgrade request: %w", err))
 		return
 	}
-	e, ok := a.engineFor(w, r)
+	e, ok := a.engineOf(w, r)
 	if !ok {
 		return
 	}
@@ -135,7 +82,7 @@ func (a *Agent) handleTrigger(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) handleControl(w http.ResponseWriter, r *http.Request) {
-	e, ok := a.engineFor(w, r)
+	e, ok := a.engineOf(w, r)
 	if !ok {
 		return
 	}

@@ -24,22 +24,24 @@ func (a *Agent) newEngine() (*upgrade.Engine, error) {
 		return nil, fmt.Errorf("--trust-key: %w", err)
 	}
 	return upgrade.New(upgrade.Config{
-		DataDir:       a.cfg.DataDir,
-		Executable:    a.opts.Executable,
-		Versions:      a.Versions(),
-		Build:         a.opts.Build,
+		DataDir: a.cfg.DataDir,
+		Target: &upgrade.Self{
+			Build:      a.opts.Build,
+			Executable: a.opts.Executable,
+			Store:      a.Versions(),
+			Health:     a.healthy,
+			RequestRestart: func() {
+				select {
+				case a.restart <- struct{}{}:
+				default:
+				}
+			},
+		},
 		TrustedKeys:   keys,
 		AllowUnsigned: a.cfg.AllowUnsigned,
-		Healthy:       a.healthy,
-		RequestRestart: func() {
-			select {
-			case a.restart <- struct{}{}:
-			default:
-			}
-		},
-		PeerHTTPAddr: func(m cluster.Member) string { return memberRow(m).HTTPAddr },
-		Logger:       a.opts.Logger,
-		HookDir:      a.opts.HookDir,
+		PeerHTTPAddr:  func(m cluster.Member) string { return memberRow(m).HTTPAddr },
+		Logger:        a.opts.Logger,
+		HookDir:       a.opts.HookDir,
 	}, a.cluster)
 }
 

@@ -15,6 +15,7 @@ const (
 	ActionAbort  = "abort"
 )
 
+// controlMsg is an operator action as a Serf event carries it.
 type controlMsg struct {
 	PlanID string `json:"plan_id"`
 	Action string `json:"action"`
@@ -33,7 +34,8 @@ func (st *NodeState) takeControl(c controlMsg) bool {
 	return true
 }
 
-// Control broadcasts an operator action on the current plan to every node.
+// Control broadcasts an operator action on the current plan to every node;
+// each node's state machine applies it (machine.go, applyControl).
 func (e *Engine) Control(_ context.Context, action string) (string, error) {
 	if !slices.Contains([]string{ActionPause, ActionResume, ActionAbort}, action) {
 		return "", fmt.Errorf("unknown action %q: want pause, resume or abort", action)
@@ -47,46 +49,4 @@ func (e *Engine) Control(_ context.Context, action string) (string, error) {
 		return "", err
 	}
 	return id, nil
-}
-
-// control applies an operator action to this node. It runs on the cluster's
-// event goroutine, so it hands the change to the state machine's owner.
-func (e *Engine) control(c controlMsg) {
-	e.mu.Lock()
-	e.pendingCtl = append(e.pendingCtl, c)
-	e.mu.Unlock()
-	e.wake()
-}
-
-// applyControl runs on the state machine's goroutine.
-func (e *Engine) applyControl() {
-	e.mu.Lock()
-	msgs := e.pendingCtl
-	e.pendingCtl = nil
-	e.mu.Unlock()
-	for _, c := range msgs {
-		st := e.State()
-		if !st.takeControl(c) {
-			continue
-		}
-		log := e.log.With("plan", short(st.PlanID), "wave", st.Wave, "action", c.Action)
-		switch c.Action {
-		case ActionPause:
-			st.Paused = true
-		case ActionResume:
-			st.Paused = false
-			if st.Phase == PhaseFailed {
-				// The operator fixed the cause: try this version again.
-				st.RolledBackFrom = slices.DeleteFunc(st.RolledBackFrom, func(v string) bool { return v == st.ToVersion })
-				st.Phase, st.Reason, st.Starts = PhaseWait, "", 0
-			}
-		case ActionAbort:
-			switch st.Phase {
-			case PhaseWait, PhasePrepare, PhaseReady:
-				st.Phase = PhaseAborted
-				st.Reason = "aborted by the operator"
-			}
-		}
-		e.transition(st, log)
-	}
 }

@@ -87,12 +87,12 @@ func TestRecover(t *testing.T) {
 			require.NoError(t, SaveState(filepath.Join(dir, "rollout", "state.json"), NodeState{
 				PlanID: "p", Phase: tc.phase, FromVersion: "1.0.0", ToVersion: "2.0.0", Starts: starts,
 			}))
-			e, err := New(Config{
-				DataDir: dir, Executable: filepath.Join(dir, "peerd"), Build: buildinfo.Info{Version: tc.running},
-				Versions: versions.New(filepath.Join(dir, "versions"), "peerd", filepath.Join(dir, "peerd")),
-			}, nil)
+			e, err := New(Config{DataDir: dir, Target: &Self{
+				Executable: filepath.Join(dir, "peerd"), Build: buildinfo.Info{Version: tc.running},
+				Store: versions.New(filepath.Join(dir, "versions"), "peerd", filepath.Join(dir, "peerd")),
+			}}, nil)
 			require.NoError(t, err)
-			require.NoError(t, e.recover())
+			require.NoError(t, e.m.recover())
 			st := e.State()
 			assert.Equal(t, tc.wantPhase, st.Phase)
 			assert.Equal(t, tc.wantStarts, st.Starts)

@@ -16,54 +16,52 @@ type leaseAnswer struct {
 	Reason  string `json:"reason,omitempty"`
 }
 
-// requestLease asks every alive member of the plan's snapshot for the
-// wave's lease and reports whether a majority of the snapshot granted it.
-func (e *Engine) requestLease(ctx context.Context, p plan.Plan, wave int) (bool, string) {
-	req := lease.Request{PlanID: p.ID(), Wave: wave, TTL: p.Options.Deadline, Node: e.net.LocalMember().Name}
+// quorumLeases is the lease requester over the cluster: a Serf query to
+// the alive members of the plan's snapshot, granted by a majority of the
+// whole snapshot (package lease counts).
+type quorumLeases struct{ e *Engine }
+
+func (q quorumLeases) Request(ctx context.Context, p *plan.Compiled, wave int) (bool, string) {
+	e := q.e
+	req := lease.Request{PlanID: p.ID, Wave: wave, TTL: p.Options.Deadline, Node: e.net.LocalMember().Name}
 	payload, _ := json.Marshal(req)
-	inSnapshot := map[string]bool{}
-	for _, m := range p.Members {
-		inSnapshot[m.Name] = true
-	}
 	var ask []string
 	for _, m := range e.net.Members() {
-		if inSnapshot[m.Name] && m.Status == "alive" {
+		if p.InSnapshot(m.Name) && m.Status == "alive" {
 			ask = append(ask, m.Name)
 		}
 	}
-	count := func(answers map[string][]byte) (*lease.Tally, []string) {
-		tally := lease.NewTally(len(p.Members))
-		var refusals []string
-		for from, b := range answers {
-			var a leaseAnswer
-			if json.Unmarshal(b, &a) != nil || !inSnapshot[from] {
-				continue
-			}
-			tally.Add(from, a.Granted)
-			if !a.Granted {
-				refusals = append(refusals, from+": "+a.Reason)
-			}
+	tally := lease.NewTally(len(p.Members))
+	var refusals []string
+	count := func(from string, b []byte) {
+		var a leaseAnswer
+		if !p.InSnapshot(from) || json.Unmarshal(b, &a) != nil {
+			return
 		}
-		return tally, refusals
+		tally.Add(from, a.Granted)
+		if !a.Granted {
+			refusals = append(refusals, from+": "+a.Reason)
+		}
 	}
 	// Stop listening once a majority granted: wave-mates that just went
 	// offline will not answer, and waiting for them only delays the wave.
-	enough := func(answers map[string][]byte) bool {
-		t, _ := count(answers)
-		return t.Granted()
+	enough := func(from string, b []byte) bool {
+		count(from, b)
+		return tally.Granted()
 	}
-	answers, err := e.net.Query(ctx, e.name(queryLease), payload, ask, e.cfg.QueryTimeout, enough)
-	if err != nil && len(answers) == 0 {
+	_, err := e.net.Query(ctx, e.name(queryLease), payload, ask, e.cfg.QueryTimeout, enough)
+	granted, refused := tally.Counts()
+	if err != nil && granted+refused == 0 {
 		return false, err.Error()
 	}
-	tally, refusals := count(answers)
 	sort.Strings(refusals)
-	granted, refused := tally.Counts()
 	return tally.Granted(), fmt.Sprintf("%d granted, %d refused of %d (need %d): %s",
 		granted, refused, len(p.Members), lease.Quorum(len(p.Members)), strings.Join(refusals, "; "))
 }
 
-// answerLease is this node's vote as a granter.
+// answerLease is this node's vote as a granter. It runs on the query's own
+// goroutine, beside the state machine: it reads the view and the plan
+// store, and the granter serialises the decision itself.
 func (e *Engine) answerLease(payload []byte) []byte {
 	refuse := func(format string, a ...any) []byte {
 		e.metrics.refusedVote()
@@ -80,35 +78,29 @@ func (e *Engine) answerLease(payload []byte) []byte {
 	if err != nil {
 		return refuse("unknown plan %s", short(req.PlanID))
 	}
-	waves, err := p.Waves()
-	if err != nil {
-		return refuse("plan %s: %v", p.ShortID(), err)
-	}
 	// A wave that has settled no longer needs its grant, whatever its plan.
+	held := false
 	for _, g := range e.granter.Live() {
 		if g.PlanID == req.PlanID && g.Wave == req.Wave {
+			held = true
 			continue
 		}
-		gp, err := e.planByID(ctx, g.PlanID)
-		if err != nil {
-			continue // unknown plan: keep the grant until it expires (safe)
-		}
-		gwaves, err := gp.Waves()
-		if err != nil || !e.waveSettled(gp, gwaves, g.Wave) {
-			continue
+		gp, ok := e.plans.local(g.PlanID)
+		if !ok || !e.view.waveSettled(gp, g.Wave) {
+			continue // unknown plan or wave in flight: keep the grant until it expires (safe)
 		}
 		if err := e.granter.Release(g.PlanID, g.Wave); err != nil {
 			return refuse("release grant: %v", err)
 		}
 	}
-	held := e.holdsGrant(req.PlanID, req.Wave)
-	gr, err := e.granter.Decide(req, func(_ string, w int) bool { return e.earlierWavesDone(p, waves, w) })
-	e.log.Debug("lease vote", "plan", p.ShortID(), "requester", req.Node, "wave", req.Wave,
-		"granted", err == nil, "voter_version", e.running(), "err", err)
+	gr, err := e.granter.Decide(req, func(_ string, w int) bool { return e.view.earlierWavesDone(p, w) })
+	running, _ := e.target.Running()
+	e.log.Debug("lease vote", "plan", p.Short, "requester", req.Node, "wave", req.Wave,
+		"granted", err == nil, "voter_version", running, "err", err)
 	if err != nil {
 		return refuse("%v", err)
 	}
-	e.metrics.grantedVote(gr, held, e.cfg.Clock.Now())
+	e.metrics.grantedVote(gr, held, e.clock.Now())
 	b, _ := json.Marshal(leaseAnswer{Granted: true})
 	return b
 }

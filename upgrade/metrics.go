@@ -2,7 +2,6 @@ package upgrade
 
 import (
 	"maps"
-	"slices"
 	"sync"
 	"time"
 
@@ -23,11 +22,6 @@ const (
 // Stats.Upgrades: from taking the lease to passing (or failing) the health
 // gate, which takes at least the plan's MinHealthy.
 var UpgradeDurationBuckets = []float64{1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}
-
-// Phases lists every phase in state machine order (see state.go).
-func Phases() []Phase {
-	return []Phase{PhaseWait, PhasePrepare, PhaseReady, PhaseApply, PhaseRestart, PhaseHealth, PhaseDone, PhaseFailed, PhaseAborted}
-}
 
 // Stats are the engine's counters since this process started.
 type Stats struct {
@@ -61,13 +55,6 @@ func (e *Engine) Stats() Stats {
 	s := e.metrics.snapshot()
 	s.ArtifactBytesServed = e.BytesServed()
 	return s
-}
-
-// holdsGrant reports whether this node holds a live grant for the wave.
-func (e *Engine) holdsGrant(planID string, wave int) bool {
-	return slices.ContainsFunc(e.granter.Live(), func(g lease.Grant) bool {
-		return g.PlanID == planID && g.Wave == wave
-	})
 }
 
 // engineMetrics is the engine's part of Stats. Its zero value is ready.

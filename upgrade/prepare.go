@@ -12,7 +12,6 @@ import (
 	"runtime"
 	"sort"
 
-	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/internal/durable"
 	"github.com/peerd/peerd/upgrade/artifact"
@@ -30,12 +29,13 @@ var ErrUnsigned = errors.New("unsigned artifact refused: start the agent with --
 
 // prepare gets the plan's artifact into the store (by patch where this
 // node runs the patch's base version), verifies digest and signature, and
-// runs the new binary's preflight. It all happens online, before the lease.
-func (e *Engine) prepare(ctx context.Context, p plan.Plan) error {
+// runs the target's preflight. It all happens online, before the lease, on
+// an op's goroutine: it reads only what it is given and shared stores.
+func (e *Engine) prepare(ctx context.Context, p *plan.Compiled, running, runningPath string, active int) error {
 	sha := p.Artifact.SHA256
-	if !e.store.Has(sha) && p.Patch != nil && p.Patch.FromVersion == e.running() {
-		if err := e.preparePatch(ctx, p); err != nil {
-			e.log.Warn("patch failed; falling back to the full artifact", "plan", p.ShortID(), "err", err)
+	if !e.store.Has(sha) && p.Patch != nil && p.Patch.FromVersion == running {
+		if err := e.preparePatch(ctx, p, runningPath); err != nil {
+			e.log.Warn("patch failed; falling back to the full artifact", "plan", p.Short, "err", err)
 		}
 	}
 	if !e.store.Has(sha) {
@@ -43,44 +43,31 @@ func (e *Engine) prepare(ctx context.Context, p plan.Plan) error {
 			return err
 		}
 	}
-	info, err := e.verify(ctx, p)
-	if err != nil || e.cfg.App != nil {
-		return err
-	}
-	return artifact.CheckBuild(info, p.Version, runtime.GOOS, runtime.GOARCH, e.net.ProtocolRange().Max)
+	_, err := e.verify(ctx, p, active)
+	return err
 }
 
 // verify checks the stored artifact's signature, stages it as an
-// executable and runs its preflight. The origin (before announcing) and
-// every node (before its lease) go through it alike.
-func (e *Engine) verify(ctx context.Context, p plan.Plan) (buildinfo.Info, error) {
+// executable and runs the target's preflight. The origin (before
+// announcing) and every node (before its lease) go through it alike.
+func (e *Engine) verify(ctx context.Context, p *plan.Compiled, active int) ([]string, error) {
 	data, err := os.ReadFile(e.store.Path(p.Artifact.SHA256))
 	if err != nil {
-		return buildinfo.Info{}, fmt.Errorf("read artifact: %w", err)
+		return nil, fmt.Errorf("read artifact: %w", err)
 	}
 	if err := e.verifySignature(p, data); err != nil {
-		return buildinfo.Info{}, err
+		return nil, err
 	}
 	staged := e.stagedPath(p)
 	if err := durable.WriteFile(staged, data, 0o755); err != nil {
-		return buildinfo.Info{}, fmt.Errorf("stage artifact: %w", err)
+		return nil, fmt.Errorf("stage artifact: %w", err)
 	}
-	if e.cfg.App != nil {
-		if err := e.cfg.App.Check(ctx, staged, p.Version); err != nil {
-			return buildinfo.Info{}, fmt.Errorf("preflight: %w", err)
-		}
-		return buildinfo.Info{Version: p.Version, OS: runtime.GOOS, Arch: runtime.GOARCH}, nil
-	}
-	info, err := artifact.Preflight(ctx, staged)
-	if err != nil {
-		return buildinfo.Info{}, fmt.Errorf("preflight: %w", err)
-	}
-	return info, nil
+	return e.target.Check(ctx, Check{Staged: staged, Version: p.Version, Rollback: p.Rollback, ActiveProtocol: active})
 }
 
 // preparePatch fetches the plan's patch, applies it to the running binary
 // and stores the result only if it hashes to the full artifact's digest.
-func (e *Engine) preparePatch(ctx context.Context, p plan.Plan) error {
+func (e *Engine) preparePatch(ctx context.Context, p *plan.Compiled, runningPath string) error {
 	if !e.store.Has(p.Patch.SHA256) {
 		if err := e.fetch(ctx, p, p.Patch.SHA256); err != nil {
 			return err
@@ -92,17 +79,17 @@ func (e *Engine) preparePatch(ctx context.Context, p plan.Plan) error {
 	}
 	defer f.Close()
 	var out bytes.Buffer
-	if err := artifact.ApplyPatch(e.runningPath(), f, &out); err != nil {
-		return fmt.Errorf("apply patch to %s: %w", e.runningPath(), err)
+	if err := artifact.ApplyPatch(runningPath, f, &out); err != nil {
+		return fmt.Errorf("apply patch to %s: %w", runningPath, err)
 	}
 	if _, _, err := e.store.Put(&out, p.Artifact.SHA256); err != nil {
 		return fmt.Errorf("patched binary: %w", err)
 	}
-	e.log.Info("built the new binary from the patch", "plan", p.ShortID(), "patch_bytes", p.Patch.Size)
+	e.log.Info("built the new binary from the patch", "plan", p.Short, "patch_bytes", p.Patch.Size)
 	return nil
 }
 
-func (e *Engine) verifySignature(p plan.Plan, data []byte) error {
+func (e *Engine) verifySignature(p *plan.Compiled, data []byte) error {
 	sig := p.Artifact.Signature
 	// A rollback may carry no signature: a node accepts the binary it ran
 	// before and kept, byte for byte, and nothing else unsigned.
@@ -131,42 +118,50 @@ func (e *Engine) verifySignature(p plan.Plan, data []byte) error {
 	return nil
 }
 
+// keptPath is the binary a rollback of this node's current version brings
+// back: the version store's previous one, or the launcher.
+func (e *Engine) keptPath() string {
+	b, err := e.target.Versions().Previous()
+	if err != nil {
+		return ""
+	}
+	return b.Path
+}
+
 // fetch gets a blob by digest from the peers that have it first, then the
 // plan's origin, then its URL, so origin egress stays near one copy however
 // large the fleet. The store checks the digest as it writes.
-func (e *Engine) fetch(ctx context.Context, p plan.Plan, sha string) error {
+func (e *Engine) fetch(ctx context.Context, p *plan.Compiled, sha string) error {
 	var errs []error
 	for _, m := range e.sources(p, sha) {
-		resp, err := e.open(ctx, m, "/v1/rollout/artifacts/"+sha)
+		body, err := e.peers.Artifact(ctx, m, sha)
 		if err != nil {
 			errs = append(errs, err)
+			if ctx.Err() != nil {
+				break
+			}
 			continue
 		}
-		_, _, err = e.store.Put(resp.Body, sha)
-		resp.Body.Close()
+		_, _, err = e.store.Put(body, sha)
+		body.Close()
 		if err == nil {
-			e.log.Info("fetched artifact", "plan", p.ShortID(), "sha256", short(sha), "from", m.Name, "from_version", m.Version)
+			e.log.Info("fetched artifact", "plan", p.Short, "sha256", short(sha), "from", m.Name, "from_version", m.Version)
 			return nil
 		}
 		errs = append(errs, fmt.Errorf("from %s: %w", m.Name, err))
-	}
-	if p.Artifact.URL != "" && sha == p.Artifact.SHA256 {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.Artifact.URL, nil)
-		if err == nil {
-			var resp *http.Response
-			if resp, err = e.cfg.HTTPClient.Do(req); err == nil {
-				if resp.StatusCode == http.StatusOK {
-					_, _, err = e.store.Put(resp.Body, sha)
-				} else {
-					err = errors.New(resp.Status)
-				}
-				resp.Body.Close()
-			}
+		if ctx.Err() != nil {
+			break
 		}
+	}
+	if p.Artifact.URL != "" && sha == p.Artifact.SHA256 && ctx.Err() == nil {
+		_, _, err := e.fetchURL(ctx, p.Artifact.URL, sha)
 		if err == nil {
 			return nil
 		}
 		errs = append(errs, fmt.Errorf("from %s: %w", p.Artifact.URL, err))
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("fetch %s: %w", short(sha), err)
 	}
 	if len(errs) == 0 {
 		errs = append(errs, fmt.Errorf("no peer holds it yet and the origin %s is not reachable", p.Origin))
@@ -174,12 +169,29 @@ func (e *Engine) fetch(ctx context.Context, p plan.Plan, sha string) error {
 	return fmt.Errorf("fetch %s: %w: %w", short(sha), errNoSource, errors.Join(errs...))
 }
 
+// fetchURL stores the blob at url; want, when set, is its digest.
+func (e *Engine) fetchURL(ctx context.Context, url, want string) (string, int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", 0, fmt.Errorf("artifact URL %q: %w", url, err)
+	}
+	resp, err := e.cfg.HTTPClient.Do(req)
+	if err != nil {
+		return "", 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", 0, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return e.store.Put(resp.Body, want)
+}
+
 // sources orders the members to fetch a blob from: nodes that hold it,
 // finished ones first (stable, and not about to restart), then those in
 // their health gate, then those merely prepared; each tier in an order
 // spread by the digest; the plan's origin last. Nodes offline right now
 // are skipped.
-func (e *Engine) sources(p plan.Plan, sha string) []cluster.Member {
+func (e *Engine) sources(p *plan.Compiled, sha string) []cluster.Member {
 	tier := map[Phase]int{PhaseDone: 0, PhaseHealth: 1, PhaseReady: 2}
 	type candidate struct {
 		m    cluster.Member
@@ -189,13 +201,13 @@ func (e *Engine) sources(p plan.Plan, sha string) []cluster.Member {
 	var have []candidate
 	var origin *cluster.Member
 	self := e.net.LocalMember().Name
-	for _, m := range e.peers() {
+	for _, m := range e.alivePeers() {
 		if m.Name == p.Origin {
 			origin = &m
 			continue
 		}
 		pr, ok := ParseProgress(m.Tags[e.tagKey()])
-		if !ok || pr.PlanShort != p.ShortID() {
+		if !ok || pr.PlanShort != p.Short {
 			continue
 		}
 		if t, ok := tier[pr.Phase]; ok {
@@ -239,3 +251,8 @@ func (e *Engine) OpenArtifact(sha string) (io.ReadSeekCloser, int64, error) {
 
 // BytesServed is how many artifact bytes this node has served to peers.
 func (e *Engine) BytesServed() int64 { return e.served.Load() }
+
+// ImportArtifact stores an uploaded artifact and returns its digest.
+func (e *Engine) ImportArtifact(r io.Reader) (string, int64, error) {
+	return e.store.Put(r, "")
+}

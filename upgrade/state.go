@@ -27,11 +27,31 @@ const (
 	PhaseAborted Phase = "abort"   // the operator aborted the plan before this node started
 )
 
+// Phases lists every phase in state machine order.
+func Phases() []Phase {
+	return []Phase{PhaseWait, PhasePrepare, PhaseReady, PhaseApply, PhaseRestart, PhaseHealth, PhaseDone, PhaseFailed, PhaseAborted}
+}
+
 // Terminal reports whether the node is finished with its plan.
 func (p Phase) Terminal() bool { return p == PhaseDone || p == PhaseFailed || p == PhaseAborted }
 
 // Offline reports whether a node in this phase is not serving.
 func (p Phase) Offline() bool { return p == PhaseApply || p == PhaseRestart }
+
+// HoldsLease reports whether a node in this phase went offline under the
+// wave's lease and has not finished its health gate.
+func (p Phase) HoldsLease() bool { return p == PhaseApply || p == PhaseRestart || p == PhaseHealth }
+
+// HasArtifact reports whether a node in this phase holds the plan's
+// verified artifact (and can serve it to peers).
+func (p Phase) HasArtifact() bool {
+	return p == PhaseReady || p.HoldsLease() || p == PhaseDone
+}
+
+// Abortable reports whether an abort stops a node in this phase: one that
+// has not gone offline. A node that holds the lease finishes its upgrade
+// (or rolls back), since stopping half-way would leave it down.
+func (p Phase) Abortable() bool { return p == PhaseWait || p == PhasePrepare || p == PhaseReady }
 
 // NodeState is this node's part of a rollout. Every change is written to
 // disk (temp file, fsync, rename) before the node acts on it, so that a node

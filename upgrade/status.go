@@ -71,22 +71,18 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	waves, err := p.Waves()
-	if err != nil {
-		return Status{}, err
-	}
 	members := map[string]cluster.Member{}
+	phases := map[string]Phase{}
 	for _, m := range e.net.Members() {
 		members[m.Name] = m
+		if pr, ok := ParseProgress(m.Tags[e.tagKey()]); ok && pr.PlanShort == p.Short {
+			phases[m.Name] = pr.Phase
+		}
 	}
-	phases := e.phases(p)
-	out := Status{PlanID: p.ID(), Target: p.Target, Version: p.Version, Rollback: p.Rollback}
+	out := Status{PlanID: p.ID, Target: p.Target, Version: p.Version, Rollback: p.Rollback}
 	node := func(name string) NodeStatus {
 		m, ok := members[name]
-		ns := NodeStatus{Name: name, Phase: phases[name], Version: m.Version, Member: m.Status}
-		if e.cfg.App != nil && e.cfg.App.VersionOf != nil {
-			ns.Version = e.cfg.App.VersionOf(m)
-		}
+		ns := NodeStatus{Name: name, Phase: phases[name], Version: e.target.VersionOf(m), Member: m.Status}
 		if !ok {
 			ns.Member = "gone"
 		}
@@ -95,24 +91,22 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 		}
 		return ns
 	}
-	inSnapshot := map[string]bool{}
-	for _, w := range waves {
+	for _, w := range p.Waves {
 		ws := WaveStatus{Index: w.Index, Canary: w.Canary, Tag: w.Tag}
 		for _, n := range w.Nodes {
-			inSnapshot[n] = true
 			ws.Nodes = append(ws.Nodes, node(n))
 		}
 		out.Waves = append(out.Waves, ws)
 	}
 	var late []string
 	for name := range phases {
-		if !inSnapshot[name] {
+		if !p.InSnapshot(name) {
 			late = append(late, name)
 		}
 	}
 	if len(late) > 0 {
 		sort.Strings(late)
-		ws := WaveStatus{Index: len(waves), Late: true}
+		ws := WaveStatus{Index: len(p.Waves), Late: true}
 		for _, n := range late {
 			ws.Nodes = append(ws.Nodes, node(n))
 		}
@@ -179,13 +173,9 @@ func (e *Engine) reasonOf(ctx context.Context, m cluster.Member) string {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	b, err := e.get(ctx, m, "/v1/rollout/node", 64<<10)
+	st, err := e.peers.Node(ctx, m)
 	if err != nil {
 		return "(reason unavailable: " + err.Error() + ")"
-	}
-	var st NodeState
-	if decodeJSON(b, &st) != nil {
-		return "(reason unavailable)"
 	}
 	return st.Reason
 }

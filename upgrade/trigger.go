@@ -4,10 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
-	"runtime"
 	"sort"
 	"strings"
 
@@ -43,48 +40,18 @@ type TriggerResult struct {
 	DryRun bool        `json:"dry_run,omitempty"`
 }
 
-// ImportArtifact stores an uploaded artifact and returns its digest.
-func (e *Engine) ImportArtifact(r io.Reader) (string, int64, error) {
-	return e.store.Put(r, "")
-}
-
-// RunningPlan returns the ID (or short ID, when only a tag tells of it) of a
-// rollout still in progress anywhere in the cluster, or "".
-func (e *Engine) RunningPlan() string {
-	st := e.State()
-	if st.Active() {
-		return st.PlanID
-	}
-	e.mu.Lock()
-	pending := e.triggered
-	e.mu.Unlock()
-	if pending != "" {
-		return pending // triggered here, not adopted yet
-	}
-	own := e.State().PlanID
-	for _, m := range e.net.Members() {
-		pr, ok := ParseProgress(m.Tags[e.tagKey()])
-		if ok && m.Status == "alive" && !pr.Phase.Terminal() {
-			if strings.HasPrefix(own, pr.PlanShort) {
-				return own
-			}
-			return pr.PlanShort
-		}
-	}
-	return ""
-}
-
 // Trigger makes a plan on this node (its origin), checks the artifact the
 // way every node will, and announces the plan. Nothing goes offline here.
+// The checks run on the caller's goroutine; the state machine only commits
+// the plan, so that it stays responsive however long they take.
 func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult, error) {
 	var res TriggerResult
-	// One trigger at a time on this node, so two cannot both see none running.
 	e.triggerMu.Lock()
 	defer e.triggerMu.Unlock()
 	if id := e.RunningPlan(); id != "" {
 		return res, fmt.Errorf("a rollout is already running: plan %s; watch it with 'peerd upgrade status', or stop it with 'peerd upgrade abort'", id)
 	}
-	running := e.running()
+	running, _ := e.target.Running()
 	if req.Rollback && req.ArtifactSHA256 == "" && req.URL == "" {
 		if err := e.previousBinary(ctx, &req); err != nil {
 			return res, err
@@ -105,7 +72,7 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 			return res, errors.New("no artifact: give --artifact PATH or URL")
 		}
 		var err error
-		if sha, err = e.importURL(ctx, req.URL); err != nil {
+		if sha, _, err = e.importURL(ctx, req.URL); err != nil {
 			return res, err
 		}
 	}
@@ -120,11 +87,11 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 		return res, err
 	}
 	p := plan.Plan{
-		Target: e.cfg.Target, Version: req.Version, Rollback: req.Rollback,
+		Target: e.target.Name(), Version: req.Version, Rollback: req.Rollback,
 		Artifact: plan.Artifact{SHA256: sha, Size: size, URL: req.URL, Signature: req.Signature},
 		Options:  req.Options,
 		Origin:   e.net.LocalMember().Name,
-		Created:  e.cfg.Clock.Now().UTC(),
+		Created:  e.clock.Now().UTC(),
 	}
 	if req.PatchSHA256 != "" {
 		if !e.store.Has(req.PatchSHA256) {
@@ -150,29 +117,32 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	if err := p.Validate(); err != nil {
 		return res, err
 	}
-	waves, err := p.Waves()
+	c, err := plan.Compile(p)
 	if err != nil {
 		return res, err
 	}
-	checks, err := e.originChecks(ctx, p)
+	checks, err := e.originChecks(ctx, c)
 	if err != nil {
 		return res, fmt.Errorf("artifact refused before any node went offline: %w", err)
 	}
-	res = TriggerResult{PlanID: p.ID(), Plan: p, Waves: waves, Checks: checks, DryRun: req.DryRun}
+	res = TriggerResult{PlanID: c.ID, Plan: c.Plan, Waves: c.Waves, Checks: checks, DryRun: req.DryRun}
 	if req.DryRun {
 		return res, nil
 	}
-	if err := e.savePlan(p); err != nil {
+	reply := make(chan error, 1)
+	e.m.mail.post(triggerMsg{p: c, reply: reply})
+	select {
+	case err := <-reply:
+		if err != nil {
+			return res, err
+		}
+	case <-ctx.Done():
+		return res, ctx.Err()
+	}
+	if err := e.net.Broadcast(e.name(eventPlan), []byte(c.ID)); err != nil {
 		return res, err
 	}
-	e.mu.Lock()
-	e.triggered = p.ID()
-	e.mu.Unlock()
-	e.announce(p.ID())
-	if err := e.net.Broadcast(e.name(eventPlan), []byte(p.ID())); err != nil {
-		return res, err
-	}
-	e.log.Info("rollout planned", "plan", p.ShortID(), "version", p.Version, "waves", len(waves), "members", len(p.Members))
+	e.log.Info("rollout planned", "plan", c.Short, "version", c.Version, "waves", len(c.Waves), "members", len(c.Members))
 	return res, nil
 }
 
@@ -180,8 +150,9 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 // when it was last upgraded.
 func (e *Engine) previousBinary(ctx context.Context, req *TriggerRequest) error {
 	kept := e.keptPath()
+	_, running := e.target.Running()
 	if ki, err := os.Stat(kept); err == nil {
-		if ri, err := os.Stat(e.runningPath()); err == nil && os.SameFile(ki, ri) {
+		if ri, err := os.Stat(running); err == nil && os.SameFile(ki, ri) {
 			return fmt.Errorf("this node runs the binary a rollback would bring back (%s), so it has nothing to roll back to: run 'peerd upgrade rollback' on a node that was upgraded, or give --to and --artifact", kept)
 		}
 	}
@@ -198,33 +169,15 @@ func (e *Engine) previousBinary(ctx context.Context, req *TriggerRequest) error 
 	if req.Version != "" {
 		return nil
 	}
-	if e.cfg.App != nil {
-		prev, err := e.cfg.Versions.Previous()
-		if err != nil {
-			return err
-		}
-		req.Version = prev.Version
-		if prev.Base {
-			req.Version = e.cfg.App.BaseVersion
-		}
-		if req.Version == "" {
-			return fmt.Errorf("the version of the previous %s binary is unknown: give --to VERSION (or version in the app block)", e.cfg.Target)
-		}
-		return nil
-	}
-	info, err := artifact.Preflight(ctx, kept)
-	if err != nil {
-		return fmt.Errorf("previous binary: %w", err)
-	}
-	req.Version = info.Version
-	return nil
+	req.Version, err = e.target.PreviousVersion(ctx, kept)
+	return err
 }
 
 // originChecks verifies on the origin what every node verifies again: the
-// signature and the new binary's own account of version, platform and
-// protocol.
-func (e *Engine) originChecks(ctx context.Context, p plan.Plan) ([]string, error) {
-	info, err := e.verify(ctx, p)
+// signature and the target's own account of the artifact.
+func (e *Engine) originChecks(ctx context.Context, p *plan.Compiled) ([]string, error) {
+	active := e.net.ProtocolRange().Max
+	target, err := e.verify(ctx, p, active)
 	if err != nil {
 		return nil, err
 	}
@@ -234,43 +187,18 @@ func (e *Engine) originChecks(ctx context.Context, p plan.Plan) ([]string, error
 	} else {
 		checks = append(checks, "unsigned (the agents allow unsigned artifacts)")
 	}
-	if e.cfg.App != nil {
-		checks = append(checks, fmt.Sprintf("%s %s passes its preflight here", e.cfg.Target, p.Version))
-		if p.Patch != nil {
-			checks = append(checks, fmt.Sprintf("patch from %s: %d bytes; nodes at another version fetch the full artifact", p.Patch.FromVersion, p.Patch.Size))
-		}
-		return checks, nil
-	}
-	active := e.net.ProtocolRange().Max
-	if err := artifact.CheckBuild(info, p.Version, runtime.GOOS, runtime.GOARCH, active); err != nil {
-		if p.Rollback && !(info.ProtocolMin <= active && active <= info.ProtocolMax) {
-			return nil, fmt.Errorf("cannot roll back to %s: every member now speaks protocol %d and %s does not (it speaks %d-%d); a cluster does not go back to an older protocol once all members switched, so roll forward with a fixed release",
-				p.Version, active, p.Version, info.ProtocolMin, info.ProtocolMax)
-		}
-		return nil, err
-	}
-	checks = append(checks,
-		fmt.Sprintf("binary reports version %s for %s/%s", info.Version, info.OS, info.Arch),
-		fmt.Sprintf("binary speaks protocol %d-%d, which includes the cluster's active protocol %d", info.ProtocolMin, info.ProtocolMax, active))
+	checks = append(checks, target...)
 	if p.Patch != nil {
 		checks = append(checks, fmt.Sprintf("patch from %s: %d bytes; nodes at another version fetch the full artifact", p.Patch.FromVersion, p.Patch.Size))
 	}
 	return checks, nil
 }
 
-func (e *Engine) importURL(ctx context.Context, url string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+// importURL stores the artifact at url and returns its digest.
+func (e *Engine) importURL(ctx context.Context, url string) (string, int64, error) {
+	sha, size, err := e.fetchURL(ctx, url, "")
 	if err != nil {
-		return "", fmt.Errorf("artifact URL %q: %w", url, err)
+		return "", 0, fmt.Errorf("fetch artifact: %w", err)
 	}
-	resp, err := e.cfg.HTTPClient.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("fetch artifact: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("fetch artifact %s: %s", url, resp.Status)
-	}
-	sha, _, err := e.store.Put(resp.Body, "")
-	return sha, err
+	return sha, size, nil
 }

@@ -1,37 +1,259 @@
 package upgrade
 
 import (
-	"fmt"
-	"strconv"
-	"strings"
+	"sync"
+
+	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/upgrade/plan"
 )
 
-// TagRollout is the member tag carrying a node's rollout progress, in the
-// form "<plan short ID>:<wave>:<phase>". It must stay short: memberlist caps
-// all of a node's tags at 512 bytes.
-const TagRollout = "r"
+// view is this node's picture of the members, as the engine decides by it:
+// each member's status and rollout progress (its tag), and, for each plan
+// in use, per-wave counts of the members that hold a wave up. It is kept
+// up to date from the cluster's member events (O(changed members) each) and
+// resynced from Network.Members now and then, so that a step or a vote
+// reads it in O(waves), not O(members): with a thousand nodes, every node
+// deciding from a fresh copy of the member list on every change is what
+// made rollouts quadratic.
+//
+// The state machine's goroutine and the lease votes (on Serf's query
+// goroutines) read it; the cluster's event goroutine writes it. Its
+// methods are safe for concurrent use.
+type view struct {
+	tagKey string
 
-// Progress is one node's rollout progress as its tag tells it.
-type Progress struct {
-	PlanShort string
-	Wave      int
-	Phase     Phase
+	mu      sync.Mutex
+	members map[string]memberView
+	tallies map[string]*tally // by plan ID
+	order   []string          // plan IDs in the order they were tallied
+	changed map[string]bool   // members changed since the machine last looked
+	kick    chan struct{}     // wakes the machine (buffered, 1)
 }
 
-// String is the tag value.
-func (p Progress) String() string {
-	return fmt.Sprintf("%s:%d:%s", p.PlanShort, p.Wave, p.Phase)
+// maxTallies bounds the plans tallied at once: the node's own plan and
+// those its live grants are for. An evicted plan is tallied again on use.
+const maxTallies = 8
+
+// memberView is one member as the view keeps it.
+type memberView struct {
+	status string // alive, leaving, left, failed, or "" when reaped
+	prog   Progress
+	hasTag bool // prog is a valid rollout tag
 }
 
-// ParseProgress decodes a rollout tag; ok is false for an empty or foreign value.
-func ParseProgress(tag string) (Progress, bool) {
-	parts := strings.Split(tag, ":")
-	if len(parts) != 3 || parts[0] == "" {
-		return Progress{}, false
+func newView(tagKey string) *view {
+	return &view{
+		tagKey:  tagKey,
+		members: map[string]memberView{},
+		tallies: map[string]*tally{},
+		changed: map[string]bool{},
+		kick:    make(chan struct{}, 1),
 	}
-	w, err := strconv.Atoi(parts[1])
-	if err != nil {
-		return Progress{}, false
+}
+
+func toMemberView(m cluster.Member, tagKey string) memberView {
+	if m.Status == cluster.StatusReaped {
+		return memberView{}
 	}
-	return Progress{PlanShort: parts[0], Wave: w, Phase: Phase(parts[2])}, true
+	pr, ok := ParseProgress(m.Tags[tagKey])
+	return memberView{status: m.Status, prog: pr, hasTag: ok}
+}
+
+// present reports whether the member is still in the cluster: a node that
+// left (or was reaped) no longer holds a rollout up.
+func (mv memberView) present() bool { return mv.status != "" && mv.status != "left" }
+
+// phaseIn is the member's phase in the plan with this short ID, or "" when
+// its tag is about another plan or none.
+func (mv memberView) phaseIn(short string) Phase {
+	if mv.hasTag && mv.prog.PlanShort == short {
+		return mv.prog.Phase
+	}
+	return ""
+}
+
+// tally counts, per wave of one plan, the present members that hold
+// something up.
+type tally struct {
+	p          *plan.Compiled
+	notDone    []int // not done in p: the next wave waits for them
+	unprepared []int // without the artifact: a wave prepares one ahead of them
+	unsettled  []int // in p and not finished: they may still go offline
+	// running counts present members, in the snapshot or not, whose phase
+	// in p is not terminal: while it is above zero the rollout goes on.
+	running int
+}
+
+func newTally(p *plan.Compiled) *tally {
+	n := len(p.Waves)
+	return &tally{p: p, notDone: make([]int, n), unprepared: make([]int, n), unsettled: make([]int, n)}
+}
+
+// add adds (sign 1) or removes (sign -1) one member's contribution.
+func (t *tally) add(name string, mv memberView, sign int) {
+	if !mv.present() {
+		return
+	}
+	ph := mv.phaseIn(t.p.Short)
+	if ph != "" && !ph.Terminal() {
+		t.running += sign
+	}
+	w := t.p.WaveOf(name)
+	if w < 0 {
+		return
+	}
+	if ph != PhaseDone {
+		t.notDone[w] += sign
+	}
+	if !ph.HasArtifact() {
+		t.unprepared[w] += sign
+	}
+	if ph != "" && !ph.Terminal() {
+		t.unsettled[w] += sign
+	}
+}
+
+// update applies member changes from a cluster event.
+func (v *view) update(ms []cluster.Member) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, m := range ms {
+		v.setLocked(m.Name, toMemberView(m, v.tagKey))
+	}
+	v.kickLocked()
+}
+
+// resync replaces the view with a fresh member list: it heals whatever the
+// event stream did not say (a view is only as good as its last event).
+func (v *view) resync(ms []cluster.Member) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	seen := make(map[string]bool, len(ms))
+	for _, m := range ms {
+		seen[m.Name] = true
+		v.setLocked(m.Name, toMemberView(m, v.tagKey))
+	}
+	for name := range v.members {
+		if !seen[name] {
+			v.setLocked(name, memberView{})
+		}
+	}
+	v.kickLocked()
+}
+
+func (v *view) setLocked(name string, mv memberView) {
+	old, had := v.members[name]
+	if had && old == mv {
+		return
+	}
+	for _, t := range v.tallies {
+		t.add(name, old, -1)
+		t.add(name, mv, 1)
+	}
+	if mv.status == "" {
+		delete(v.members, name)
+	} else {
+		v.members[name] = mv
+	}
+	v.changed[name] = true
+}
+
+func (v *view) kickLocked() {
+	if len(v.changed) == 0 {
+		return
+	}
+	select {
+	case v.kick <- struct{}{}:
+	default:
+	}
+}
+
+// takeChanged returns the members changed since the last call.
+func (v *view) takeChanged() []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := make([]string, 0, len(v.changed))
+	for name := range v.changed {
+		out = append(out, name)
+	}
+	clear(v.changed)
+	return out
+}
+
+// member returns one member as the view has it.
+func (v *view) member(name string) (memberView, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	mv, ok := v.members[name]
+	return mv, ok
+}
+
+// tallyLocked returns p's tally, counting it now if it is new.
+func (v *view) tallyLocked(p *plan.Compiled) *tally {
+	if t, ok := v.tallies[p.ID]; ok {
+		return t
+	}
+	if len(v.order) >= maxTallies {
+		delete(v.tallies, v.order[0])
+		v.order = v.order[1:]
+	}
+	t := newTally(p)
+	for name, mv := range v.members {
+		t.add(name, mv, 1)
+	}
+	v.tallies[p.ID] = t
+	v.order = append(v.order, p.ID)
+	return t
+}
+
+// earlierWavesDone reports whether every present member of the waves
+// before w is done in p.
+func (v *view) earlierWavesDone(p *plan.Compiled, w int) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	t := v.tallyLocked(p)
+	for i := 0; i < w && i < len(t.notDone); i++ {
+		if t.notDone[i] > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// wavePrepared reports whether every present member of wave w (if the
+// wave exists) holds the artifact.
+func (v *view) wavePrepared(p *plan.Compiled, w int) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	t := v.tallyLocked(p)
+	return w < 0 || w >= len(t.unprepared) || t.unprepared[w] == 0
+}
+
+// waveSettled reports whether no member of wave w can be offline for p any
+// more: each present one is finished with p or has moved on to another plan.
+func (v *view) waveSettled(p *plan.Compiled, w int) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	t := v.tallyLocked(p)
+	return w >= 0 && w < len(t.unsettled) && t.unsettled[w] == 0
+}
+
+// running is how many present members are in p and not finished with it.
+func (v *view) running(p *plan.Compiled) int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.tallyLocked(p).running
+}
+
+// anyRunning returns the short ID of a plan some present member is in and
+// not finished with, or "".
+func (v *view) anyRunning() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, mv := range v.members {
+		if mv.present() && mv.status == "alive" && mv.hasTag && !mv.prog.Phase.Terminal() {
+			return mv.prog.PlanShort
+		}
+	}
+	return ""
 }

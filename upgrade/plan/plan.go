@@ -20,6 +20,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -88,6 +89,7 @@ type Plan struct {
 // Sorting and normalising here, rather than trusting the caller, is what
 // lets two nodes that built or decoded the same plan agree on its ID.
 func (p Plan) Encode() ([]byte, error) {
+	encodes.Add(1)
 	c := p
 	// An empty snapshot encodes as [] whether the slice is nil or not.
 	c.Members = append([]Member{}, p.Members...)
@@ -109,6 +111,13 @@ func (p Plan) Encode() ([]byte, error) {
 	}
 	return b, nil
 }
+
+// encodes counts Encode calls, so that a benchmark can show that a plan is
+// encoded once per plan rather than once per member or step.
+var encodes atomic.Int64
+
+// Encodes is how many times this process has encoded a plan.
+func Encodes() int64 { return encodes.Load() }
 
 // Decode parses an encoded plan. Its ID is the ID of the plan that was
 // encoded.

@@ -47,12 +47,17 @@ type Wave struct {
 // AllowOutage: keeping the rest of the cluster online is the point of a
 // rollout, and the lease cannot protect a cluster that has no one left.
 func (p Plan) Waves() ([]Wave, error) {
-	if errs := p.waveProblems(); len(errs) > 0 {
-		return nil, fmt.Errorf("compute waves: %w", errors.Join(errs...))
-	}
 	id, err := p.id()
 	if err != nil {
 		return nil, fmt.Errorf("compute waves: %w", err)
+	}
+	return p.wavesFor(id)
+}
+
+// wavesFor computes the waves of the plan whose ID is id.
+func (p Plan) wavesFor(id string) ([]Wave, error) {
+	if errs := p.waveProblems(); len(errs) > 0 {
+		return nil, fmt.Errorf("compute waves: %w", errors.Join(errs...))
 	}
 	order := hashOrder(id, p.Members)
 	groups := [][]Member{order}

@@ -1,0 +1,880 @@
+package upgrade
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/upgrade/plan"
+	"github.com/peerd/peerd/upgrade/versions"
+)
+
+// This file is the per-node state machine: recovery at start, plan
+// adoption, the steps wait → prepare → ready → apply → restart → health →
+// done, failure and rollback, operator control and the commit of a
+// trigger. One goroutine (run) owns all of its state. Everything else
+// reaches it as a message in its mailbox, and everything that blocks
+// (fetches, preflight, lease queries, installs, health checks, restarts)
+// runs as an op on a goroutine of its own under a context that pause,
+// abort and Close cancel, so that the owner always answers within a loop
+// turn, whatever a peer does.
+
+// machine is one node's part of every rollout of one target.
+type machine struct {
+	e   *Engine
+	log *slog.Logger
+	ctx context.Context // run's: cancelled by Close
+
+	mail    mailbox
+	results chan opResult
+	pubDone chan pubResult
+	wg      sync.WaitGroup // op and publish goroutines
+
+	// Owned by run's goroutine.
+	st         NodeState
+	cur        *plan.Compiled // the plan of st, once fetched
+	announced  []string       // plan IDs announced or triggered, not adopted yet
+	candidates map[string]bool
+	seen       map[string]bool // plan short IDs looked at for adoption
+	triggered  string
+	pendingCtl []controlMsg
+	ctlRetryAt time.Time // operator actions wait for a failed persist
+	op         *runningOp
+	opGen      uint64
+	retryAt    time.Time // no step before then (a backoff)
+	backoff    time.Duration
+	prepSince  time.Time
+	health     healthGate
+	pub        publication
+	restarting bool
+	resyncAt   time.Time
+}
+
+// The machine's messages.
+type (
+	announceMsg struct{ id string }
+	triggerMsg  struct {
+		p     *plan.Compiled
+		reply chan error
+	}
+)
+
+// mailbox is an unbounded queue with a wakeup channel: a sender (Serf's
+// event goroutine, an HTTP handler) must never wait for the machine.
+type mailbox struct {
+	mu    sync.Mutex
+	q     []any
+	ready chan struct{}
+}
+
+func (b *mailbox) post(m any) {
+	b.mu.Lock()
+	b.q = append(b.q, m)
+	b.mu.Unlock()
+	select {
+	case b.ready <- struct{}{}:
+	default:
+	}
+}
+
+func (b *mailbox) take() []any {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	q := b.q
+	b.q = nil
+	return q
+}
+
+// opKind names the blocking work a step hands to an op.
+type opKind int
+
+const (
+	opAdopt   opKind = iota // resolve announced and tagged plans
+	opFetch                 // fetch this node's own plan
+	opPrepare               // fetch, verify and preflight the artifact
+	opLease                 // ask the granters for the wave's lease
+	opApply                 // install into the version store
+	opRestart               // restart an application at the new version
+	opHealth                // one observation of the health gate
+	opRevert                // restart an application at the old version
+)
+
+var opNames = [...]string{"adopt", "fetch plan", "prepare", "lease", "apply", "restart", "health", "revert"}
+
+func (k opKind) String() string { return opNames[k] }
+
+type runningOp struct {
+	kind   opKind
+	gen    uint64
+	cancel context.CancelFunc
+}
+
+// opResult is what an op reports back. Ops never touch the machine's
+// state: they get copies of what they need and return this.
+type opResult struct {
+	kind    opKind
+	gen     uint64
+	err     error
+	started time.Time
+	ended   time.Time
+	plans   []*plan.Compiled // opAdopt: plans found
+	looked  []string         // opAdopt: plan short IDs resolved
+	failed  []string         // opAdopt: announced IDs not fetched
+	plan    *plan.Compiled   // opFetch
+	granted bool             // opLease
+	why     string           // opLease: the granters' answers
+}
+
+// healthGate is the health gate's observations in this process.
+type healthGate struct {
+	since   time.Time // healthy without a break since
+	last    error
+	lastEnd time.Time // when the last observation ended
+	next    time.Time // next observation due
+}
+
+// publication tracks this node's rollout tag: what the cluster was last
+// told, and when to tell it again.
+type publication struct {
+	inflight  bool
+	confirmed string
+	ok        bool
+	retryAt   time.Time
+	assertAt  time.Time
+}
+
+type pubResult struct {
+	value string
+	err   error
+}
+
+func newMachine(e *Engine, st NodeState) *machine {
+	return &machine{
+		e:          e,
+		log:        e.log,
+		mail:       mailbox{ready: make(chan struct{}, 1)},
+		results:    make(chan opResult),
+		pubDone:    make(chan pubResult),
+		st:         st,
+		candidates: map[string]bool{},
+		seen:       map[string]bool{},
+	}
+}
+
+// Timings of the loop that are not worth a config knob.
+const (
+	// persistRetry is how soon a step whose state could not be saved is
+	// tried again.
+	persistRetry = time.Second
+	// prepareRetry paces prepare attempts that found no source.
+	prepareRetry = 500 * time.Millisecond
+	// leaseBackoffMin and Max bound the wait between refused lease
+	// requests; a wave that just finished is seen by granters a gossip
+	// round later than by the next wave.
+	leaseBackoffMin = 50 * time.Millisecond
+	leaseBackoffMax = time.Second
+	// healthCheckTimeout bounds one health observation.
+	healthCheckTimeout = 10 * time.Second
+	// maxStarts is how often a new binary may start in its health gate.
+	maxStarts = 3
+)
+
+// run is the owner goroutine: it steps the machine, reconciles the tag,
+// and waits for the next message, op result, member change or timer.
+func (m *machine) run(ctx context.Context) {
+	m.ctx = ctx
+	defer m.cancelOp()
+	m.resyncAt = m.e.clock.Now().Add(m.e.cfg.ResyncInterval)
+	for {
+		m.handleMail()
+		if !m.restarting {
+			for m.step() {
+			}
+		}
+		m.reconcile()
+		timer := m.e.clock.NewTimer(m.nextWake())
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-m.mail.ready:
+		case r := <-m.results:
+			m.finish(r)
+		case r := <-m.pubDone:
+			m.published(r)
+		case <-m.e.view.kick:
+			m.noteChanges()
+		case <-timer.Chan():
+		}
+		timer.Stop()
+		if now := m.e.clock.Now(); !now.Before(m.resyncAt) {
+			m.e.view.resync(m.e.net.Members())
+			m.resyncAt = now.Add(m.e.cfg.ResyncInterval)
+		}
+	}
+}
+
+// nextWake is how long the loop may sleep when nothing arrives.
+func (m *machine) nextWake() time.Duration {
+	now := m.e.clock.Now()
+	next := m.resyncAt
+	consider := func(t time.Time) {
+		if !t.IsZero() && t.Before(next) {
+			next = t
+		}
+	}
+	if m.op == nil && !m.restarting {
+		consider(m.retryAt)
+		if m.st.Phase == PhaseHealth && m.st.Active() {
+			consider(m.health.next)
+		}
+	}
+	if !m.pub.inflight {
+		consider(m.pub.retryAt)
+		consider(m.pub.assertAt)
+	}
+	if len(m.pendingCtl) > 0 {
+		consider(m.ctlRetryAt)
+	}
+	return max(next.Sub(now), time.Millisecond)
+}
+
+// handleMail takes the messages that arrived.
+func (m *machine) handleMail() {
+	for _, msg := range m.mail.take() {
+		switch msg := msg.(type) {
+		case announceMsg:
+			if msg.id != m.st.PlanID && !slices.Contains(m.announced, msg.id) {
+				m.announced = append(m.announced, msg.id)
+			}
+		case controlMsg:
+			m.pendingCtl = append(m.pendingCtl, msg)
+		case triggerMsg:
+			msg.reply <- m.commitTrigger(msg.p)
+		}
+	}
+	if len(m.pendingCtl) > 0 && !m.e.clock.Now().Before(m.ctlRetryAt) {
+		m.applyControl()
+	}
+}
+
+// noteChanges looks at the members that changed: any that names a plan
+// this node has not looked at is a candidate for adoption (a node that
+// joined late or missed the announcement learns of a rollout that way).
+// Everything else a change can unblock, the next step sees in the view.
+func (m *machine) noteChanges() {
+	for _, name := range m.e.view.takeChanged() {
+		mv, ok := m.e.view.member(name)
+		if !ok || !mv.hasTag || mv.status != "alive" || m.seen[mv.prog.PlanShort] || strings.HasPrefix(m.st.PlanID, mv.prog.PlanShort) {
+			continue
+		}
+		m.candidates[name] = true
+	}
+}
+
+// step advances the machine by one decision. It reports whether it
+// changed state and should be called again.
+func (m *machine) step() bool {
+	if m.op != nil || m.e.clock.Now().Before(m.retryAt) {
+		return false
+	}
+	if !m.st.Active() {
+		m.adopt()
+		return false
+	}
+	if m.cur == nil || m.cur.ID != m.st.PlanID {
+		if p, ok := m.e.plans.local(m.st.PlanID); ok {
+			m.cur = p
+			return true
+		}
+		id := m.st.PlanID
+		m.startOp(opFetch, func(ctx context.Context) opResult {
+			p, err := m.e.planByID(ctx, id)
+			return opResult{plan: p, err: err}
+		})
+		return false
+	}
+	p, st, v := m.cur, m.st, m.e.view
+	switch st.Phase {
+	case PhaseWait:
+		// Prepare one wave ahead: fetching and verifying while the wave
+		// before runs takes prepare off the critical path. Waiting until
+		// that wave holds the artifact lets this one fetch it from those
+		// peers rather than the origin. Going offline still needs every
+		// earlier wave done (and the lease).
+		if st.Paused || !v.earlierWavesDone(p, st.Wave-1) || !v.wavePrepared(p, st.Wave-1) {
+			return false
+		}
+		m.hook(PhasePrepare)
+		st.Phase = PhasePrepare
+		return m.transition(st) == nil
+	case PhasePrepare:
+		running, path := m.e.target.Running()
+		active := m.e.net.ProtocolRange().Max
+		m.startOp(opPrepare, func(ctx context.Context) opResult {
+			return opResult{err: m.e.prepare(ctx, p, running, path, active)}
+		})
+	case PhaseReady:
+		if st.Paused || !v.earlierWavesDone(p, st.Wave) {
+			return false
+		}
+		m.startOp(opLease, func(ctx context.Context) opResult {
+			granted, why := m.e.leases.Request(ctx, p, st.Wave)
+			return opResult{granted: granted, why: why}
+		})
+	case PhaseApply:
+		_, running := m.e.target.Running()
+		staged := m.e.stagedPath(p)
+		m.startOp(opApply, func(context.Context) opResult {
+			if err := m.e.target.Install(staged, p.Version, running); err != nil {
+				return opResult{err: fmt.Errorf("apply: %w", err)}
+			}
+			return opResult{}
+		})
+	case PhaseRestart:
+		// Still here after asking for a restart (only peerd's own target
+		// restarts the agent): ask again.
+		m.restartAgent()
+	case PhaseHealth:
+		m.observeHealth()
+	}
+	return false
+}
+
+// startOp runs fn on its own goroutine under a context that cancelOp and
+// Close cancel; its result comes back to run.
+func (m *machine) startOp(kind opKind, fn func(context.Context) opResult) {
+	m.opGen++
+	octx, cancel := context.WithCancel(m.ctx)
+	m.op = &runningOp{kind: kind, gen: m.opGen, cancel: cancel}
+	gen, started := m.opGen, m.e.clock.Now()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer cancel()
+		r := fn(octx)
+		r.kind, r.gen, r.started, r.ended = kind, gen, started, m.e.clock.Now()
+		select {
+		case m.results <- r:
+		case <-octx.Done():
+		}
+	}()
+}
+
+// cancelOp stops the op in flight; its result, if it still comes, is
+// ignored.
+func (m *machine) cancelOp() {
+	if m.op != nil {
+		m.op.cancel()
+		m.op = nil
+	}
+}
+
+// retryIn holds the next step back for d.
+func (m *machine) retryIn(d time.Duration) { m.retryAt = m.e.clock.Now().Add(d) }
+
+// finish takes an op's result.
+func (m *machine) finish(r opResult) {
+	if m.op == nil || r.gen != m.op.gen {
+		return // cancelled: the state it was for has moved on
+	}
+	m.op = nil
+	log := m.log.With("plan", short(m.st.PlanID), "wave", m.st.Wave)
+	switch r.kind {
+	case opAdopt:
+		m.adopted(r)
+	case opFetch:
+		if r.err != nil || r.plan.ID != m.st.PlanID {
+			log.Warn("plan not available yet", "err", r.err)
+			m.retryIn(prepareRetry)
+			return
+		}
+		m.cur = r.plan
+	case opPrepare:
+		m.prepared(r, log)
+	case opLease:
+		if !r.granted {
+			log.Debug("lease not granted yet", "why", r.why)
+			m.backoff = min(max(2*m.backoff, leaseBackoffMin), leaseBackoffMax)
+			m.retryIn(m.backoff)
+			return
+		}
+		m.backoff = 0
+		m.hook(PhaseApply)
+		st := m.st
+		st.Phase = PhaseApply
+		st.LeaseAt = m.e.clock.Now()
+		_ = m.transition(st)
+	case opApply:
+		if r.err != nil {
+			m.fail(r.err.Error(), false)
+			return
+		}
+		m.hook(PhaseRestart)
+		if m.e.target.RestartsAgent() {
+			st := m.st
+			st.Phase = PhaseRestart
+			if m.transition(st) == nil {
+				m.restartAgent()
+			}
+			return
+		}
+		m.startOp(opRestart, func(ctx context.Context) opResult { return opResult{err: m.e.target.Restart(ctx)} })
+	case opRestart:
+		if r.err != nil {
+			m.fail(fmt.Sprintf("restart: %v", r.err), true)
+			return
+		}
+		st := m.st
+		st.Phase, st.Starts = PhaseHealth, 1
+		if m.transition(st) == nil {
+			m.health = healthGate{}
+		}
+	case opRevert:
+		if r.err != nil {
+			log.Error("restart the application at the previous version", "err", r.err)
+		}
+	case opHealth:
+		m.observed(r, log)
+	}
+}
+
+// prepared takes the result of a prepare attempt.
+func (m *machine) prepared(r opResult, log *slog.Logger) {
+	if r.err == nil {
+		m.prepSince = time.Time{}
+		st := m.st
+		st.Phase = PhaseReady
+		_ = m.transition(st)
+		return
+	}
+	now := m.e.clock.Now()
+	if m.prepSince.IsZero() {
+		m.prepSince = now
+	}
+	if errors.Is(r.err, errNoSource) && now.Sub(m.prepSince) < m.cur.Options.Deadline {
+		log.Warn("prepare: will retry", "err", r.err)
+		m.retryIn(prepareRetry)
+		return
+	}
+	m.prepSince = time.Time{}
+	m.fail(fmt.Sprintf("prepare: %v", r.err), false)
+}
+
+// observeHealth starts the next health observation when it is due.
+func (m *machine) observeHealth() {
+	if m.st.Starts > maxStarts {
+		m.fail(fmt.Sprintf("health gate: the new binary started %d times without passing", m.st.Starts), true)
+		return
+	}
+	if m.e.clock.Now().Before(m.health.next) {
+		return
+	}
+	m.startOp(opHealth, func(ctx context.Context) opResult {
+		hctx, cancel := context.WithTimeout(ctx, healthCheckTimeout)
+		defer cancel()
+		return opResult{err: m.e.target.Healthy(hctx)}
+	})
+}
+
+// observed takes one health observation. The dwell counts only time the
+// node was seen healthy without a break: a gap in observation (a paused or
+// starved process, a check that took too long) starts it again, and past
+// the wave's deadline the node rolls back whatever it looks like now.
+func (m *machine) observed(r opResult, log *slog.Logger) {
+	p, st, h := m.cur, m.st, &m.health
+	interval := m.e.cfg.HealthInterval
+	err := r.err
+	if took := r.ended.Sub(r.started); err == nil && took > healthCheckTimeout {
+		err = fmt.Errorf("the health check took %s", took.Round(time.Millisecond))
+	}
+	if !h.lastEnd.IsZero() {
+		if gap := r.started.Sub(h.lastEnd); gap > 2*interval+time.Second && !h.since.IsZero() {
+			log.Warn("health gate: observation gap; the dwell starts again", "gap", gap.Round(time.Millisecond))
+			h.since = time.Time{}
+		}
+	}
+	h.lastEnd, h.next = r.ended, r.ended.Add(interval)
+	if err != nil {
+		h.since, h.last = time.Time{}, err
+	} else if h.since.IsZero() {
+		h.since = r.ended
+	}
+	now := r.ended
+	late := now.Sub(st.LeaseAt) > p.Options.Deadline
+	if !h.since.IsZero() && now.Sub(h.since) >= p.Options.MinHealthy && !late {
+		st.Phase, st.Reason = PhaseDone, ""
+		_ = m.transition(st)
+		return
+	}
+	if late {
+		reason := fmt.Sprintf("health gate: not healthy for %s within the %s deadline", p.Options.MinHealthy, p.Options.Deadline)
+		if h.last != nil {
+			reason += ": " + h.last.Error()
+		}
+		m.fail(reason, true)
+	}
+}
+
+// transition persists st and only then makes it the machine's state: a
+// step whose state is not on disk does not act. The tag follows in
+// reconcile.
+func (m *machine) transition(st NodeState) error {
+	st.Updated = m.e.clock.Now().UTC()
+	if err := SaveState(m.e.statePath(), st); err != nil {
+		m.log.Error("persist rollout state; the step waits until it can be saved", "plan", short(st.PlanID), "phase", st.Phase, "err", err)
+		m.retryIn(persistRetry)
+		return err
+	}
+	prev := m.st
+	m.st = st
+	m.e.setState(st)
+	m.e.metrics.stateChanged(prev, st)
+	if m.e.cfg.Observe != nil {
+		m.e.cfg.Observe(st)
+	}
+	m.log.Info("rollout phase", "plan", short(st.PlanID), "wave", st.Wave, "phase", st.Phase, "from", st.FromVersion, "to", st.ToVersion)
+	return nil
+}
+
+// fail marks this node failed for its plan; when it had gone offline, it
+// restores the kept binary and restarts into it.
+func (m *machine) fail(reason string, rollback bool) {
+	st := m.st
+	st.Phase = PhaseFailed
+	st.Reason = reason
+	if rollback {
+		st.RolledBackFrom = appendUnique(st.RolledBackFrom, st.ToVersion)
+		if err := m.e.target.Versions().Rollback(st.ToVersion); err != nil {
+			st.Reason += fmt.Sprintf("; restoring the previous version failed too: %v", err)
+		}
+	}
+	if m.transition(st) != nil {
+		return
+	}
+	m.log.Error("rollout failed on this node; the rollout halts", "plan", short(st.PlanID), "wave", st.Wave, "reason", reason, "rolled_back", rollback)
+	if !rollback {
+		return
+	}
+	if m.e.target.RestartsAgent() {
+		m.restartAgent()
+		return
+	}
+	m.startOp(opRevert, func(ctx context.Context) opResult { return opResult{err: m.e.target.Restart(ctx)} })
+}
+
+// restartAgent asks the agent to restart into the version store's choice.
+// This process then takes no further step; the next one carries on.
+func (m *machine) restartAgent() {
+	m.restarting = true
+	_ = m.e.target.Restart(context.Background())
+}
+
+// recover decides, once per process start, what an interrupted step means
+// now that this binary is running.
+func (m *machine) recover() error {
+	st := m.st
+	if !st.Active() {
+		return nil
+	}
+	running, _ := m.e.target.Running()
+	log := m.log.With("plan", short(st.PlanID), "phase", st.Phase)
+	switch st.Phase {
+	case PhaseApply, PhaseRestart, PhaseHealth:
+		if running == st.ToVersion {
+			st.Starts++
+			st.Phase = PhaseHealth
+			log.Info("started at the target version; entering the health gate", "version", running, "starts", st.Starts)
+			return m.transition(st)
+		}
+		if st.Phase == PhaseApply {
+			log.Info("interrupted while applying; applying again", "version", running)
+			return nil
+		}
+		// The old binary is running although the swap was done: whatever
+		// brought it back, this node is not upgraded. Make sure the old
+		// binary stays, and report.
+		if err := m.e.target.Versions().Rollback(st.ToVersion); err != nil {
+			return fmt.Errorf("keep %s after a failed upgrade: %w", running, err)
+		}
+		st.Phase = PhaseFailed
+		st.Reason = fmt.Sprintf("the new binary (%s) did not stay up; the node is back at %s", st.ToVersion, running)
+		if versions.Compare(running, st.ToVersion) > 0 {
+			st.Reason = fmt.Sprintf("this node's launcher (%s, e.g. the package's binary) is newer than %s and wins over the version store; to go below it, downgrade the package", running, st.ToVersion)
+		}
+		st.RolledBackFrom = appendUnique(st.RolledBackFrom, st.ToVersion)
+		log.Warn("rolled back", "reason", st.Reason)
+		return m.transition(st)
+	}
+	return nil
+}
+
+// adopt looks for a plan this node has not run: announced by an event, or
+// named by another member's tag.
+func (m *machine) adopt() {
+	if len(m.announced) == 0 && len(m.candidates) == 0 {
+		return
+	}
+	ids := m.announced
+	m.announced = nil
+	var ask []cluster.Member
+	if len(m.candidates) > 0 {
+		for _, mem := range m.e.net.Members() {
+			if m.candidates[mem.Name] && mem.Status == "alive" {
+				ask = append(ask, mem)
+			}
+		}
+		clear(m.candidates)
+	}
+	if len(ids) == 0 && len(ask) == 0 {
+		return
+	}
+	m.startOp(opAdopt, func(ctx context.Context) opResult {
+		var r opResult
+		for _, mem := range ask {
+			pr, _ := ParseProgress(mem.Tags[m.e.tagKey()])
+			st, err := m.e.peers.Node(ctx, mem)
+			if err != nil || !isHexID(st.PlanID) || !strings.HasPrefix(st.PlanID, pr.PlanShort) {
+				continue
+			}
+			r.looked = append(r.looked, pr.PlanShort)
+			ids = append(ids, st.PlanID)
+		}
+		slices.Sort(ids)
+		for _, id := range slices.Compact(ids) {
+			p, err := m.e.planByID(ctx, id)
+			if err != nil {
+				m.log.Warn("cannot fetch announced plan", "plan", short(id), "err", err)
+				r.failed = append(r.failed, id)
+				continue
+			}
+			r.plans = append(r.plans, p)
+		}
+		return r
+	})
+}
+
+// adopted picks the newest plan an adoption found and starts it: only a
+// plan newer than the last one this node ran (finished plans linger in
+// tags and must not run twice).
+func (m *machine) adopted(r opResult) {
+	for _, s := range r.looked {
+		m.seen[s] = true
+	}
+	if len(r.failed) > 0 {
+		m.announced = append(m.announced, r.failed...)
+		m.retryIn(prepareRetry)
+	}
+	var current *plan.Compiled
+	if m.st.PlanID != "" {
+		current, _ = m.e.plans.local(m.st.PlanID)
+	}
+	var best *plan.Compiled
+	for _, p := range r.plans {
+		m.seen[p.Short] = true
+		if p.ID == m.st.PlanID || current != nil && !p.Created.After(current.Created) {
+			continue
+		}
+		if best == nil || p.Created.After(best.Created) {
+			best = p
+		}
+	}
+	if best != nil {
+		m.begin(best)
+	}
+}
+
+// begin makes p this node's plan.
+func (m *machine) begin(p *plan.Compiled) {
+	local := m.e.net.LocalMember()
+	w := p.WaveOf(local.Name)
+	if w < 0 && !p.Options.Selects(local.Tags) {
+		return // not selected (--where): this plan is not for this node
+	}
+	if w < 0 {
+		w = len(p.Waves) // joined after the plan was made: the final wave
+	}
+	if m.triggered == p.ID {
+		m.triggered = ""
+		m.e.setTriggered("")
+	}
+	running, _ := m.e.target.Running()
+	st := NodeState{
+		PlanID: p.ID, Wave: w, Phase: PhaseWait,
+		FromVersion: running, ToVersion: p.Version,
+		RolledBackFrom: m.st.RolledBackFrom,
+	}
+	if running == p.Version {
+		st.Phase = PhaseDone // already there: nothing to do, nothing to hold up
+	}
+	if m.transition(st) == nil {
+		m.cur = p
+		m.health = healthGate{}
+	}
+}
+
+// commitTrigger makes a plan triggered here the next one this node runs,
+// unless a rollout is running (checked again here, on the owner's
+// goroutine, so that two triggers cannot both see none).
+func (m *machine) commitTrigger(p *plan.Compiled) error {
+	if id := m.runningPlan(); id != "" {
+		return fmt.Errorf("a rollout is already running: plan %s; watch it with 'peerd upgrade status', or stop it with 'peerd upgrade abort'", id)
+	}
+	if err := m.e.plans.save(p); err != nil {
+		return err
+	}
+	m.triggered = p.ID
+	m.e.setTriggered(p.ID)
+	m.announced = append(m.announced, p.ID)
+	return nil
+}
+
+// runningPlan is the ID (or short ID, when only a tag tells of it) of a
+// rollout still in progress anywhere in the cluster, or "".
+func (m *machine) runningPlan() string {
+	return runningPlan(m.st, m.triggered, m.e.view)
+}
+
+func runningPlan(st NodeState, triggered string, v *view) string {
+	if st.Active() {
+		return st.PlanID
+	}
+	if triggered != "" {
+		return triggered // triggered here, not adopted yet
+	}
+	if s := v.anyRunning(); s != "" {
+		if strings.HasPrefix(st.PlanID, s) {
+			return st.PlanID
+		}
+		return s
+	}
+	return ""
+}
+
+// applyControl applies the operator actions that arrived, in Lamport order
+// (see NodeState.takeControl).
+func (m *machine) applyControl() {
+	msgs := m.pendingCtl
+	m.pendingCtl = nil
+	for i, c := range msgs {
+		st := m.st
+		if !st.takeControl(c) {
+			continue
+		}
+		switch c.Action {
+		case ActionPause:
+			st.Paused = true
+		case ActionResume:
+			st.Paused = false
+			if st.Phase == PhaseFailed {
+				// The operator fixed the cause: try this version again.
+				st.RolledBackFrom = slices.DeleteFunc(st.RolledBackFrom, func(v string) bool { return v == st.ToVersion })
+				st.Phase, st.Reason, st.Starts = PhaseWait, "", 0
+			}
+		case ActionAbort:
+			if st.Phase.Abortable() {
+				st.Phase = PhaseAborted
+				st.Reason = "aborted by the operator"
+			}
+		}
+		if m.transition(st) != nil {
+			m.pendingCtl = append(msgs[i:], m.pendingCtl...)
+			m.ctlRetryAt = m.e.clock.Now().Add(persistRetry)
+			return
+		}
+		m.log.Info("operator action applied", "plan", short(st.PlanID), "action", c.Action)
+		// What was in flight for the old state must not act on the new
+		// one: an abort stops a fetch or a lease request at once, and a
+		// pause a lease request (no new wave starts).
+		if m.op != nil && (st.Phase == PhaseAborted || c.Action == ActionPause && m.op.kind == opLease) {
+			m.cancelOp()
+		}
+		if c.Action == ActionResume {
+			m.retryAt, m.backoff = time.Time{}, 0
+		}
+	}
+}
+
+// tagValue is this node's rollout tag for its state.
+func (m *machine) tagValue() string {
+	if m.st.PlanID == "" {
+		return ""
+	}
+	return Progress{PlanShort: short(m.st.PlanID), Wave: m.st.Wave, Phase: m.st.Phase}.String()
+}
+
+// reconcile makes the cluster's view of this node's tag match its state.
+// A tag update can be lost (memberlist gives up on a broadcast; a peer
+// misses it), and a peer waiting on this node would then wait forever: so
+// the tag is set again until the update is confirmed and the local member
+// carries it, and re-asserted now and then while the plan runs anywhere in
+// this node's view.
+func (m *machine) reconcile() {
+	p := &m.pub
+	now := m.e.clock.Now()
+	if p.inflight || now.Before(p.retryAt) {
+		return
+	}
+	want := m.tagValue()
+	stale := !p.ok || p.confirmed != want || m.e.net.LocalMember().Tags[m.e.tagKey()] != want
+	due := !p.assertAt.IsZero() && !now.Before(p.assertAt)
+	if !stale && !due {
+		return
+	}
+	if !stale && (m.cur == nil || m.e.view.running(m.cur) == 0) {
+		p.assertAt = time.Time{} // nothing runs: nobody waits on this tag
+		return
+	}
+	p.inflight = true
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		err := m.e.net.SetTag(m.e.tagKey(), want)
+		select {
+		case m.pubDone <- pubResult{value: want, err: err}:
+		case <-m.ctx.Done():
+		}
+	}()
+}
+
+// published takes the outcome of a tag update.
+func (m *machine) published(r pubResult) {
+	p := &m.pub
+	p.inflight = false
+	now := m.e.clock.Now()
+	if r.err != nil {
+		m.log.Warn("publish rollout progress; will retry", "err", r.err)
+		p.ok = false
+		p.retryAt = now.Add(persistRetry)
+		return
+	}
+	p.confirmed, p.ok = r.value, true
+	p.assertAt = now.Add(m.e.cfg.ReassertInterval)
+}
+
+// hook pauses at a phase while a test asks it to (Config.HookDir).
+func (m *machine) hook(ph Phase) {
+	dir := m.e.cfg.HookDir
+	if dir == "" {
+		return
+	}
+	pause := filepath.Join(dir, "pause-"+string(ph))
+	if _, err := os.Stat(pause); err != nil {
+		return
+	}
+	_ = os.WriteFile(filepath.Join(dir, "at-"+string(ph)), nil, 0o600)
+	for {
+		if _, err := os.Stat(pause); err != nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,171 @@
+package upgrade
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+
+	"github.com/peerd/peerd/cluster"
+)
+
+// The peer HTTP API of the rollout engine: what one node fetches from
+// another. The routes are defined once here and used by both sides:
+// HTTPPeers is the client, PeerRoutes the server.
+const (
+	routePlan     = "/v1/rollout/plans/"
+	routeArtifact = "/v1/rollout/artifacts/"
+	routeNode     = "/v1/rollout/node"
+	routeStatus   = "/v1/rollout/status"
+
+	// maxPlanBytes bounds a fetched plan (a thousand members fit well).
+	maxPlanBytes = 1 << 20
+	// maxNodeBytes bounds a fetched node state.
+	maxNodeBytes = 64 << 10
+)
+
+// HTTPPeers fetches from other nodes' peer HTTP APIs.
+type HTTPPeers struct {
+	Client *http.Client
+	// Addr is the peer HTTP address a member advertises ("" for none).
+	Addr func(cluster.Member) string
+	// Target is the engine's target; an application's routes carry it as
+	// ?target=NAME.
+	Target string
+}
+
+func (h HTTPPeers) Plan(ctx context.Context, m cluster.Member, id string) ([]byte, error) {
+	return h.get(ctx, m, routePlan+id, maxPlanBytes)
+}
+
+func (h HTTPPeers) Artifact(ctx context.Context, m cluster.Member, sha string) (io.ReadCloser, error) {
+	resp, err := h.open(ctx, m, routeArtifact+sha)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+func (h HTTPPeers) Node(ctx context.Context, m cluster.Member) (NodeState, error) {
+	var st NodeState
+	b, err := h.get(ctx, m, routeNode, maxNodeBytes)
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("rollout state of %s: %w", m.Name, err)
+	}
+	return st, nil
+}
+
+// get fetches a path from a member, reading at most limit bytes.
+func (h HTTPPeers) get(ctx context.Context, m cluster.Member, path string, limit int64) ([]byte, error) {
+	resp, err := h.open(ctx, m, path)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s from %s: %w", path, m.Name, err)
+	}
+	return b, nil
+}
+
+func (h HTTPPeers) open(ctx context.Context, m cluster.Member, path string) (*http.Response, error) {
+	addr := h.Addr(m)
+	if addr == "" {
+		return nil, fmt.Errorf("node %s advertises no peer HTTP address", m.Name)
+	}
+	u := url.URL{Scheme: "http", Host: addr, Path: path}
+	if h.Target != "" && h.Target != TargetPeerd {
+		u.RawQuery = url.Values{"target": {h.Target}}.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := h.Client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s from %s: %w", path, m.Name, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s from %s: %s", path, m.Name, resp.Status)
+	}
+	return resp, nil
+}
+
+// EngineLookup finds the engine a request is for, by its ?target= (""
+// for peerd); it returns an error that says what to do when there is none.
+type EngineLookup func(target string) (*Engine, error)
+
+// PeerRoutes registers the read-only rollout routes other nodes and
+// operators call: plans, artifacts, this node's state and the rollout's
+// status. Anyone who reaches the peer HTTP API can call them.
+func PeerRoutes(mux *http.ServeMux, lookup EngineLookup) {
+	mux.HandleFunc("GET "+routePlan+"{id}", withEngine(lookup, func(e *Engine, w http.ResponseWriter, r *http.Request) {
+		b, err := e.PlanBytes(r.PathValue("id"))
+		if err != nil {
+			writeError(w, http.StatusNotFound, fmt.Errorf("no plan %s here", r.PathValue("id")))
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(b)
+	}))
+	mux.HandleFunc("GET "+routeArtifact+"{sha}", withEngine(lookup, func(e *Engine, w http.ResponseWriter, r *http.Request) {
+		f, size, err := e.OpenArtifact(r.PathValue("sha"))
+		if err != nil {
+			writeError(w, http.StatusNotFound, fmt.Errorf("no artifact %s here", r.PathValue("sha")))
+			return
+		}
+		defer f.Close()
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", fmt.Sprint(size))
+		_, _ = io.Copy(w, f)
+	}))
+	StateRoutes(mux, lookup)
+}
+
+// StateRoutes registers the routes that report this node's rollout state
+// and the rollout's status (served on the control socket as well).
+func StateRoutes(mux *http.ServeMux, lookup EngineLookup) {
+	mux.HandleFunc("GET "+routeNode, withEngine(lookup, func(e *Engine, w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, e.State())
+	}))
+	mux.HandleFunc("GET "+routeStatus, withEngine(lookup, func(e *Engine, w http.ResponseWriter, r *http.Request) {
+		st, err := e.Status(r.Context())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, st)
+	}))
+}
+
+func withEngine(lookup EngineLookup, h func(*Engine, http.ResponseWriter, *http.Request)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		e, err := lookup(r.URL.Query().Get("target"))
+		if err != nil {
+			writeError(w, http.StatusNotFound, err)
+			return
+		}
+		h(e, w, r)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeError answers {"error": "..."}, the shape of daemon/api.Error.
+func writeError(w http.ResponseWriter, code int, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(struct {
+		Error string `json:"error"`
+	}{err.Error()})
+}
