@@ -33,7 +33,7 @@ NFPM         := $(GO) tool nfpm
 # Newer goreleaser releases need modules the proxy refuses, or a newer Go.
 GORELEASER_VERSION ?= v2.12.5
 
-.PHONY: help build test unit lint fmt demo demo-app bench clean gen packages goreleaser-check test-systemd
+.PHONY: help build test unit lint fmt demo demo-app bench bench-sim clean gen packages goreleaser-check test-systemd
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -66,6 +66,13 @@ demo-app: ## 5 local agents install the example kv store, then upgrade it under 
 
 bench: ## roll 20 real agents v1 -> v2 (batch 4, --min-healthy 1s) and report where the time goes
 	$(GO) test -run '^$$' -bench BenchmarkRollout20 -benchtime 1x -timeout 20m ./integration/
+
+# SIM_NODES is the fleet size of bench-sim.
+SIM_NODES    ?= 1000
+
+bench-sim: ## roll SIM_NODES (1000) engines in one process over the in-memory hub, batch 10 %, dwell 1 s of fake time
+	@out=$$($(GO) test -count=1 -run '^TestSimBench$$' -v -timeout 20m ./upgrade/upgradetest/ -args -sim.nodes=$(SIM_NODES) 2>&1); rc=$$?; \
+	  if [ $$rc -eq 0 ]; then echo "$$out" | grep '^sim:'; else echo "$$out"; fi; exit $$rc
 
 gen: ## completion scripts, man page and changelog for the packages, in build/gen
 	@rm -rf $(GEN) && mkdir -p $(GEN)

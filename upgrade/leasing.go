@@ -72,11 +72,14 @@ func (e *Engine) answerLease(payload []byte) []byte {
 	if err := json.Unmarshal(payload, &req); err != nil {
 		return refuse("malformed lease request")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.QueryTimeout)
-	defer cancel()
-	p, err := e.planByID(ctx, req.PlanID)
-	if err != nil {
-		return refuse("unknown plan %s", short(req.PlanID))
+	p, ok := e.plans.local(req.PlanID)
+	if !ok {
+		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.QueryTimeout)
+		defer cancel()
+		var err error
+		if p, err = e.planByID(ctx, req.PlanID); err != nil {
+			return refuse("unknown plan %s", short(req.PlanID))
+		}
 	}
 	// A wave that has settled no longer needs its grant, whatever its plan.
 	held := false

@@ -193,6 +193,8 @@ func (m *machine) run(ctx context.Context) {
 	m.ctx = ctx
 	defer m.cancelOp()
 	m.resyncAt = m.e.clock.Now().Add(m.e.cfg.ResyncInterval)
+	timer := m.e.clock.NewTimer(time.Hour)
+	defer timer.Stop()
 	for {
 		m.handleMail()
 		if !m.restarting {
@@ -200,10 +202,9 @@ func (m *machine) run(ctx context.Context) {
 			}
 		}
 		m.reconcile()
-		timer := m.e.clock.NewTimer(m.nextWake())
+		timer.Reset(m.nextWake())
 		select {
 		case <-ctx.Done():
-			timer.Stop()
 			return
 		case <-m.mail.ready:
 		case r := <-m.results:
@@ -824,14 +825,19 @@ func (m *machine) reconcile() {
 		return
 	}
 	want := m.tagValue()
-	stale := !p.ok || p.confirmed != want || m.e.net.LocalMember().Tags[m.e.tagKey()] != want
+	stale := !p.ok || p.confirmed != want
 	due := !p.assertAt.IsZero() && !now.Before(p.assertAt)
 	if !stale && !due {
 		return
 	}
-	if !stale && (m.cur == nil || m.e.view.running(m.cur) == 0) {
-		p.assertAt = time.Time{} // nothing runs: nobody waits on this tag
-		return
+	if !stale {
+		// Due: does this node itself still carry what it was told it
+		// published, and does anyone still wait on it?
+		stale = m.e.net.LocalMember().Tags[m.e.tagKey()] != want
+		if !stale && (m.cur == nil || m.e.view.running(m.cur) == 0) {
+			p.assertAt = time.Time{} // nothing runs: nobody waits on this tag
+			return
+		}
 	}
 	p.inflight = true
 	m.wg.Add(1)

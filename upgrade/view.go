@@ -24,10 +24,9 @@ type view struct {
 
 	mu      sync.Mutex
 	members map[string]memberView
-	tallies map[string]*tally // by plan ID
-	order   []string          // plan IDs in the order they were tallied
-	changed map[string]bool   // members changed since the machine last looked
-	kick    chan struct{}     // wakes the machine (buffered, 1)
+	tallies []*tally        // oldest first, at most maxTallies
+	changed map[string]bool // members changed since the machine last looked
+	kick    chan struct{}   // wakes the machine (buffered, 1)
 }
 
 // maxTallies bounds the plans tallied at once: the node's own plan and
@@ -45,7 +44,6 @@ func newView(tagKey string) *view {
 	return &view{
 		tagKey:  tagKey,
 		members: map[string]memberView{},
-		tallies: map[string]*tally{},
 		changed: map[string]bool{},
 		kick:    make(chan struct{}, 1),
 	}
@@ -176,7 +174,9 @@ func (v *view) takeChanged() []string {
 	for name := range v.changed {
 		out = append(out, name)
 	}
-	clear(v.changed)
+	// A fresh map: a cleared one keeps its size, and iterating it would
+	// cost what the largest change set ever cost (a resync: every member).
+	v.changed = map[string]bool{}
 	return out
 }
 
@@ -190,19 +190,19 @@ func (v *view) member(name string) (memberView, bool) {
 
 // tallyLocked returns p's tally, counting it now if it is new.
 func (v *view) tallyLocked(p *plan.Compiled) *tally {
-	if t, ok := v.tallies[p.ID]; ok {
-		return t
+	for _, t := range v.tallies {
+		if t.p.ID == p.ID {
+			return t
+		}
 	}
-	if len(v.order) >= maxTallies {
-		delete(v.tallies, v.order[0])
-		v.order = v.order[1:]
+	if len(v.tallies) >= maxTallies {
+		v.tallies = v.tallies[1:]
 	}
 	t := newTally(p)
 	for name, mv := range v.members {
 		t.add(name, mv, 1)
 	}
-	v.tallies[p.ID] = t
-	v.order = append(v.order, p.ID)
+	v.tallies = append(v.tallies, t)
 	return t
 }
 

@@ -10,8 +10,9 @@ func Quorum(n int) int { return n/2 + 1 }
 // that a minority side of a partition can never reach it. A Tally is not
 // safe for concurrent use.
 type Tally struct {
-	n     int
-	votes map[string]bool
+	n                int
+	votes            map[string]bool
+	granted, refused int
 }
 
 // NewTally counts against a snapshot of snapshotSize members.
@@ -23,25 +24,19 @@ func NewTally(snapshotSize int) *Tally {
 // stands: a duplicated or replayed answer must not count twice toward a
 // majority, nor take back a grant the voter has already persisted.
 func (t *Tally) Add(voter string, granted bool) {
-	if _, ok := t.votes[voter]; !ok {
-		t.votes[voter] = granted
+	if _, ok := t.votes[voter]; ok {
+		return
+	}
+	t.votes[voter] = granted
+	if granted {
+		t.granted++
+	} else {
+		t.refused++
 	}
 }
 
 // Counts returns how many voters granted and how many refused.
-func (t *Tally) Counts() (granted, refused int) {
-	for _, v := range t.votes {
-		if v {
-			granted++
-		} else {
-			refused++
-		}
-	}
-	return granted, refused
-}
+func (t *Tally) Counts() (granted, refused int) { return t.granted, t.refused }
 
 // Granted reports whether at least Quorum(snapshotSize) voters granted.
-func (t *Tally) Granted() bool {
-	g, _ := t.Counts()
-	return g >= Quorum(t.n)
-}
+func (t *Tally) Granted() bool { return t.granted >= Quorum(t.n) }

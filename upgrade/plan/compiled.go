@@ -1,7 +1,6 @@
 package plan
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -31,9 +30,10 @@ func Compile(p Plan) (*Compiled, error) {
 	return compile(p, b)
 }
 
-// DecodeCompiled decodes a plan fetched by its ID: b must hash to id and be
-// the canonical encoding of the plan it decodes to, so that every node that
-// holds the plan holds the same bytes.
+// DecodeCompiled decodes a plan fetched by its ID: b must hash to id. The
+// plan is what those bytes say (they need not be canonical: every node
+// that holds the ID holds the same bytes, and the waves derive from the
+// ID), so decoding never encodes.
 func DecodeCompiled(id string, b []byte) (*Compiled, error) {
 	sum := sha256.Sum256(b)
 	if hex.EncodeToString(sum[:]) != id {
@@ -42,13 +42,6 @@ func DecodeCompiled(id string, b []byte) (*Compiled, error) {
 	p, err := Decode(b)
 	if err != nil {
 		return nil, err
-	}
-	canon, err := p.Encode()
-	if err != nil {
-		return nil, err
-	}
-	if !bytes.Equal(canon, b) {
-		return nil, fmt.Errorf("plan %.8s is not in canonical form", id)
 	}
 	return compile(p, b)
 }
