@@ -16,6 +16,10 @@ OUT          ?= bin/peerd
 # HEALTH_FAULT builds a deliberately bad release whose health check fails
 # (for tests of the rollout's health gate). Leave it empty.
 HEALTH_FAULT ?=
+# TAGS are Go build tags; the tests' builds add testhooks, which compiles in
+# the reading of PEERD_TEST_HOOK_DIR (a pause at a rollout step). Release
+# builds leave it empty: they read no PEERD_TEST_* variable.
+TAGS         ?=
 GOFLAGS_BUILD ?= -trimpath
 
 LDFLAGS := -s -w \
@@ -41,7 +45,7 @@ help: ## list the targets
 build: ## build OUT (bin/peerd) at VERSION with PROTOCOL_MIN..PROTOCOL_MAX
 	@case "$(PROTOCOL_MIN)$(PROTOCOL_MAX)" in *[!0-9]*|"") echo "PROTOCOL_MIN and PROTOCOL_MAX must be whole numbers" >&2; exit 2;; esac
 	@test $(PROTOCOL_MIN) -ge 1 -a $(PROTOCOL_MAX) -ge $(PROTOCOL_MIN) || { echo "want 1 <= PROTOCOL_MIN <= PROTOCOL_MAX" >&2; exit 2; }
-	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags "$(LDFLAGS)" -o $(OUT) ./cmd/peerd
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(OUT) ./cmd/peerd
 
 test: lint ## vet, staticcheck, then every test (integration included) under the race detector
 	$(GO) test -race -count=1 -timeout 30m ./...

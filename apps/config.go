@@ -22,6 +22,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/peerd/peerd/internal/clock"
 )
 
 // Config declares one managed application.
@@ -51,6 +53,8 @@ type Config struct {
 	Backoff, MaxBackoff time.Duration
 	// HealthInterval paces the health check.
 	HealthInterval time.Duration
+	// Clock paces restarts, stops and health checks; nil is the wall clock.
+	Clock clock.Clock
 }
 
 // HealthConfig is how the agent checks the application: an HTTP URL that
@@ -86,6 +90,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.HealthInterval <= 0 {
 		c.HealthInterval = 2 * time.Second
+	}
+	if c.Clock == nil {
+		c.Clock = clock.Real()
 	}
 	return c
 }

@@ -127,7 +127,7 @@ func New(cfg Config, dataDir string, logger *slog.Logger) (*Supervisor, error) {
 		first:    make(chan struct{}),
 		cmds:     make(chan chan<- *Handover),
 		restarts: make(chan chan error),
-		status:   Status{Name: cfg.Name, State: StateStopped, Address: cfg.Address, Since: time.Now()},
+		status:   Status{Name: cfg.Name, State: StateStopped, Address: cfg.Address, Since: cfg.Clock.Now()},
 	}, nil
 }
 
@@ -169,7 +169,7 @@ func (s *Supervisor) Detach() *Handover {
 	reply := make(chan *Handover, 1)
 	select {
 	case s.cmds <- reply:
-	case <-time.After(s.cfg.StopTimeout):
+	case <-s.cfg.Clock.After(s.cfg.StopTimeout):
 		return nil
 	}
 	h := <-reply
@@ -251,7 +251,7 @@ func (s *Supervisor) setState(state, reason string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.status.State != state {
-		s.status.Since = time.Now()
+		s.status.Since = s.cfg.Clock.Now()
 	}
 	s.status.State, s.status.Reason = state, reason
 }
@@ -346,7 +346,7 @@ func (s *Supervisor) run(ctx context.Context, h *Handover) {
 
 		select {
 		case <-p.exited:
-			ran := time.Since(p.started)
+			ran := s.cfg.Clock.Since(p.started)
 			s.mu.Lock()
 			s.proc = nil
 			s.status.PID = 0
@@ -379,10 +379,10 @@ func (s *Supervisor) run(ctx context.Context, h *Handover) {
 
 // pause waits d, answering a detach with nothing to hand over.
 func (s *Supervisor) pause(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
+	t := s.cfg.Clock.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-t.C:
+	case <-t.Chan():
 		return true
 	case reply := <-s.cmds:
 		reply <- nil
@@ -479,7 +479,7 @@ func (s *Supervisor) spawn() (*proc, error) {
 		r.Close()
 		return nil, fmt.Errorf("start %s: %w", path, err)
 	}
-	p := &proc{process: cmd.Process, out: r, path: path, version: version, started: time.Now()}
+	p := &proc{process: cmd.Process, out: r, path: path, version: version, started: s.cfg.Clock.Now()}
 	s.watch(p)
 	s.log.Info("started", "pid", p.process.Pid, "version", version, "path", path)
 	if err := s.saveRun(p); err != nil {
@@ -558,7 +558,7 @@ func (s *Supervisor) stop(p *proc) {
 	_ = p.process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.exited:
-	case <-time.After(s.cfg.StopTimeout):
+	case <-s.cfg.Clock.After(s.cfg.StopTimeout):
 		s.log.Warn("did not stop on SIGTERM; killing", "timeout", s.cfg.StopTimeout)
 		_ = syscall.Kill(-p.process.Pid, syscall.SIGKILL)
 		_ = p.process.Kill()
@@ -604,12 +604,12 @@ func (s *Supervisor) stopOrphan(path string) error {
 	}
 	s.log.Warn("stopping an instance a crashed agent left running", "pid", rec.PID)
 	_ = syscall.Kill(rec.PID, syscall.SIGTERM)
-	deadline := time.Now().Add(s.cfg.StopTimeout)
-	for time.Now().Before(deadline) {
+	deadline := s.cfg.Clock.Now().Add(s.cfg.StopTimeout)
+	for s.cfg.Clock.Now().Before(deadline) {
 		if syscall.Kill(rec.PID, 0) != nil {
 			return nil
 		}
-		time.Sleep(20 * time.Millisecond)
+		s.cfg.Clock.Sleep(20 * time.Millisecond)
 	}
 	_ = syscall.Kill(rec.PID, syscall.SIGKILL)
 	return nil
@@ -623,14 +623,14 @@ func (s *Supervisor) healthTimeout() time.Duration {
 
 // checkHealth runs the health check while the application runs.
 func (s *Supervisor) checkHealth(ctx context.Context) {
-	t := time.NewTicker(s.cfg.HealthInterval)
+	t := s.cfg.Clock.NewTicker(s.cfg.HealthInterval)
 	defer t.Stop()
 	client := &http.Client{Timeout: s.healthTimeout()}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.Chan():
 		}
 		s.mu.Lock()
 		running := s.proc != nil

@@ -27,8 +27,9 @@ import (
 var bins = map[string]string{}
 
 // builds are the versions the tests need: name -> make variables.
+// v1 is built with the testhooks tag: the kill tests pause it at a step.
 var builds = map[string][]string{
-	"v1":     {"VERSION=1.0.0", "PROTOCOL_MIN=1", "PROTOCOL_MAX=1"},
+	"v1":     {"VERSION=1.0.0", "PROTOCOL_MIN=1", "PROTOCOL_MAX=1", "TAGS=testhooks"},
 	"v2":     {"VERSION=2.0.0", "PROTOCOL_MIN=1", "PROTOCOL_MAX=2"},
 	"v3":     {"VERSION=3.0.0", "PROTOCOL_MIN=3", "PROTOCOL_MAX=3"},
 	"v2-bad": {"VERSION=2.0.0", "PROTOCOL_MIN=1", "PROTOCOL_MAX=2", "HEALTH_FAULT=bad-release"},

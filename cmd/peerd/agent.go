@@ -152,7 +152,7 @@ func runAgent(c *cli.Context) error {
 
 	agent, err := daemon.New(cfg, daemon.Options{
 		Logger: logger, Level: level, Executable: self, Launcher: launcher, AppHandovers: handovers,
-		HookDir: os.Getenv("PEERD_TEST_HOOK_DIR"),
+		HookDir: testHookDir(),
 	})
 	if err != nil {
 		return err

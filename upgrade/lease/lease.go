@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/peerd/peerd/internal/clock"
 	"github.com/peerd/peerd/internal/durable"
 )
 
@@ -49,7 +50,7 @@ type Request struct {
 // must be atomic.
 type Granter struct {
 	path  string
-	clock Clock
+	clock clock.Clock
 
 	// skipFsync is for tests of the decision logic only, which write
 	// thousands of grants and do not test durability.
@@ -63,14 +64,14 @@ type Granter struct {
 // directory must exist. A nil clock means the wall clock. A file that does
 // not parse is an error rather than a fresh start: forgetting a live grant
 // could let this member vote two waves offline at once.
-func NewGranter(path string, clock Clock) (*Granter, error) {
+func NewGranter(path string, clk clock.Clock) (*Granter, error) {
 	if path == "" {
 		return nil, errors.New("lease granter needs a file to keep its grants in")
 	}
-	if clock == nil {
-		clock = RealClock{}
+	if clk == nil {
+		clk = clock.Real()
 	}
-	g := &Granter{path: path, clock: clock}
+	g := &Granter{path: path, clock: clk}
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return g, nil

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/peerd/peerd/internal/clock"
 	"github.com/peerd/peerd/upgrade/lease"
 )
 
@@ -135,8 +136,8 @@ func TestDecide(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "grants.json")
-			clock := lease.NewFakeClock(t0)
-			g, err := lease.NewGranter(path, clock)
+			clk := clock.NewFake(t0)
+			g, err := lease.NewGranter(path, clk)
 			require.NoError(t, err)
 			for i, s := range tt.steps {
 				switch {
@@ -161,10 +162,10 @@ func TestDecide(t *testing.T) {
 				case s.release != nil:
 					require.NoError(t, g.Release(s.release.PlanID, s.release.Wave), "step %d", i)
 				case s.restart:
-					g, err = lease.NewGranter(path, clock)
+					g, err = lease.NewGranter(path, clk)
 					require.NoError(t, err, "step %d", i)
 				default:
-					clock.Advance(s.advance)
+					clk.Advance(s.advance)
 				}
 			}
 		})
@@ -172,7 +173,7 @@ func TestDecide(t *testing.T) {
 }
 
 func TestDecideAsksAboutTheRequestedWave(t *testing.T) {
-	g, err := lease.NewGranter(filepath.Join(t.TempDir(), "grants.json"), lease.NewFakeClock(t0))
+	g, err := lease.NewGranter(filepath.Join(t.TempDir(), "grants.json"), clock.NewFake(t0))
 	require.NoError(t, err)
 	var gotPlan string
 	gotWave := -1
@@ -188,8 +189,8 @@ func TestDecideAsksAboutTheRequestedWave(t *testing.T) {
 func TestGrantIsPersistedBeforeItIsReturned(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "grants.json")
-	clock := lease.NewFakeClock(t0)
-	g, err := lease.NewGranter(path, clock)
+	clk := clock.NewFake(t0)
+	g, err := lease.NewGranter(path, clk)
 	require.NoError(t, err)
 	gr, err := g.Decide(*req(0, time.Minute), allDone)
 	require.NoError(t, err)
@@ -201,20 +202,20 @@ func TestGrantIsPersistedBeforeItIsReturned(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, entries, 1, "temp files left behind: %v", entries)
 
-	again, err := lease.NewGranter(path, clock)
+	again, err := lease.NewGranter(path, clk)
 	require.NoError(t, err)
 	assert.Equal(t, []lease.Grant{gr}, again.Live())
 }
 
 func TestExpiredGrantsAreDroppedFromTheFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "grants.json")
-	clock := lease.NewFakeClock(t0)
-	g, err := lease.NewGranter(path, clock)
+	clk := clock.NewFake(t0)
+	g, err := lease.NewGranter(path, clk)
 	require.NoError(t, err)
 	for w := range 5 {
 		_, err := g.Decide(*req(w, time.Minute), allDone)
 		require.NoError(t, err)
-		clock.Advance(time.Minute)
+		clk.Advance(time.Minute)
 	}
 	_, err = g.Decide(*req(5, time.Minute), allDone)
 	require.NoError(t, err)
@@ -227,7 +228,7 @@ func TestExpiredGrantsAreDroppedFromTheFile(t *testing.T) {
 
 func TestUnpersistableGrantIsRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "missing-dir", "grants.json")
-	g, err := lease.NewGranter(path, lease.NewFakeClock(t0))
+	g, err := lease.NewGranter(path, clock.NewFake(t0))
 	require.NoError(t, err, "a missing file is a fresh granter")
 	_, err = g.Decide(*req(0, time.Minute), allDone)
 	require.ErrorContains(t, err, "persist lease grants")
@@ -239,7 +240,7 @@ func TestNewGranterRejectsACorruptFile(t *testing.T) {
 		t.Run(fmt.Sprintf("%q", content), func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "grants.json")
 			require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
-			_, err := lease.NewGranter(path, lease.NewFakeClock(t0))
+			_, err := lease.NewGranter(path, clock.NewFake(t0))
 			require.Error(t, err)
 			assert.ErrorContains(t, err, path, "the error names the file")
 			assert.ErrorContains(t, err, "corrupt")
@@ -253,8 +254,8 @@ func TestNewGranterNeedsAPath(t *testing.T) {
 }
 
 func TestLive(t *testing.T) {
-	clock := lease.NewFakeClock(t0)
-	g, err := lease.NewGranter(filepath.Join(t.TempDir(), "grants.json"), clock)
+	clk := clock.NewFake(t0)
+	g, err := lease.NewGranter(filepath.Join(t.TempDir(), "grants.json"), clk)
 	require.NoError(t, err)
 	assert.Empty(t, g.Live())
 
@@ -268,7 +269,7 @@ func TestLive(t *testing.T) {
 	live := g.Live()
 	require.Len(t, live, 1)
 	assert.Equal(t, "b", live[0].PlanID)
-	clock.Advance(time.Minute)
+	clk.Advance(time.Minute)
 	assert.Empty(t, g.Live(), "expired grants are not live")
 }
 
@@ -320,17 +321,6 @@ func TestTally(t *testing.T) {
 	}
 }
 
-func TestClocks(t *testing.T) {
-	c := lease.NewFakeClock(t0)
-	assert.Equal(t, t0, c.Now())
-	c.Advance(90 * time.Second)
-	assert.Equal(t, t0.Add(90*time.Second), c.Now())
-
-	before := time.Now()
-	now := lease.RealClock{}.Now()
-	assert.False(t, now.Before(before))
-}
-
 // TestNeverTwoWavesAtOnce drives 5 granters with random requests from two
 // waves (random partitions, random views of earlier waves, random TTLs,
 // releases, restarts and clock jumps) and checks after every step that the
@@ -347,10 +337,10 @@ func TestNeverTwoWavesAtOnce(t *testing.T) {
 	for seed := range uint64(seeds) {
 		rng := rand.New(rand.NewPCG(seed, 42))
 		dir := t.TempDir()
-		clock := lease.NewFakeClock(t0)
+		clk := clock.NewFake(t0)
 		granters := make([]*lease.Granter, voters)
 		open := func(i int) {
-			g, err := lease.NewGranter(filepath.Join(dir, fmt.Sprintf("grants-%d.json", i)), clock)
+			g, err := lease.NewGranter(filepath.Join(dir, fmt.Sprintf("grants-%d.json", i)), clk)
 			require.NoError(t, err)
 			granters[i] = lease.WithoutFsync(g)
 		}
@@ -366,7 +356,7 @@ func TestNeverTwoWavesAtOnce(t *testing.T) {
 		// liveCount is how many granters hold a live grant for each wave.
 		liveCount := func(step int) [2]int {
 			var c [2]int
-			now := clock.Now()
+			now := clk.Now()
 			for i := range granters {
 				var held []lease.Grant
 				for w, exp := range handedOut[i] {
@@ -403,7 +393,7 @@ func TestNeverTwoWavesAtOnce(t *testing.T) {
 						"seed %d step %d: wave %d reached a majority while wave %d holds one", seed, step, w, 1-w)
 				}
 			case op < 7:
-				clock.Advance(time.Duration(rng.IntN(150)) * time.Second)
+				clk.Advance(time.Duration(rng.IntN(150)) * time.Second)
 			case op < 8: // a granter sees a wave done and releases it
 				i, w := rng.IntN(voters), rng.IntN(2)
 				require.NoError(t, granters[i].Release(planID, w))
@@ -424,7 +414,7 @@ func TestNeverTwoWavesAtOnce(t *testing.T) {
 // TestConcurrentRequests races requests for different waves against one
 // granter: exactly one wave wins and the rest are refused.
 func TestConcurrentRequests(t *testing.T) {
-	g, err := lease.NewGranter(filepath.Join(t.TempDir(), "grants.json"), lease.NewFakeClock(t0))
+	g, err := lease.NewGranter(filepath.Join(t.TempDir(), "grants.json"), clock.NewFake(t0))
 	require.NoError(t, err)
 	const waves = 8
 	var (
