@@ -29,6 +29,7 @@ const (
 	eventPlan    = "peerd-plan"
 	eventControl = "peerd-ctl"
 	queryLease   = "peerd-lease"
+	queryLock    = "peerd-lock"
 )
 
 // Config configures a node's rollout engine for one target.
@@ -72,6 +73,9 @@ type Config struct {
 	// Observe, when set (by tests), is called with every state the machine
 	// persisted, in order, so that a checker can record a node's history.
 	Observe func(NodeState)
+	// ObserveGrants, when set (by tests), is called with this node's lease
+	// grants each time they were persisted.
+	ObserveGrants func([]lease.Grant)
 }
 
 // withDefaults fills in the timings and collaborators that have defaults.
@@ -121,6 +125,7 @@ type Engine struct {
 	dir     string
 	store   *artifact.Store
 	granter *lease.Granter
+	lock    *planLock
 	plans   *planStore
 	view    *view
 	m       *machine
@@ -157,12 +162,19 @@ func New(cfg Config, net Network) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.ObserveGrants != nil {
+		granter.OnSave(cfg.ObserveGrants)
+	}
 	st, err := LoadState(filepath.Join(dir, "state.json"))
 	if err != nil {
 		return nil, err
 	}
+	lock, err := openPlanLock(filepath.Join(dir, "lock.json"))
+	if err != nil {
+		return nil, err
+	}
 	e := &Engine{
-		cfg: cfg, net: net, target: cfg.Target, clock: cfg.Clock, dir: dir, store: store, granter: granter,
+		cfg: cfg, net: net, target: cfg.Target, clock: cfg.Clock, dir: dir, store: store, granter: granter, lock: lock,
 		log:   cfg.Logger.With("component", "rollout", "target", cfg.Target.Name()),
 		plans: newPlanStore(filepath.Join(dir, "plans")),
 		view:  newView(TagKey(cfg.Target.Name())),
@@ -176,6 +188,7 @@ func New(cfg Config, net Network) (*Engine, error) {
 	if e.leases == nil {
 		e.leases = quorumLeases{e}
 	}
+	e.metrics.lastEpoch = granter.Epoch() // grants from before a restart are counted already
 	e.m = newMachine(e, st)
 	return e, nil
 }
@@ -231,8 +244,11 @@ func (e *Engine) HandleEvent(name string, ltime uint64, payload []byte) {
 
 // HandleQuery answers the cluster's queries.
 func (e *Engine) HandleQuery(name string, payload []byte) ([]byte, error) {
-	if name == e.name(queryLease) {
+	switch name {
+	case e.name(queryLease):
 		return e.answerLease(payload), nil
+	case e.name(queryLock):
+		return e.answerLock(payload), nil
 	}
 	return nil, fmt.Errorf("unknown query %q", name)
 }
@@ -271,13 +287,12 @@ func (e *Engine) setTriggered(id string) {
 	e.mu.Unlock()
 }
 
-// RunningPlan returns the ID (or short ID, when only a tag tells of it) of a
-// rollout still in progress anywhere in the cluster, or "".
-func (e *Engine) RunningPlan() string {
+// busyWith is the plan this node is in, or triggered and has not taken up
+// yet, or "" (the plan lock says whether one runs elsewhere).
+func (e *Engine) busyWith() string {
 	e.mu.Lock()
-	st, triggered := e.state, e.triggered
-	e.mu.Unlock()
-	return runningPlan(st, triggered, e.view)
+	defer e.mu.Unlock()
+	return busyWith(e.state, e.triggered)
 }
 
 // Target is the name of what this engine rolls out.
@@ -310,7 +325,7 @@ func (e *Engine) name(base string) string {
 // Handles reports whether a Serf event or query of this name is this
 // engine's.
 func (e *Engine) Handles(name string) bool {
-	for _, b := range []string{eventPlan, eventControl, queryLease} {
+	for _, b := range []string{eventPlan, eventControl, queryLease, queryLock} {
 		if name == e.name(b) {
 			return true
 		}

@@ -1,19 +1,40 @@
 package upgrade
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/peerd/peerd/upgrade/lease"
 	"github.com/peerd/peerd/upgrade/plan"
 )
 
+// maxLeaseTTL bounds one hold: a holder renews it while offline, so a
+// holder that died blocks the next wave for at most this long past its
+// last renewal, however long the plan's deadline.
+const maxLeaseTTL = 2 * time.Minute
+
+// leaseTerms are a plan's lease terms, the same on every node: a hold
+// lasts the plan's deadline (at most maxLeaseTTL) from each renewal, and
+// one holder renews for at most the deadline and one more TTL (for its
+// rollback).
+func leaseTerms(p *plan.Compiled) (ttl, maxHold time.Duration) {
+	ttl = min(p.Options.Deadline, maxLeaseTTL)
+	return ttl, p.Options.Deadline + ttl
+}
+
 type leaseAnswer struct {
 	Granted bool   `json:"granted"`
-	Reason  string `json:"reason,omitempty"`
+	Epoch   uint64 `json:"epoch,omitempty"`
+	// For is how long the grant lasts from when the granter answered, on
+	// its own clock (a duration: the granters' clocks may disagree).
+	For    time.Duration `json:"for,omitempty"`
+	Reason string        `json:"reason,omitempty"`
 }
 
 // quorumLeases is the lease requester over the cluster: a Serf query to
@@ -21,9 +42,27 @@ type leaseAnswer struct {
 // whole snapshot (package lease counts).
 type quorumLeases struct{ e *Engine }
 
-func (q quorumLeases) Request(ctx context.Context, p *plan.Compiled, wave int) (bool, string) {
+func (q quorumLeases) Request(ctx context.Context, p *plan.Compiled, wave int, renew bool) (time.Duration, string) {
+	tally, _, why, lasts := q.ask(ctx, p, lease.Request{PlanID: p.ID, Wave: wave, Node: q.e.net.LocalMember().Name, Renew: renew})
+	if !tally.Granted() {
+		return 0, why
+	}
+	// A majority holds the wave at least as long as the shortest of the
+	// quorum's longest grants.
+	slices.SortFunc(lasts, func(a, b time.Duration) int { return cmp.Compare(b, a) })
+	return max(lasts[lease.Quorum(len(p.Members))-1], time.Nanosecond), why
+}
+
+// Release reports whether every member it reached, and at least a
+// majority, took the hold back.
+func (q quorumLeases) Release(ctx context.Context, p *plan.Compiled, wave int) (bool, string) {
+	tally, asked, why, _ := q.ask(ctx, p, lease.Request{PlanID: p.ID, Wave: wave, Node: q.e.net.LocalMember().Name, Release: true})
+	granted, _ := tally.Counts()
+	return tally.Granted() && granted == asked, why
+}
+
+func (q quorumLeases) ask(ctx context.Context, p *plan.Compiled, req lease.Request) (tally *lease.Tally, asked int, why string, lasts []time.Duration) {
 	e := q.e
-	req := lease.Request{PlanID: p.ID, Wave: wave, TTL: p.Options.Deadline, Node: e.net.LocalMember().Name}
 	payload, _ := json.Marshal(req)
 	var ask []string
 	for _, m := range e.net.Members() {
@@ -31,7 +70,7 @@ func (q quorumLeases) Request(ctx context.Context, p *plan.Compiled, wave int) (
 			ask = append(ask, m.Name)
 		}
 	}
-	tally := lease.NewTally(len(p.Members))
+	tally = lease.NewTally(len(p.Members))
 	var refusals []string
 	count := func(from string, b []byte) {
 		var a leaseAnswer
@@ -39,29 +78,37 @@ func (q quorumLeases) Request(ctx context.Context, p *plan.Compiled, wave int) (
 			return
 		}
 		tally.Add(from, a.Granted)
-		if !a.Granted {
+		if a.Granted {
+			lasts = append(lasts, a.For)
+		} else {
 			refusals = append(refusals, from+": "+a.Reason)
 		}
 	}
 	// Stop listening once a majority granted: wave-mates that just went
 	// offline will not answer, and waiting for them only delays the wave.
+	// A release waits for everyone it can reach: each granter it misses
+	// holds the wave until the hold expires.
 	enough := func(from string, b []byte) bool {
 		count(from, b)
-		return tally.Granted()
+		return !req.Release && tally.Granted()
 	}
 	_, err := e.net.Query(ctx, e.name(queryLease), payload, ask, e.cfg.QueryTimeout, enough)
 	granted, refused := tally.Counts()
 	if err != nil && granted+refused == 0 {
-		return false, err.Error()
+		return tally, len(ask), err.Error(), lasts
 	}
 	sort.Strings(refusals)
-	return tally.Granted(), fmt.Sprintf("%d granted, %d refused of %d (need %d): %s",
-		granted, refused, len(p.Members), lease.Quorum(len(p.Members)), strings.Join(refusals, "; "))
+	return tally, len(ask), fmt.Sprintf("%d granted, %d refused of %d (need %d; %d asked): %s",
+		granted, refused, len(p.Members), lease.Quorum(len(p.Members)), len(ask), strings.Join(refusals, "; ")), lasts
 }
 
 // answerLease is this node's vote as a granter. It runs on the query's own
 // goroutine, beside the state machine: it reads the view and the plan
-// store, and the granter serialises the decision itself.
+// store, and the granter serialises the decision itself. Everything it
+// grants is checked against the plan here, never taken from the request:
+// the wave must exist, the requester must be in it, and the TTL is the
+// plan's. A hold is released by its holder only, or expires: what this
+// node sees in the holders' tags never ends one.
 func (e *Engine) answerLease(payload []byte) []byte {
 	refuse := func(format string, a ...any) []byte {
 		e.metrics.refusedVote()
@@ -72,6 +119,13 @@ func (e *Engine) answerLease(payload []byte) []byte {
 	if err := json.Unmarshal(payload, &req); err != nil {
 		return refuse("malformed lease request")
 	}
+	if req.Release {
+		if err := e.granter.Release(req.PlanID, req.Wave, req.Node); err != nil {
+			return refuse("release: %v", err)
+		}
+		b, _ := json.Marshal(leaseAnswer{Granted: true})
+		return b
+	}
 	p, ok := e.plans.local(req.PlanID)
 	if !ok {
 		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.QueryTimeout)
@@ -81,29 +135,28 @@ func (e *Engine) answerLease(payload []byte) []byte {
 			return refuse("unknown plan %s", short(req.PlanID))
 		}
 	}
-	// A wave that has settled no longer needs its grant, whatever its plan.
-	held := false
-	for _, g := range e.granter.Live() {
-		if g.PlanID == req.PlanID && g.Wave == req.Wave {
-			held = true
-			continue
-		}
-		gp, ok := e.plans.local(g.PlanID)
-		if !ok || !e.view.waveSettled(gp, g.Wave) {
-			continue // unknown plan or wave in flight: keep the grant until it expires (safe)
-		}
-		if err := e.granter.Release(g.PlanID, g.Wave); err != nil {
-			return refuse("release grant: %v", err)
-		}
+	// Late joiners (not in the snapshot) each run in a final wave of their
+	// own, one at a time: a late wave's members could not be agreed on.
+	late := req.Wave == len(p.Waves) && !p.InSnapshot(req.Node)
+	switch {
+	case late:
+	case req.Wave < 0 || req.Wave >= len(p.Waves):
+		return refuse("plan %s has no wave %d (it has %d)", p.Short, req.Wave+1, len(p.Waves))
+	case p.WaveOf(req.Node) != req.Wave:
+		return refuse("%s is not in wave %d of plan %s", req.Node, req.Wave+1, p.Short)
 	}
-	gr, err := e.granter.Decide(req, func(_ string, w int) bool { return e.view.earlierWavesDone(p, w) })
+	ttl, maxHold := leaseTerms(p)
+	gr, err := e.granter.Decide(req, lease.Terms{
+		TTL: ttl, MaxHold: maxHold, Exclusive: late,
+		EarlierDone: func() bool { return e.view.earlierWavesDone(p, req.Wave) },
+	})
 	running, _ := e.target.Running()
 	e.log.Debug("lease vote", "plan", p.Short, "requester", req.Node, "wave", req.Wave,
 		"granted", err == nil, "voter_version", running, "err", err)
 	if err != nil {
 		return refuse("%v", err)
 	}
-	e.metrics.grantedVote(gr, held, e.clock.Now())
-	b, _ := json.Marshal(leaseAnswer{Granted: true})
+	e.metrics.grantedVote(gr)
+	b, _ := json.Marshal(leaseAnswer{Granted: true, Epoch: gr.Epoch, For: gr.Expires.Sub(e.clock.Now())})
 	return b
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -48,6 +49,7 @@ type machine struct {
 	pendingCtl []controlMsg
 	ctlRetryAt time.Time // operator actions wait for a failed persist
 	op         *runningOp
+	keeper     *runningOp // a renewal of the lease, beside op
 	opGen      uint64
 	retryAt    time.Time // no step before then (a backoff)
 	backoff    time.Duration
@@ -56,6 +58,19 @@ type machine struct {
 	pub        publication
 	restarting bool
 	resyncAt   time.Time
+	// leaseUntil is how long this process knows a majority holds its
+	// wave for it: from when it sent the last granted request, a TTL
+	// (granters start the hold when the request arrives, on their own
+	// clocks, so this is safe whatever their offsets).
+	leaseUntil time.Time
+	renewNext  time.Time // when the keeper renews the hold next
+	renewAfter time.Time // no renewal before then (after a refusal)
+	// installed: this process installed the plan's artifact (apply).
+	installed bool
+	// revertPending: the node failed after going offline and must
+	// restart into its old version, once it holds the lease.
+	revertPending bool
+	releaseSince  time.Time // first attempt to give the lease back
 }
 
 // The machine's messages.
@@ -105,9 +120,11 @@ const (
 	opRestart               // restart an application at the new version
 	opHealth                // one observation of the health gate
 	opRevert                // restart an application at the old version
+	opRenew                 // renew the lease (the keeper's op)
+	opRelease               // give the lease back
 )
 
-var opNames = [...]string{"adopt", "fetch plan", "prepare", "lease", "apply", "restart", "health", "revert"}
+var opNames = [...]string{"adopt", "fetch plan", "prepare", "lease", "apply", "restart", "health", "revert", "renew", "release"}
 
 func (k opKind) String() string { return opNames[k] }
 
@@ -129,7 +146,7 @@ type opResult struct {
 	looked  []string         // opAdopt: plan short IDs resolved
 	failed  []string         // opAdopt: announced IDs not fetched
 	plan    *plan.Compiled   // opFetch
-	granted bool             // opLease
+	held    time.Duration    // opLease, opRenew: how long a majority holds the wave (0: not granted)
 	why     string           // opLease: the granters' answers
 }
 
@@ -200,6 +217,7 @@ func (m *machine) run(ctx context.Context) {
 		if !m.restarting {
 			for m.step() {
 			}
+			m.keepLease()
 		}
 		m.reconcile()
 		timer.Reset(m.nextWake())
@@ -228,7 +246,8 @@ func (m *machine) nextWake() time.Duration {
 	now := m.e.clock.Now()
 	next := m.resyncAt
 	consider := func(t time.Time) {
-		if !t.IsZero() && t.Before(next) {
+		// A time already past holds nothing back: it wakes nobody.
+		if t.After(now) && t.Before(next) {
 			next = t
 		}
 	}
@@ -237,6 +256,10 @@ func (m *machine) nextWake() time.Duration {
 		if m.st.Phase == PhaseHealth && m.st.Active() {
 			consider(m.health.next)
 		}
+	}
+	if m.keeper == nil && m.needsLease() {
+		consider(m.renewAt())
+		consider(m.renewAfter)
 	}
 	if !m.pub.inflight {
 		consider(m.pub.retryAt)
@@ -287,6 +310,14 @@ func (m *machine) step() bool {
 	if m.op != nil || m.e.clock.Now().Before(m.retryAt) {
 		return false
 	}
+	if m.revertPending {
+		m.revert()
+		return false
+	}
+	if m.st.Phase.Terminal() && m.st.Lease {
+		m.release()
+		return false
+	}
 	if !m.st.Active() {
 		m.adopt()
 		return false
@@ -327,11 +358,33 @@ func (m *machine) step() bool {
 		if st.Paused || !v.earlierWavesDone(p, st.Wave) {
 			return false
 		}
+		if !st.Lease {
+			// From the first request on, some granters may hold the wave
+			// for this node: say so on disk, so that whatever happens
+			// next, this node gives it back.
+			st.Lease = true
+			return m.transition(st) == nil
+		}
 		m.startOp(opLease, func(ctx context.Context) opResult {
-			granted, why := m.e.leases.Request(ctx, p, st.Wave)
-			return opResult{granted: granted, why: why}
+			held, why := m.e.leases.Request(ctx, p, st.Wave, false)
+			if ttl, _ := leaseTerms(p); held < ttl/2 {
+				// Give back what part of the grant it got: two requesters
+				// that each hold part of an exclusive wave would otherwise
+				// keep it split, renewing their parts, until they run out.
+				m.e.leases.Release(ctx, p, st.Wave)
+			}
+			return opResult{held: held, why: why}
 		})
 	case PhaseApply:
+		// Every restart first makes sure this node still holds its wave
+		// (after a crash, the hold may have lapsed): keepLease renews it.
+		if !m.leaseFresh() {
+			return false
+		}
+		if m.installed {
+			m.restartTarget()
+			return false
+		}
 		_, running := m.e.target.Running()
 		staged := m.e.stagedPath(p)
 		m.startOp(opApply, func(context.Context) opResult {
@@ -384,6 +437,10 @@ func (m *machine) retryIn(d time.Duration) { m.retryAt = m.e.clock.Now().Add(d) 
 
 // finish takes an op's result.
 func (m *machine) finish(r opResult) {
+	if r.kind == opRenew {
+		m.renewed(r)
+		return
+	}
 	if m.op == nil || r.gen != m.op.gen {
 		return // cancelled: the state it was for has moved on
 	}
@@ -402,13 +459,19 @@ func (m *machine) finish(r opResult) {
 	case opPrepare:
 		m.prepared(r, log)
 	case opLease:
-		if !r.granted {
-			log.Debug("lease not granted yet", "why", r.why)
+		ttl, _ := leaseTerms(m.cur)
+		if r.held < ttl/2 {
+			// Not granted, or only for a moment (some granters' grants are
+			// about to run out): never go offline on a lease that would
+			// lapse first. Back off with jitter, so that requesters racing
+			// for one wave do not keep colliding.
+			log.Debug("lease not granted yet", "why", r.why, "held", r.held)
 			m.backoff = min(max(2*m.backoff, leaseBackoffMin), leaseBackoffMax)
-			m.retryIn(m.backoff)
+			m.retryIn(m.backoff/2 + rand.N(m.backoff/2+1))
 			return
 		}
 		m.backoff = 0
+		m.held(r.started, r.held)
 		m.hook(PhaseApply)
 		st := m.st
 		st.Phase = PhaseApply
@@ -419,16 +482,7 @@ func (m *machine) finish(r opResult) {
 			m.fail(r.err.Error(), false)
 			return
 		}
-		m.hook(PhaseRestart)
-		if m.e.target.RestartsAgent() {
-			st := m.st
-			st.Phase = PhaseRestart
-			if m.transition(st) == nil {
-				m.restartAgent()
-			}
-			return
-		}
-		m.startOp(opRestart, func(ctx context.Context) opResult { return opResult{err: m.e.target.Restart(ctx)} })
+		m.installed = true // the step restarts, once the lease is fresh
 	case opRestart:
 		if r.err != nil {
 			m.fail(fmt.Sprintf("restart: %v", r.err), true)
@@ -443,6 +497,21 @@ func (m *machine) finish(r opResult) {
 		if r.err != nil {
 			log.Error("restart the application at the previous version", "err", r.err)
 		}
+	case opRelease:
+		// A granter that missed the release (lost, or across a partition)
+		// holds the wave until its grant expires: try again until then.
+		if m.releaseSince.IsZero() {
+			m.releaseSince = r.started
+		}
+		if r.err != nil && m.e.clock.Since(m.releaseSince) < maxLeaseTTL {
+			log.Debug("give the lease back: not every granter took it; will retry", "err", r.err)
+			m.retryIn(time.Second)
+			return
+		}
+		m.releaseSince = time.Time{}
+		st := m.st
+		st.Lease = false
+		_ = m.transition(st)
 	case opHealth:
 		m.observed(r, log)
 	}
@@ -562,14 +631,132 @@ func (m *machine) fail(reason string, rollback bool) {
 		return
 	}
 	m.log.Error("rollout failed on this node; the rollout halts", "plan", short(st.PlanID), "wave", st.Wave, "reason", reason, "rolled_back", rollback)
-	if !rollback {
+	// Going back to the old version is a restart like any other: inside
+	// a live lease (revert).
+	m.revertPending = rollback
+}
+
+// revert restarts the target into its old version once the lease is
+// fresh (keepLease renews it meanwhile).
+func (m *machine) revert() {
+	if !m.leaseFresh() {
 		return
 	}
+	m.revertPending = false
 	if m.e.target.RestartsAgent() {
 		m.restartAgent()
 		return
 	}
 	m.startOp(opRevert, func(ctx context.Context) opResult { return opResult{err: m.e.target.Restart(ctx)} })
+}
+
+// restartTarget brings up the installed version, inside a fresh lease: the
+// agent restarts for peerd; an application restarts under it.
+func (m *machine) restartTarget() {
+	m.hook(PhaseRestart)
+	if m.e.target.RestartsAgent() {
+		st := m.st
+		st.Phase = PhaseRestart
+		if m.transition(st) == nil {
+			m.restartAgent()
+		}
+		return
+	}
+	m.startOp(opRestart, func(ctx context.Context) opResult { return opResult{err: m.e.target.Restart(ctx)} })
+}
+
+// needsLease reports whether this node must hold its wave now: it is
+// offline or in its health gate, or about to go back to its old version.
+func (m *machine) needsLease() bool {
+	return m.cur != nil && (m.st.Active() && m.st.Phase.HoldsLease() || m.revertPending)
+}
+
+// leaseFresh reports whether the hold is known to last at least half a
+// TTL more: enough to restart in.
+func (m *machine) leaseFresh() bool {
+	if m.cur == nil {
+		return false
+	}
+	ttl, _ := leaseTerms(m.cur)
+	return m.e.clock.Now().Before(m.leaseUntil.Add(-ttl / 2))
+}
+
+// renewAt is when the keeper renews the hold: a quarter TTL after the
+// last granted request, sooner after a refusal.
+func (m *machine) renewAt() time.Time { return m.renewNext }
+
+// held notes a granted request sent at started: a majority holds the
+// wave for this node for d from then.
+func (m *machine) held(started time.Time, d time.Duration) {
+	ttl, _ := leaseTerms(m.cur)
+	m.leaseUntil, m.renewNext = started.Add(d), started.Add(min(d/2, ttl/4))
+}
+
+// keepLease renews the hold while the node needs it, on the keeper's own
+// op, beside whatever step runs (a health observation, an install).
+func (m *machine) keepLease() {
+	now := m.e.clock.Now()
+	if m.keeper != nil || !m.needsLease() || now.Before(m.renewAfter) {
+		return
+	}
+	// Renew on schedule, and at once when a restart waits for a fresh hold.
+	if now.Before(m.renewAt()) && m.leaseFresh() {
+		return
+	}
+	// Renew while the hold is known; once it may have lapsed (a restart,
+	// refusals) ask for it afresh, as a restart must.
+	p, w, renew := m.cur, m.st.Wave, m.e.clock.Now().Before(m.leaseUntil)
+	m.opGen++
+	ctx, cancel := context.WithCancel(m.ctx)
+	m.keeper = &runningOp{kind: opRenew, gen: m.opGen, cancel: cancel}
+	gen, started := m.opGen, m.e.clock.Now()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer cancel()
+		held, why := m.e.leases.Request(ctx, p, w, renew)
+		r := opResult{kind: opRenew, gen: gen, started: started, ended: m.e.clock.Now(), held: held, why: why}
+		select {
+		case m.results <- r:
+		case <-ctx.Done():
+		}
+	}()
+}
+
+// renewed takes a renewal's answer.
+func (m *machine) renewed(r opResult) {
+	if m.keeper == nil || r.gen != m.keeper.gen {
+		return
+	}
+	m.keeper = nil
+	if r.held <= 0 {
+		// Not fresh: no restart happens until it is. The hold itself
+		// lasts until leaseUntil; a node offline past it is what the
+		// deadline and its rollback are for.
+		m.log.Warn("lease not renewed; will retry", "plan", short(m.st.PlanID), "wave", m.st.Wave, "why", r.why)
+		m.renewAfter = r.ended.Add(prepareRetry)
+		return
+	}
+	m.held(r.started, r.held)
+}
+
+// release gives the lease back: the node is finished with its wave.
+func (m *machine) release() {
+	p, ok := m.e.plans.local(m.st.PlanID)
+	if !ok {
+		// The plan is gone from this node; the holds expire on their own.
+		st := m.st
+		st.Lease = false
+		_ = m.transition(st)
+		return
+	}
+	w := m.st.Wave
+	m.startOp(opRelease, func(ctx context.Context) opResult {
+		if ok, why := m.e.leases.Release(ctx, p, w); !ok {
+			return opResult{err: errors.New(why)}
+		}
+		return opResult{}
+	})
 }
 
 // restartAgent asks the agent to restart into the version store's choice.
@@ -681,10 +868,10 @@ func (m *machine) adopted(r opResult) {
 	var best *plan.Compiled
 	for _, p := range r.plans {
 		m.seen[p.Short] = true
-		if p.ID == m.st.PlanID || current != nil && !p.Created.After(current.Created) {
+		if p.ID == m.st.PlanID || current != nil && !p.Newer(current.Plan) {
 			continue
 		}
-		if best == nil || p.Created.After(best.Created) {
+		if best == nil || p.Newer(best.Plan) {
 			best = p
 		}
 	}
@@ -713,21 +900,34 @@ func (m *machine) begin(p *plan.Compiled) {
 		FromVersion: running, ToVersion: p.Version,
 		RolledBackFrom: m.st.RolledBackFrom,
 	}
-	if running == p.Version {
+	switch ahead := p.Created.Sub(m.e.clock.Now()); {
+	case running == p.Version:
 		st.Phase = PhaseDone // already there: nothing to do, nothing to hold up
+	case ahead > maxPlanSkew:
+		// Plans are ordered by their sequence, not their clock; but a
+		// plan from hours in this node's future means a clock is wrong
+		// somewhere, and the operator should know before anything runs.
+		st.Phase = PhaseFailed
+		st.Reason = fmt.Sprintf("the plan was made %s ahead of this node's clock (more than %s): fix the clock on %s or on this node (NTP), then 'peerd upgrade resume'",
+			ahead.Round(time.Minute), maxPlanSkew, p.Origin)
+	}
+	if err := m.e.lock.seen(p.ID, p.Seq, m.e.clock.Now()); err != nil {
+		m.log.Warn("note the plan's sequence", "err", err)
 	}
 	if m.transition(st) == nil {
 		m.cur = p
 		m.health = healthGate{}
+		m.installed, m.leaseUntil, m.renewNext, m.renewAfter = false, time.Time{}, time.Time{}, time.Time{}
 	}
 }
 
-// commitTrigger makes a plan triggered here the next one this node runs,
-// unless a rollout is running (checked again here, on the owner's
-// goroutine, so that two triggers cannot both see none).
+// commitTrigger makes a plan triggered here, which holds the plan lock,
+// the next one this node runs. The lock is what keeps plans apart across
+// the cluster; here, on the owner's goroutine, only this node's own state
+// is checked again.
 func (m *machine) commitTrigger(p *plan.Compiled) error {
-	if id := m.runningPlan(); id != "" {
-		return fmt.Errorf("a rollout is already running: plan %s; watch it with 'peerd upgrade status', or stop it with 'peerd upgrade abort'", id)
+	if id := m.busyWith(); id != "" {
+		return fmt.Errorf("a rollout is already running: plan %s; watch it with 'peerd upgrade status', or stop it with 'peerd upgrade abort'", short(id))
 	}
 	if err := m.e.plans.save(p); err != nil {
 		return err
@@ -738,26 +938,15 @@ func (m *machine) commitTrigger(p *plan.Compiled) error {
 	return nil
 }
 
-// runningPlan is the ID (or short ID, when only a tag tells of it) of a
-// rollout still in progress anywhere in the cluster, or "".
-func (m *machine) runningPlan() string {
-	return runningPlan(m.st, m.triggered, m.e.view)
-}
+// busyWith is the plan this node is in, or triggered and has not taken
+// up yet, or "".
+func (m *machine) busyWith() string { return busyWith(m.st, m.triggered) }
 
-func runningPlan(st NodeState, triggered string, v *view) string {
+func busyWith(st NodeState, triggered string) string {
 	if st.Active() {
 		return st.PlanID
 	}
-	if triggered != "" {
-		return triggered // triggered here, not adopted yet
-	}
-	if s := v.anyRunning(); s != "" {
-		if strings.HasPrefix(st.PlanID, s) {
-			return st.PlanID
-		}
-		return s
-	}
-	return ""
+	return triggered
 }
 
 // applyControl applies the operator actions that arrived, in Lamport order
@@ -834,7 +1023,7 @@ func (m *machine) reconcile() {
 		// Due: does this node itself still carry what it was told it
 		// published, and does anyone still wait on it?
 		stale = m.e.net.LocalMember().Tags[m.e.tagKey()] != want
-		if !stale && (m.cur == nil || m.e.view.running(m.cur) == 0) {
+		if !stale && (m.cur == nil || !m.planRunning()) {
 			p.assertAt = time.Time{} // nothing runs: nobody waits on this tag
 			return
 		}
@@ -849,6 +1038,13 @@ func (m *machine) reconcile() {
 		case <-m.ctx.Done():
 		}
 	}()
+}
+
+// planRunning reports whether anyone in this node's view is still in its
+// plan and not finished with it.
+func (m *machine) planRunning() bool {
+	running, _ := m.e.view.running(m.cur)
+	return running > 0
 }
 
 // published takes the outcome of a tag update.

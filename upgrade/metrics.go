@@ -3,7 +3,6 @@ package upgrade
 import (
 	"maps"
 	"sync"
-	"time"
 
 	"github.com/peerd/peerd/upgrade/lease"
 )
@@ -59,12 +58,15 @@ func (e *Engine) Stats() Stats {
 
 // engineMetrics is the engine's part of Stats. Its zero value is ready.
 type engineMetrics struct {
-	mu       sync.Mutex
-	grants   uint64
-	granted  uint64
-	refused  uint64
-	counted  map[grantKey]time.Time // grants counted, until they expire
-	upgrades map[string]*Durations
+	mu      sync.Mutex
+	grants  uint64
+	granted uint64
+	refused uint64
+	// lastEpoch is the newest grant counted: a granter's epochs only grow
+	// (they are persisted), and one from before a restart is not counted
+	// again because nothing is granted twice under one epoch.
+	lastEpoch uint64
+	upgrades  map[string]*Durations
 }
 
 func (m *engineMetrics) refusedVote() {
@@ -73,32 +75,17 @@ func (m *engineMetrics) refusedVote() {
 	m.mu.Unlock()
 }
 
-// grantedVote counts a granted answer, and the grant itself if it is new:
-// not held before the request (a requester asks again until it has a
-// majority, and a grant from before a restart is not this process's) and
-// not counted already (wave-mates ask for the same wave concurrently).
-func (m *engineMetrics) grantedVote(gr lease.Grant, heldBefore bool, now time.Time) {
+// grantedVote counts a granted answer, and the grant itself if this
+// granter has not counted its epoch yet: a holder renews, wave-mates join
+// the same grant, and a requester asks again until it has a majority.
+func (m *engineMetrics) grantedVote(gr lease.Grant) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.granted++
-	maps.DeleteFunc(m.counted, func(_ grantKey, expires time.Time) bool { return !now.Before(expires) })
-	key := grantKey{gr.PlanID, gr.Wave, gr.Expires.UnixNano()}
-	if _, ok := m.counted[key]; heldBefore || ok {
-		return
+	if gr.Epoch > m.lastEpoch {
+		m.lastEpoch = gr.Epoch
+		m.grants++
 	}
-	if m.counted == nil {
-		m.counted = map[grantKey]time.Time{}
-	}
-	m.counted[key] = gr.Expires
-	m.grants++
-}
-
-// grantKey tells grants apart: one wave granted again after its grant
-// expired is a new grant.
-type grantKey struct {
-	planID  string
-	wave    int
-	expires int64
 }
 
 // stateChanged observes a finished upgrade of this node: the step from a

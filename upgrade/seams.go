@@ -88,7 +88,12 @@ type Check struct {
 // LeaseRequester asks the granters for a wave's lease. quorumLeases is the
 // real one, over Network.Query; the decisions stay in package lease.
 type LeaseRequester interface {
-	// Request reports whether a majority of p's snapshot granted wave, and
-	// says why not.
-	Request(ctx context.Context, p *plan.Compiled, wave int) (granted bool, why string)
+	// Request asks for this node's part in wave's grant, or with renew
+	// extends the part it holds (never acquiring one). held is how long a
+	// majority of p's snapshot holds the wave for this node, counted from
+	// before the request was sent; 0 when it was not granted (why says why).
+	Request(ctx context.Context, p *plan.Compiled, wave int, renew bool) (held time.Duration, why string)
+	// Release gives this node's hold back; it reports whether a majority
+	// of the snapshot took it.
+	Release(ctx context.Context, p *plan.Compiled, wave int) (released bool, why string)
 }

@@ -67,6 +67,10 @@ type NodeState struct {
 	// Starts counts how often the new binary started in PhaseRestart or
 	// PhaseHealth; a binary that keeps crashing is rolled back.
 	Starts int `json:"starts,omitempty"`
+	// Lease is set from the node's first lease request of its plan until
+	// it gave its hold back: a node that finished (or restarted into its
+	// old version) releases it, so the next wave need not wait for expiry.
+	Lease bool `json:"lease,omitempty"`
 	// Paused holds the node before its next lease request.
 	Paused bool `json:"paused,omitempty"`
 	// ControlLTime is the Lamport time of the last operator action

@@ -163,7 +163,7 @@ func (e *Engine) newerPlan(ctx context.Context, a, b string) bool {
 	if errA != nil || errB != nil {
 		return errB != nil // show what can be shown
 	}
-	return pa.Created.After(pb.Created)
+	return pa.Newer(pb.Plan)
 }
 
 // reasonOf asks a failed node why (the tag has no room for it).

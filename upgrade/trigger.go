@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/peerd/peerd/upgrade/plan"
 	"github.com/peerd/peerd/upgrade/versions"
@@ -48,7 +49,7 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	var res TriggerResult
 	e.triggerMu.Lock()
 	defer e.triggerMu.Unlock()
-	if id := e.RunningPlan(); id != "" {
+	if id := e.busyWith(); id != "" {
 		return res, fmt.Errorf("a rollout is already running: plan %s; watch it with 'peerd upgrade status', or stop it with 'peerd upgrade abort'", id)
 	}
 	running, _ := e.target.Running()
@@ -103,9 +104,17 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 		}
 		p.Patch = &plan.Patch{FromVersion: req.PatchFrom, Artifact: plan.Artifact{SHA256: req.PatchSHA256, Size: psize}}
 	}
+	// The snapshot is every member that has not left, reachable or not: a
+	// lease needs a majority of all of them, so that a partitioned
+	// minority can take no wave offline.
+	var snapshot, reachable []cluster.Member
 	for _, m := range e.net.Members() {
-		if m.Status != "alive" || !req.Options.Selects(m.Tags) {
+		if m.Status == "left" || !req.Options.Selects(m.Tags) {
 			continue
+		}
+		snapshot = append(snapshot, m)
+		if m.Status == "alive" {
+			reachable = append(reachable, m)
 		}
 		pm := plan.Member{Name: m.Name, Version: m.Version}
 		if req.Options.ByTag != "" {
@@ -121,6 +130,9 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	if err != nil {
 		return res, err
 	}
+	if err := unreachable(snapshot, reachable); err != nil && !req.DryRun {
+		return res, err
+	}
 	checks, err := e.originChecks(ctx, c)
 	if err != nil {
 		return res, fmt.Errorf("artifact refused before any node went offline: %w", err)
@@ -129,6 +141,11 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	if req.DryRun {
 		return res, nil
 	}
+	// Number the plan and make it the only one: the plan lock.
+	if c, err = e.takeLock(ctx, p); err != nil {
+		return res, err
+	}
+	res = TriggerResult{PlanID: c.ID, Plan: c.Plan, Waves: c.Waves, Checks: checks}
 	reply := make(chan error, 1)
 	e.m.mail.post(triggerMsg{p: c, reply: reply})
 	select {

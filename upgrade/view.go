@@ -76,15 +76,16 @@ type tally struct {
 	p          *plan.Compiled
 	notDone    []int // not done in p: the next wave waits for them
 	unprepared []int // without the artifact: a wave prepares one ahead of them
-	unsettled  []int // in p and not finished: they may still go offline
 	// running counts present members, in the snapshot or not, whose phase
 	// in p is not terminal: while it is above zero the rollout goes on.
 	running int
+	// in counts present members whose tag is about p at all.
+	in int
 }
 
 func newTally(p *plan.Compiled) *tally {
 	n := len(p.Waves)
-	return &tally{p: p, notDone: make([]int, n), unprepared: make([]int, n), unsettled: make([]int, n)}
+	return &tally{p: p, notDone: make([]int, n), unprepared: make([]int, n)}
 }
 
 // add adds (sign 1) or removes (sign -1) one member's contribution.
@@ -93,8 +94,11 @@ func (t *tally) add(name string, mv memberView, sign int) {
 		return
 	}
 	ph := mv.phaseIn(t.p.Short)
-	if ph != "" && !ph.Terminal() {
-		t.running += sign
+	if ph != "" {
+		t.in += sign
+		if !ph.Terminal() {
+			t.running += sign
+		}
 	}
 	w := t.p.WaveOf(name)
 	if w < 0 {
@@ -105,9 +109,6 @@ func (t *tally) add(name string, mv memberView, sign int) {
 	}
 	if !ph.HasArtifact() {
 		t.unprepared[w] += sign
-	}
-	if ph != "" && !ph.Terminal() {
-		t.unsettled[w] += sign
 	}
 }
 
@@ -229,31 +230,11 @@ func (v *view) wavePrepared(p *plan.Compiled, w int) bool {
 	return w < 0 || w >= len(t.unprepared) || t.unprepared[w] == 0
 }
 
-// waveSettled reports whether no member of wave w can be offline for p any
-// more: each present one is finished with p or has moved on to another plan.
-func (v *view) waveSettled(p *plan.Compiled, w int) bool {
+// running is how many present members are in p and not finished with it,
+// and in how many are in it at all.
+func (v *view) running(p *plan.Compiled) (running, in int) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	t := v.tallyLocked(p)
-	return w >= 0 && w < len(t.unsettled) && t.unsettled[w] == 0
-}
-
-// running is how many present members are in p and not finished with it.
-func (v *view) running(p *plan.Compiled) int {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.tallyLocked(p).running
-}
-
-// anyRunning returns the short ID of a plan some present member is in and
-// not finished with, or "".
-func (v *view) anyRunning() string {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	for _, mv := range v.members {
-		if mv.present() && mv.status == "alive" && mv.hasTag && !mv.prog.Phase.Terminal() {
-			return mv.prog.PlanShort
-		}
-	}
-	return ""
+	return t.running, t.in
 }

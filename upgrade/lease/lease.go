@@ -1,13 +1,23 @@
-// Package lease is the rollout lease: wave w of a plan may go offline only
-// while a majority of the plan's member snapshot has granted it.
+// Package lease is the rollout lease: a node of wave w of a plan may be
+// offline only while a majority of the plan's member snapshot holds a
+// live grant of w.
 //
-// A granter grants wave w only if it holds no live grant for another wave
-// of the same plan and sees every earlier wave done. Two majorities of one
-// snapshot always share a member, and that member grants one wave at a
-// time, so two waves are never offline together, even across a partition
-// (the minority side stalls). Grants are persisted before they are
-// answered, so a granter that restarts (as every upgraded node does) still
-// refuses a second wave while its grant is live.
+// A granter grants one wave at a time, whatever its plan: it refuses a wave
+// while it holds a live grant for another. Two majorities of one snapshot
+// always share a member, so two waves are never offline together, even
+// across a partition (the minority side stalls). A grant is owned: each
+// requester that was granted it is one of its holders, the holders renew
+// it while they are offline and each releases its part once its health
+// gate passed; the grant ends when its last holder released it, or
+// expires, the last resort for holders that died. The granter takes the
+// TTL from the plan (its caller's Terms), never from the requester, and
+// caps how long a grant may be renewed.
+//
+// A grant, its holders and its expiry are persisted before they are
+// answered: a granter that restarts (as every upgraded node does) still
+// refuses a second wave while its grant is live, and still knows whom it
+// waits for. Each new grant gets an epoch from a persisted counter, so a
+// holder can tell a renewed grant from a new one.
 //
 // This package decides and counts; it never talks to the network and never
 // takes anything offline. It must never hand out a grant it has not
@@ -21,6 +31,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,19 +41,54 @@ import (
 
 // Grant is one granter's consent for a wave, until Expires.
 type Grant struct {
-	PlanID  string    `json:"plan_id"`
-	Wave    int       `json:"wave"`
+	PlanID string `json:"plan_id"`
+	Wave   int    `json:"wave"`
+	// Epoch numbers this granter's grants; a grant that lapsed and was
+	// given again has a new one.
+	Epoch uint64 `json:"epoch"`
+	// Since is when it was granted; renewals stop at Since + Terms.MaxHold.
+	Since   time.Time `json:"since"`
 	Expires time.Time `json:"expires"`
+	// Holders are the requesters it was granted to that have not released
+	// it; the grant ends when the last one does (or it expires).
+	Holders []string `json:"holders"`
+	// Exclusive grants are one node's (a late joiner's wave of its own):
+	// anyone else waits as if for another wave.
+	Exclusive bool `json:"exclusive,omitempty"`
 }
 
-// Request asks for a wave's lease. TTL is the plan's per-wave deadline: a
-// wave that has not finished by then has failed, and its grant must not
-// block the rollout's recovery forever.
+// Request asks for (or renews, or releases) a node's part in a wave's grant.
 type Request struct {
-	PlanID string        `json:"plan_id"`
-	Wave   int           `json:"wave"`
-	TTL    time.Duration `json:"ttl"`
-	Node   string        `json:"node"` // requester, for logs
+	PlanID string `json:"plan_id"`
+	Wave   int    `json:"wave"`
+	Node   string `json:"node"` // the requester, who will hold the grant
+	// Release gives the node's part back (its health gate passed, or it
+	// gave up before going offline).
+	Release bool `json:"release,omitempty"`
+	// Renew only extends a part the node holds: it never adds the node
+	// to a grant. A renewal that arrives late, after the node released its
+	// part, must not make it a holder again (nobody would release that).
+	Renew bool `json:"renew,omitempty"`
+	// TTL is what older agents asked for; it is ignored (Terms.TTL rules).
+	TTL time.Duration `json:"ttl,omitempty"`
+}
+
+// Terms are what the granter's caller, which knows the plan, says about a
+// request it has checked (the wave exists and the requester is in it).
+type Terms struct {
+	// TTL is how long a grant lasts from its last renewal: the plan's.
+	TTL time.Duration
+	// MaxHold caps how long a grant may be renewed (the plan's deadline
+	// and a TTL for a rollback): no holder blocks later waves past it.
+	MaxHold time.Duration
+	// Exclusive: the wave is the requester's alone.
+	Exclusive bool
+	// EarlierDone reports whether this granter sees every earlier wave
+	// done and healthy; it is this granter's own view, because a
+	// requester could not prove it, and it must not call back into the
+	// Granter. It is consulted only for a new grant: a holder renewing, or
+	// a wave-mate joining a live grant, is already past that point.
+	EarlierDone func() bool
 }
 
 // Granter is one member's side of the lease. Its methods are safe for
@@ -55,9 +101,19 @@ type Granter struct {
 	// skipFsync is for tests of the decision logic only, which write
 	// thousands of grants and do not test durability.
 	skipFsync bool
+	// onSave, when set, is told of the grants each time they were
+	// persisted (a test's checker records them).
+	onSave func([]Grant)
 
-	mu     sync.Mutex // guards grants and the file at path
+	mu     sync.Mutex // guards the fields below and the file at path
 	grants []Grant
+	epoch  uint64
+}
+
+// file is the granter's file: its grants and the last epoch it gave.
+type file struct {
+	Epoch  uint64  `json:"epoch"`
+	Grants []Grant `json:"grants"`
 }
 
 // NewGranter loads the grants persisted at path, if the file exists; the
@@ -79,77 +135,139 @@ func NewGranter(path string, clk clock.Clock) (*Granter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read lease grants: %w", err)
 	}
-	if err := json.Unmarshal(b, &g.grants); err != nil {
-		return nil, fmt.Errorf("lease grants file %s is corrupt: %w; remove it only when no rollout is running", path, err)
+	var f file
+	if err := json.Unmarshal(b, &f); err != nil {
+		// Before epochs the file was a plain list of grants; they block
+		// other waves until they expire, as they did then (no holder can
+		// release them).
+		if json.Unmarshal(b, &f.Grants) != nil {
+			return nil, fmt.Errorf("lease grants file %s is corrupt: %w; remove it only when no rollout is running", path, err)
+		}
+		for i := range f.Grants {
+			f.Grants[i].Holders = []string{""}
+		}
 	}
+	g.grants, g.epoch = f.Grants, f.Epoch
 	return g, nil
 }
 
-// Decide grants req or returns an error saying why not. Wave numbers in
+// OnSave registers f to be told of the grants each time they are
+// persisted, with the granter's lock held (f must not call into g). Call
+// it before the granter is used.
+func (g *Granter) OnSave(f func([]Grant)) { g.onSave = f }
+
+// Epoch is the epoch of the newest grant this granter gave.
+func (g *Granter) Epoch() uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.epoch
+}
+
+// Decide grants req.Node a part in its wave's grant (a new grant, or the
+// live one, renewed), or returns an error saying why not. Wave numbers in
 // messages are 1-based, as `peerd upgrade status` shows them.
 //
-// earlierDone reports whether this granter sees every wave before the
-// requested one done and healthy; it is this granter's own view, because a
-// requester could not prove it, and it must not call back into g. It is
-// consulted only for a new grant: asking again for a wave already granted
-// returns the existing grant unchanged (same expiry), so a requester that
-// retries cannot stretch its lease.
-//
-// A refusal costs nothing. A grant is persisted before it is returned; if
-// that fails, Decide refuses with the error.
-func (g *Granter) Decide(req Request, earlierDone func(planID string, wave int) bool) (Grant, error) {
+// A refusal costs nothing. A grant and every extension of its expiry are
+// persisted before they are returned; if that fails, Decide refuses with
+// the error. A renewal extends the expiry only once less than three
+// quarters of a TTL are left, so that holders renewing often cost a write
+// per quarter TTL, not per request: the requester learns from the answer
+// how long the grant lasts and must not count on more.
+func (g *Granter) Decide(req Request, terms Terms) (Grant, error) {
 	switch {
 	case req.PlanID == "":
 		return Grant{}, errors.New("lease request names no plan")
 	case req.Wave < 0:
 		return Grant{}, fmt.Errorf("lease request for wave %d: want 0 or more", req.Wave)
-	case req.TTL <= 0:
-		return Grant{}, fmt.Errorf("lease request has TTL %s: want a positive duration", req.TTL)
+	case req.Node == "":
+		return Grant{}, errors.New("lease request names no requester")
+	case terms.TTL <= 0:
+		return Grant{}, fmt.Errorf("lease TTL %s: want a positive duration", terms.TTL)
+	case req.Release:
+		return Grant{}, errors.New("a release is not a request: call Release")
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.clock.Now()
-	// One live grant at a time, whatever its plan: two plans made at once
-	// on two nodes (before either heard of the other) must not take two
-	// waves offline together either.
-	for _, gr := range g.grants {
-		if !live(gr, now) {
-			continue
+	live := liveAt(g.grants, now)
+	mine := -1
+	for i, gr := range live {
+		switch {
+		case gr.PlanID != req.PlanID:
+			// One live grant at a time, whatever its plan: two plans made
+			// at once on two nodes must not take two waves offline together.
+			return Grant{}, fmt.Errorf("holds a live grant for wave %d of another plan (%.8s) until %s", gr.Wave+1, gr.PlanID, stamp(gr.Expires))
+		case gr.Wave != req.Wave:
+			return Grant{}, fmt.Errorf("holds a live grant for wave %d until %s", gr.Wave+1, stamp(gr.Expires))
+		case gr.Exclusive && !slices.Contains(gr.Holders, req.Node):
+			return Grant{}, fmt.Errorf("holds a live grant for wave %d (late joiner %s) until %s", gr.Wave+1, strings.Join(gr.Holders, ", "), stamp(gr.Expires))
 		}
-		if gr.PlanID == req.PlanID && gr.Wave == req.Wave {
-			return gr, nil
-		}
-		if gr.PlanID != req.PlanID {
-			return Grant{}, fmt.Errorf("holds a live grant for wave %d of another plan (%.8s) until %s", gr.Wave+1, gr.PlanID, gr.Expires.UTC().Format(time.RFC3339))
-		}
-		return Grant{}, fmt.Errorf("holds a live grant for wave %d until %s", gr.Wave+1, gr.Expires.UTC().Format(time.RFC3339))
+		mine = i
 	}
-	if !earlierDone(req.PlanID, req.Wave) {
-		return Grant{}, fmt.Errorf("does not see every wave before wave %d done yet", req.Wave+1)
+	if req.Renew && (mine < 0 || !slices.Contains(live[mine].Holders, req.Node)) {
+		return Grant{}, fmt.Errorf("%s holds no part of wave %d to renew", req.Node, req.Wave+1)
 	}
-	gr := Grant{PlanID: req.PlanID, Wave: req.Wave, Expires: now.Add(req.TTL).UTC()}
-	next := append(liveAt(g.grants, now), gr)
-	if err := g.saveLocked(next); err != nil {
-		return Grant{}, err
+	if mine < 0 {
+		if terms.EarlierDone == nil || !terms.EarlierDone() {
+			return Grant{}, fmt.Errorf("does not see every wave before wave %d done yet", req.Wave+1)
+		}
+		gr := Grant{PlanID: req.PlanID, Wave: req.Wave, Epoch: g.epoch + 1, Since: now,
+			Expires: capped(now, now.Add(terms.TTL), terms), Holders: []string{req.Node}, Exclusive: terms.Exclusive}
+		if err := g.saveLocked(append(live, gr), gr.Epoch); err != nil {
+			return Grant{}, err
+		}
+		return gr, nil
+	}
+	gr := live[mine]
+	changed := false
+	if !slices.Contains(gr.Holders, req.Node) {
+		gr.Holders = append(slices.Clone(gr.Holders), req.Node)
+		changed = true
+	}
+	if ext := capped(gr.Since, now.Add(terms.TTL), terms); gr.Expires.Sub(now) < 3*terms.TTL/4 && ext.After(gr.Expires) {
+		gr.Expires = ext
+		changed = true
+	}
+	if changed {
+		next := slices.Clone(live)
+		next[mine] = gr
+		if err := g.saveLocked(next, g.epoch); err != nil {
+			return Grant{}, err
+		}
 	}
 	return gr, nil
 }
 
-// Release drops this granter's grant for a wave, which frees it to grant
-// the next one. Release is for a wave that finished: releasing early would
-// let the next wave go offline beside it. Releasing a grant not held is not
-// an error.
-func (g *Granter) Release(planID string, wave int) error {
+// capped bounds a grant's expiry by its MaxHold from since.
+func capped(since, expires time.Time, terms Terms) time.Time {
+	if terms.MaxHold > 0 {
+		if limit := since.Add(terms.MaxHold); expires.After(limit) {
+			return limit
+		}
+	}
+	return expires
+}
+
+// Release drops node's part in a wave's grant; the grant goes when its
+// last holder does, which frees this granter to grant the next wave.
+// Releasing a part not held is not an error.
+func (g *Granter) Release(planID string, wave int, node string) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	now := g.clock.Now()
-	next := slices.DeleteFunc(liveAt(g.grants, now), func(gr Grant) bool {
-		return gr.PlanID == planID && gr.Wave == wave
-	})
-	if len(next) == len(g.grants) {
-		return nil // nothing held, nothing expired: nothing to write
+	next := liveAt(g.grants, g.clock.Now())
+	for i, gr := range next {
+		if gr.PlanID != planID || gr.Wave != wave || !slices.Contains(gr.Holders, node) {
+			continue
+		}
+		gr.Holders = slices.DeleteFunc(slices.Clone(gr.Holders), func(h string) bool { return h == node })
+		if len(gr.Holders) == 0 {
+			next = slices.Delete(next, i, i+1)
+		} else {
+			next[i] = gr
+		}
+		return g.saveLocked(next, g.epoch)
 	}
-	return g.saveLocked(next)
+	return nil
 }
 
 // Live returns the unexpired grants, by plan and wave.
@@ -163,16 +281,13 @@ func (g *Granter) Live() []Grant {
 	return out
 }
 
-// live reports whether gr is unexpired at now; a grant is dead from the
-// instant it expires.
-func live(gr Grant, now time.Time) bool { return now.Before(gr.Expires) }
-
 // liveAt returns a new slice of the grants live at now, so the file does
-// not grow with every wave ever granted.
+// not grow with every wave ever granted. A grant is dead from the instant
+// it expires.
 func liveAt(grants []Grant, now time.Time) []Grant {
 	out := make([]Grant, 0, len(grants)+1)
 	for _, gr := range grants {
-		if live(gr, now) {
+		if now.Before(gr.Expires) {
 			out = append(out, gr)
 		}
 	}
@@ -182,8 +297,8 @@ func liveAt(grants []Grant, now time.Time) []Grant {
 // saveLocked persists grants (temp file, fsync, rename, fsync of the
 // directory) and only then adopts them, so an answer never promises what a
 // crash or restart would forget.
-func (g *Granter) saveLocked(grants []Grant) error {
-	b, err := json.Marshal(grants)
+func (g *Granter) saveLocked(grants []Grant, epoch uint64) error {
+	b, err := json.Marshal(file{Epoch: epoch, Grants: grants})
 	if err != nil {
 		return fmt.Errorf("persist lease grants: %w", err)
 	}
@@ -195,6 +310,11 @@ func (g *Granter) saveLocked(grants []Grant) error {
 	if err != nil {
 		return fmt.Errorf("persist lease grants to %s: %w", g.path, err)
 	}
-	g.grants = grants
+	g.grants, g.epoch = grants, epoch
+	if g.onSave != nil {
+		g.onSave(slices.Clone(grants))
+	}
 	return nil
 }
+
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }

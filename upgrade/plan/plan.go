@@ -81,7 +81,19 @@ type Plan struct {
 	Options  Options   `json:"options"`
 	Members  []Member  `json:"members"` // snapshot, sorted by name in the encoding
 	Origin   string    `json:"origin"`  // node that created the plan
-	Created  time.Time `json:"created"`
+	Created  time.Time `json:"created"` // the origin's clock: shown, never used to order plans
+	// Seq orders plans: the plan lock's sequence, one above the highest a
+	// majority of the members had seen when the origin took the lock.
+	Seq uint64 `json:"seq,omitempty"`
+}
+
+// Newer reports whether p supersedes q: a higher sequence (plans from
+// before sequences compare by Created, as they did).
+func (p Plan) Newer(q Plan) bool {
+	if p.Seq != q.Seq {
+		return p.Seq > q.Seq
+	}
+	return p.Created.After(q.Created)
 }
 
 // Encode is the canonical encoding: Go's JSON of the plan with struct

@@ -2,6 +2,7 @@ package upgradetest
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/peerd/peerd/upgrade"
+	"github.com/peerd/peerd/upgrade/lease"
+	"github.com/peerd/peerd/upgrade/plan"
 )
 
 // Recorder records every state each node persisted, as the engines report
@@ -17,6 +20,10 @@ import (
 //
 // C1: at no instant are nodes of two waves offline together, across all
 // plans of the target.
+//
+// C2: every offline interval is covered by live, persisted grants of the
+// node's wave, naming it as a holder, from a majority of the plan's full
+// snapshot (each granter's expiry read on its own clock).
 //
 // A node is offline from the moment it persisted a phase that is offline
 // (it holds the lease and is swapping or restarting) until it persisted
@@ -29,6 +36,9 @@ type Recorder struct {
 	seed       uint64
 	offline    map[string]span
 	last       map[string]upgrade.NodeState
+	plans      map[string]map[string]bool // plan ID -> its snapshot
+	grants     map[string][]lease.Grant   // granter -> what it persisted last
+	offsets    map[string]time.Duration   // node -> its clock's offset
 	violations []string
 	// MaxWaves and MaxNodes are the most waves and nodes seen offline at
 	// once; Offline counts the offline intervals that began.
@@ -51,7 +61,66 @@ type waveKey struct {
 }
 
 func newRecorder(t testing.TB, seed uint64) *Recorder {
-	return &Recorder{t: t, seed: seed, offline: map[string]span{}, last: map[string]upgrade.NodeState{}}
+	return &Recorder{t: t, seed: seed, offline: map[string]span{}, last: map[string]upgrade.NodeState{},
+		plans: map[string]map[string]bool{}, grants: map[string][]lease.Grant{}, offsets: map[string]time.Duration{}}
+}
+
+// plan records a plan's snapshot, which C2 counts majorities of.
+func (r *Recorder) plan(id string, members []plan.Member) {
+	snap := map[string]bool{}
+	for _, m := range members {
+		snap[m.Name] = true
+	}
+	r.mu.Lock()
+	r.plans[id] = snap
+	r.mu.Unlock()
+}
+
+// grantsSaved records what a granter persisted, and checks C2 at once
+// (a grant that lost an offline holder is caught here).
+func (r *Recorder) grantsSaved(node string, gs []lease.Grant) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.grants[node] = gs
+	r.checkC2Locked(time.Now())
+}
+
+// tick checks C2 as time passes (grants expire silently).
+func (r *Recorder) tick() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.checkC2Locked(time.Now())
+}
+
+func (r *Recorder) checkC2Locked(now time.Time) {
+	for node, s := range r.offline {
+		snap := r.plans[s.wave.plan]
+		if snap == nil {
+			continue // a plan the test did not make: nothing to count against
+		}
+		covered := 0
+		for g := range snap {
+			for _, gr := range r.grants[g] {
+				if gr.PlanID == s.wave.plan && gr.Wave == s.wave.wave && slices.Contains(gr.Holders, node) &&
+					now.Add(r.offsets[g]).Before(gr.Expires) {
+					covered++
+					break
+				}
+			}
+		}
+		if need := lease.Quorum(len(snap)); covered < need {
+			r.violate(now, fmt.Sprintf("C2 violated at %s: %s is offline in wave %d of plan %.8s, covered by %d of %d granters (need %d)",
+				now.Format("15:04:05.000"), node, s.wave.wave+1, s.wave.plan, covered, len(snap), need))
+		}
+	}
+}
+
+// violate records a violation and fails the test at once.
+func (r *Recorder) violate(now time.Time, v string) {
+	r.violations = append(r.violations, v)
+	if r.t != nil {
+		r.t.Errorf("%s (seed %d)", v, r.seed)
+	}
 }
 
 func (r *Recorder) observe(node string, st upgrade.NodeState) {
@@ -84,17 +153,21 @@ func (r *Recorder) observe(node string, st upgrade.NodeState) {
 			parts = append(parts, fmt.Sprintf("plan %.8s wave %d: %s", w.plan, w.wave+1, strings.Join(nodes, ",")))
 		}
 		sort.Strings(parts)
-		v := fmt.Sprintf("C1 violated at %s: %d waves offline together (%s)", now.Format("15:04:05.000"), len(waves), strings.Join(parts, "; "))
-		r.violations = append(r.violations, v)
-		if r.t != nil {
-			r.t.Errorf("%s (seed %d)", v, r.seed)
-		}
+		r.violate(now, fmt.Sprintf("C1 violated at %s: %d waves offline together (%s)", now.Format("15:04:05.000"), len(waves), strings.Join(parts, "; ")))
 	}
+	r.checkC2Locked(now)
 }
 
 // started and down note process starts and stops (informational).
 func (r *Recorder) started(string, string) {}
 func (r *Recorder) down(string)            {}
+
+// OfflineNow is how many nodes are offline now.
+func (r *Recorder) OfflineNow() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.offline)
+}
 
 // Violations returns what the checker found wrong.
 func (r *Recorder) Violations() []string {

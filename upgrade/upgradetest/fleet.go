@@ -21,6 +21,7 @@ import (
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/internal/clock"
 	"github.com/peerd/peerd/upgrade"
+	"github.com/peerd/peerd/upgrade/lease"
 	"github.com/peerd/peerd/upgrade/plan"
 	"github.com/peerd/peerd/upgrade/versions"
 )
@@ -48,6 +49,10 @@ type Options struct {
 	Dir string
 	// Log, when set, receives every engine's log lines.
 	Log io.Writer
+	// Offsets skews nodes' clocks (node name -> how far ahead).
+	Offsets map[string]time.Duration
+	// NoGrantCheck turns off the periodic C2 check (a benchmark's cost).
+	NoGrantCheck bool
 }
 
 func (o Options) withDefaults() Options {
@@ -164,6 +169,22 @@ func New(t testing.TB, opts Options) *Hub {
 		defer h.wg.Done()
 		h.sched.run(ctx)
 	}()
+	if !opts.NoGrantCheck {
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			t := time.NewTicker(opts.Round)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					h.Rec.tick()
+				}
+			}
+		}()
+	}
 	for i := 1; i <= opts.Nodes; i++ {
 		h.addNode(fmt.Sprintf("node%04d", i), opts.Version)
 	}
@@ -206,10 +227,23 @@ func (h *Hub) addNode(name, version string) *Node {
 		view: map[string]entry{}, resume: closedChan(),
 	}
 	n.rec = record{tags: map[string]string{cluster.TagVersion: version, cluster.TagProtocol: "1-1"}, inc: 1}
+	n.offset = h.opts.Offsets[name]
+	h.Rec.mu.Lock()
+	h.Rec.offsets[name] = n.offset
+	h.Rec.mu.Unlock()
 	h.mu.Lock()
 	h.nodes[name] = n
 	h.names = append(h.names, name)
 	h.mu.Unlock()
+	return n
+}
+
+// AddNode starts a new node at version that joins the cluster (a late
+// joiner, for a rollout that is running).
+func (h *Hub) AddNode(name, version string) *Node {
+	n := h.addNode(name, version)
+	n.start()
+	h.rejoin(n)
 	return n
 }
 
@@ -343,6 +377,7 @@ func (n *Node) start() {
 		Peers:         p,
 		Logger:        logger,
 		Observe:       func(st upgrade.NodeState) { h.Rec.observe(n.Name, st) },
+		ObserveGrants: func(gs []lease.Grant) { h.Rec.grantsSaved(n.Name, gs) },
 	}
 	if offset != 0 {
 		cfg.Clock = clock.Offset(clock.Real(), offset)
@@ -758,7 +793,11 @@ func (h *Hub) Trigger(node, version string, opts plan.Options) (upgrade.TriggerR
 	if err != nil {
 		return upgrade.TriggerResult{}, err
 	}
-	return e.Trigger(h.ctx, upgrade.TriggerRequest{Version: version, ArtifactSHA256: sha, Options: opts})
+	res, err := e.Trigger(h.ctx, upgrade.TriggerRequest{Version: version, ArtifactSHA256: sha, Options: opts})
+	if err == nil {
+		h.Rec.plan(res.PlanID, res.Plan.Members)
+	}
+	return res, err
 }
 
 // Engine returns the engine of n's running process, or nil.

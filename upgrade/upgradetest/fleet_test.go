@@ -34,6 +34,8 @@ func rollout(t *testing.T, opts Options, po plan.Options) *Hub {
 	assert.Equal(t, 1, maxWaves, "exactly one wave offline at a time (and one was seen)")
 	assert.LessOrEqual(t, maxNodes, len(res.Waves[0].Nodes), "no more nodes offline than a wave holds")
 	assert.Equal(t, opts.Nodes, offline, "every node went offline once")
+	sets, queries, asked := h.Traffic()
+	t.Logf("%d nodes: fake %s, tag sets %d, queries %d, asked %d", opts.Nodes, time.Since(time.Unix(946684800, 0)), sets, queries, asked)
 	return h
 }
 
@@ -67,7 +69,8 @@ func TestLostTagUpdates(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				h := rollout(t, Options{Nodes: 20, Seed: seed, Faults: Faults{TagFail: 0.2, Loss: 0.1, MaxDelayRounds: 3}},
 					plan.Options{Batch: 4, MinHealthy: time.Second, Deadline: 5 * time.Minute})
-				sets, _, _ := h.Traffic()
+				sets, queries, asked := h.Traffic()
+				t.Logf("fake %s, tag sets %d, queries %d, asked %d", time.Since(time.Unix(946684800, 0)), sets, queries, asked)
 				assert.Greater(t, sets, 20*8, "nodes published again what was lost")
 			})
 		})
@@ -155,4 +158,16 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func TestDebugTiming(t *testing.T) {
+	for _, n := range []int{5, 50} {
+		wall := time.Now()
+		synctest.Test(t, func(t *testing.T) {
+			start := time.Now()
+			rollout(t, Options{Nodes: n, Seed: 1}, plan.Options{Batch: max(1, n/10), MinHealthy: time.Second, Deadline: 5 * time.Minute})
+			t.Logf("N=%d fake %s", n, time.Since(start))
+		})
+		t.Logf("wall %s", time.Since(wall))
+	}
 }

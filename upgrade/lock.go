@@ -1,0 +1,345 @@
+package upgrade
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/internal/durable"
+	"github.com/peerd/peerd/upgrade/lease"
+	"github.com/peerd/peerd/upgrade/plan"
+)
+
+// The plan lock: one plan of a target at a time, cluster-wide, and the
+// order of plans. Before announcing a plan its origin takes the lock from
+// a majority of the members (all that have not left):
+//
+//  1. prepare: each member answers the highest plan sequence it has seen,
+//     or refuses, naming the plan that holds its lock;
+//  2. the origin numbers its plan one above the highest answered;
+//  3. commit: each member takes the lock for that plan and sequence only
+//     if it has seen no higher sequence and its lock is free.
+//
+// Two majorities share a member, so of two triggers racing, at most one
+// commits a sequence; the other gets an error naming the plan that won.
+// Nodes order plans by that sequence, never by a clock.
+
+// lockGrace is how long a lock holds for a plan this member cannot yet
+// see running (its nodes have not adopted it, or this member has not
+// fetched it): the time an announcement takes to spread.
+const lockGrace = time.Minute
+
+// maxPlanSkew is how far ahead of a node's clock a plan's Created may be
+// before the node refuses the plan: far beyond the skew of a synchronised
+// fleet, and short of what would let a plan stamped in the future pose as
+// the newest.
+const maxPlanSkew = 2 * time.Hour
+
+type lockRequest struct {
+	Commit bool   `json:"commit,omitempty"`
+	Origin string `json:"origin"`
+	PlanID string `json:"plan_id,omitempty"` // commit
+	Seq    uint64 `json:"seq,omitempty"`     // commit
+}
+
+type lockAnswer struct {
+	OK bool `json:"ok"`
+	// Seq is the highest plan sequence this member has seen.
+	Seq uint64 `json:"seq"`
+	// Running is the plan that holds this member's lock, when it refused.
+	Running string `json:"running,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+}
+
+// planLock is one member's side of the plan lock, persisted in its file.
+type planLock struct {
+	path string
+	mu   sync.Mutex
+	st   lockState
+}
+
+type lockState struct {
+	// Seq is the highest plan sequence this member has seen.
+	Seq uint64 `json:"seq"`
+	// PlanID holds the lock, since At, with sequence PlanSeq.
+	PlanID  string    `json:"plan_id,omitempty"`
+	PlanSeq uint64    `json:"plan_seq,omitempty"`
+	At      time.Time `json:"at,omitzero"`
+}
+
+func openPlanLock(path string) (*planLock, error) {
+	l := &planLock{path: path}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return l, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read plan lock: %w", err)
+	}
+	if err := json.Unmarshal(b, &l.st); err != nil {
+		return nil, fmt.Errorf("plan lock file %s is corrupt: %w; remove it only when no rollout is running", path, err)
+	}
+	return l, nil
+}
+
+// seen notes a plan this member took up: its sequence, so that the next
+// answer is never below it, and, when it is newer than the plan that holds
+// this member's lock, that it holds the lock now (this member may have
+// missed its commit, but a majority took it).
+func (l *planLock) seen(planID string, seq uint64, now time.Time) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if seq <= l.st.PlanSeq {
+		return nil
+	}
+	return l.saveLocked(lockState{Seq: max(seq, l.st.Seq), PlanID: planID, PlanSeq: seq, At: now})
+}
+
+func (l *planLock) saveLocked(st lockState) error {
+	b, _ := json.Marshal(st)
+	if err := durable.WriteFile(l.path, b, 0o600); err != nil {
+		return fmt.Errorf("persist plan lock: %w", err)
+	}
+	l.st = st
+	return nil
+}
+
+// answerLock is this member's answer to a lock query.
+func (e *Engine) answerLock(payload []byte) []byte {
+	answer := func(a lockAnswer) []byte {
+		b, _ := json.Marshal(a)
+		return b
+	}
+	var req lockRequest
+	if err := json.Unmarshal(payload, &req); err != nil {
+		return answer(lockAnswer{Reason: "malformed lock request"})
+	}
+	l := e.lock
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	seq := l.st.Seq
+	if id := l.st.PlanID; id != "" && (!req.Commit || id != req.PlanID) {
+		if why := e.lockHeld(l.st); why != "" {
+			return answer(lockAnswer{Seq: seq, Running: id, Reason: why})
+		}
+	}
+	if !req.Commit {
+		return answer(lockAnswer{OK: true, Seq: seq})
+	}
+	if req.Seq <= seq && req.PlanID != l.st.PlanID {
+		return answer(lockAnswer{Seq: seq, Running: l.st.PlanID,
+			Reason: fmt.Sprintf("sequence %d is taken: this member has seen %d (another trigger won the race)", req.Seq, seq)})
+	}
+	if err := l.saveLocked(lockState{Seq: max(seq, req.Seq), PlanID: req.PlanID, PlanSeq: req.Seq, At: e.clock.Now()}); err != nil {
+		return answer(lockAnswer{Seq: seq, Reason: err.Error()})
+	}
+	return answer(lockAnswer{OK: true, Seq: req.Seq})
+}
+
+// lockHeld says why the lock st still holds for its plan, or "" when the
+// plan is over: a newer one took over, or nobody in this member's view is
+// still in it (and its grace has passed, or some node took it up).
+func (e *Engine) lockHeld(st lockState) string {
+	if st.Seq > st.PlanSeq {
+		return "" // superseded: this member has taken up a newer plan
+	}
+	if p, ok := e.plans.local(st.PlanID); ok {
+		running, in := e.view.running(p)
+		if running > 0 {
+			return fmt.Sprintf("plan %s is still running on %d node(s)", p.Short, running)
+		}
+		if in > 0 {
+			return "" // nodes took it up, and all are finished with it
+		}
+	}
+	if e.clock.Since(st.At) < lockGrace {
+		return fmt.Sprintf("plan %s was started %s ago and is still being announced", short(st.PlanID), e.clock.Since(st.At).Round(time.Second))
+	}
+	return ""
+}
+
+// lockMembers are the members the lock needs a majority of: every one
+// that has not left. Those not alive cannot answer.
+func (e *Engine) lockMembers() (all, alive []cluster.Member) {
+	for _, m := range e.net.Members() {
+		if m.Status == "left" {
+			continue
+		}
+		all = append(all, m)
+		if m.Status == "alive" {
+			alive = append(alive, m)
+		}
+	}
+	return all, alive
+}
+
+// unreachable refuses a trigger that cannot reach a majority of members,
+// naming the members it cannot reach.
+func unreachable(all, alive []cluster.Member) error {
+	need := lease.Quorum(len(all))
+	if len(alive) >= need {
+		return nil
+	}
+	var down []string
+	for _, m := range all {
+		if m.Status != "alive" {
+			down = append(down, fmt.Sprintf("%s (%s)", m.Name, m.Status))
+		}
+	}
+	sort.Strings(down)
+	return fmt.Errorf("only %d of the %d members are reachable, and a rollout needs a majority (%d): %s; "+
+		"a partitioned minority must not start a plan: heal the network, or remove members gone for good with 'peerd force-leave NODE'",
+		len(alive), len(all), need, strings.Join(down, ", "))
+}
+
+// takeLock runs the plan lock's two rounds for p (whose Seq it sets) and
+// returns the compiled plan.
+func (e *Engine) takeLock(ctx context.Context, p plan.Plan) (*plan.Compiled, error) {
+	all, alive := e.lockMembers()
+	if err := unreachable(all, alive); err != nil {
+		return nil, err
+	}
+	names := make([]string, len(alive))
+	for i, m := range alive {
+		names[i] = m.Name
+	}
+	self := e.net.LocalMember().Name
+	var seq uint64
+	for wait := 0; ; wait++ {
+		var running string
+		var err error
+		seq, running, err = e.lockRound(ctx, lockRequest{Origin: self}, names, len(all))
+		if err == nil {
+			break
+		}
+		// A member that has not yet heard that the last plan finished
+		// refuses; gossip tells it within seconds. Ask again for a while
+		// when this node sees that plan finished.
+		if !e.finished(running) || wait >= lockRetries {
+			return nil, err
+		}
+		select {
+		case <-e.clock.After(lockRetryEvery):
+		case <-ctx.Done():
+			return nil, err
+		}
+	}
+	p.Seq = seq + 1
+	c, err := plan.Compile(p)
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := e.lockRound(ctx, lockRequest{Commit: true, Origin: self, PlanID: c.ID, Seq: c.Seq}, names, len(all)); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// How long a trigger waits for members to hear that the last plan
+// finished: lockRetries rounds lockRetryEvery apart.
+const (
+	lockRetries    = 20
+	lockRetryEvery = 500 * time.Millisecond
+)
+
+// finished reports whether this node sees plan id taken up and finished.
+func (e *Engine) finished(id string) bool {
+	p, ok := e.plans.local(id)
+	if !ok {
+		return false
+	}
+	running, in := e.view.running(p)
+	return running == 0 && in > 0
+}
+
+// lockAttempts is how often a lock round asks the members that have not
+// answered: a query's answers travel as single UDP packets, and a busy
+// network drops some. Both rounds may be asked again without harm.
+const lockAttempts = 3
+
+// lockRound asks the members and returns the highest sequence they
+// answered, or why a majority of all did not agree (and the plan that
+// holds a lock, if that is why).
+func (e *Engine) lockRound(ctx context.Context, req lockRequest, names []string, members int) (uint64, string, error) {
+	payload, _ := json.Marshal(req)
+	answers := map[string][]byte{}
+	need := lease.Quorum(members)
+	for attempt := 0; attempt < lockAttempts && len(answers) < len(names); attempt++ {
+		var silent []string
+		for _, n := range names {
+			if _, ok := answers[n]; !ok {
+				silent = append(silent, n)
+			}
+		}
+		got, err := e.net.Query(ctx, e.name(queryLock), payload, silent, e.cfg.QueryTimeout, nil)
+		if err != nil && ctx.Err() != nil {
+			return 0, "", fmt.Errorf("plan lock: %w", err)
+		}
+		maps.Copy(answers, got)
+		if ok, refused := tallyLock(answers); refused || ok >= need {
+			break
+		}
+	}
+	var seq uint64
+	ok := 0
+	var refusals []string
+	running := ""
+	for from, b := range answers {
+		var a lockAnswer
+		if json.Unmarshal(b, &a) != nil {
+			continue
+		}
+		seq = max(seq, a.Seq)
+		if a.OK {
+			ok++
+			continue
+		}
+		refusals = append(refusals, from+": "+a.Reason)
+		if a.Running != "" {
+			running = a.Running
+		}
+	}
+	sort.Strings(refusals)
+	switch {
+	case running != "":
+		return 0, running, fmt.Errorf("a rollout is already running: plan %s (%s); watch it with 'peerd upgrade status', or stop it with 'peerd upgrade abort'",
+			short(running), strings.Join(refusals, "; "))
+	case ok < need:
+		var silent []string
+		for _, n := range names {
+			if _, answered := answers[n]; !answered {
+				silent = append(silent, n)
+			}
+		}
+		slices.Sort(silent)
+		return 0, "", fmt.Errorf("plan lock: %d of %d members agreed, a majority needs %d (refused: %s; no answer: %s)",
+			ok, members, need, strings.Join(refusals, "; "), strings.Join(silent, ", "))
+	}
+	return seq, "", nil
+}
+
+// tallyLock counts the members that agreed, and whether one refused
+// because another plan holds its lock (asking again cannot help then).
+func tallyLock(answers map[string][]byte) (ok int, refused bool) {
+	for _, b := range answers {
+		var a lockAnswer
+		if json.Unmarshal(b, &a) != nil {
+			continue
+		}
+		if a.OK {
+			ok++
+		} else if a.Running != "" {
+			refused = true
+		}
+	}
+	return ok, refused
+}

@@ -1,0 +1,5 @@
+//go:build race
+
+package upgradetest
+
+const raceEnabled = true
