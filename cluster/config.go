@@ -106,7 +106,7 @@ func (c Config) Validate() error {
 	if c.AdvertiseAddr != "" {
 		if _, _, err := SplitHostPort(c.AdvertiseAddr); err != nil {
 			errs = append(errs, fmt.Errorf("advertise address: %w", err))
-		} else if err := CheckAdvertisePort(c.BindAddr, c.AdvertiseAddr); err != nil {
+		} else if err := checkAdvertisePort(c.BindAddr, c.AdvertiseAddr); err != nil {
 			errs = append(errs, fmt.Errorf("advertise address %s: %w", c.AdvertiseAddr, err))
 		}
 	}
@@ -149,10 +149,10 @@ func SplitHostPort(addr string) (host string, port int, err error) {
 	return h, port, nil
 }
 
-// CheckAdvertisePort refuses a fixed advertised port with a bind port of 0:
+// checkAdvertisePort refuses a fixed advertised port with a bind port of 0:
 // memberlist replaces the advertised port with the one it picked, so the
 // fixed one would hold only on the restarts that get their old port back.
-func CheckAdvertisePort(bind, advertise string) error {
+func checkAdvertisePort(bind, advertise string) error {
 	_, bp, err := SplitHostPort(bind)
 	if err != nil {
 		return nil // reported by the bind address's own check

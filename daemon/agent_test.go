@@ -306,7 +306,7 @@ func TestBindDefaults(t *testing.T) {
 	assert.Equal(t, "127.0.0.1:7947", cfg.HTTPAddress())
 
 	cfg.Bind, cfg.Advertise = "0.0.0.0:0", "10.0.0.1:7946"
-	assert.ErrorContains(t, cfg.Validate(), "--advertise 10.0.0.1:7946: port 7946 with a bind port of 0")
+	assert.ErrorContains(t, cfg.Validate(), "--advertise 10.0.0.1:7946 names port 7946, but --bind 0.0.0.0:0 lets the kernel pick the port")
 }
 
 func peerHealth(addr string) (string, error) {

@@ -140,8 +140,11 @@ func (c Config) Validate() error {
 	if c.Advertise != "" {
 		if _, _, err := cluster.SplitHostPort(c.Advertise); err != nil {
 			add("--advertise: %w", err)
-		} else if err := cluster.CheckAdvertisePort(c.Bind, c.Advertise); err != nil {
-			add("--advertise %s: %w (--bind)", c.Advertise, err)
+		} else if _, bp, _ := cluster.SplitHostPort(c.Bind); bp == 0 {
+			// memberlist advertises the port it picks for 0 instead.
+			if _, ap, _ := cluster.SplitHostPort(c.Advertise); ap != 0 {
+				add("--advertise %s names port %d, but --bind %s lets the kernel pick the port: give --bind a fixed port, or --advertise port 0 (the bound one)", c.Advertise, ap, c.Bind)
+			}
 		}
 	}
 	if c.HTTPAddr != "" {
