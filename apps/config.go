@@ -42,6 +42,9 @@ type Config struct {
 	Env map[string]string
 	// Address is where peers reach this instance (host:port); it is
 	// advertised to the cluster and listed in every peer's peers list.
+	// With port 0 the application picks the port and reports the address
+	// it bound in the file EnvAddrFile names; until it has, the instance is
+	// advertised without an address and is in no peers list.
 	Address string
 	Health  HealthConfig
 	Peers   PeersConfig
@@ -59,7 +62,8 @@ type Config struct {
 
 // HealthConfig is how the agent checks the application: an HTTP URL that
 // must answer 2xx, or a command that must exit 0 (neither: running is
-// healthy).
+// healthy). An HTTP path alone ("/health") is on the instance's address,
+// the one it reported when Address has port 0.
 type HealthConfig struct {
 	HTTP string
 	Cmd  []string
@@ -73,6 +77,19 @@ type PeersConfig struct {
 	Env    string
 	File   string
 	Signal string
+}
+
+// EnvAddrFile names, in an application's environment, the file where it
+// must write the address it bound ("host:port", one line, replaced
+// atomically: write a temporary file and rename it) once it listens. It
+// is set when the configured address has port 0; the supervisor reads the
+// file until the address is there and advertises it from then on.
+const EnvAddrFile = "PEERD_APP_ADDR_FILE"
+
+// dynamicPort reports whether addr asks the application to pick its port.
+func dynamicPort(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	return err == nil && port == "0"
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$`)
@@ -111,8 +128,14 @@ func (c Config) Validate() error {
 	if c.Health.HTTP != "" && len(c.Health.Cmd) > 0 {
 		errs = append(errs, fmt.Errorf("app %q: health: give http or cmd, not both", c.Name))
 	}
-	if c.Health.HTTP != "" && !strings.HasPrefix(c.Health.HTTP, "http://") && !strings.HasPrefix(c.Health.HTTP, "https://") {
-		errs = append(errs, fmt.Errorf("app %q: health http %q: want an http:// or https:// URL", c.Name, c.Health.HTTP))
+	switch h := c.Health.HTTP; {
+	case h == "", strings.HasPrefix(h, "http://"), strings.HasPrefix(h, "https://"):
+	case strings.HasPrefix(h, "/"):
+		if c.Address == "" {
+			errs = append(errs, fmt.Errorf("app %q: health http %q is a path on the app's address, but it has none: give an address or a whole URL", c.Name, h))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("app %q: health http %q: want an http:// or https:// URL, or a path on the app's address such as /health", c.Name, h))
 	}
 	if c.Peers.Signal != "" {
 		if _, err := ParseSignal(c.Peers.Signal); err != nil {

@@ -9,11 +9,13 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -119,6 +121,10 @@ func New(cfg Config, dataDir string, logger *slog.Logger) (*Supervisor, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("app %s: %w", cfg.Name, err)
 	}
+	addr := cfg.Address
+	if dynamicPort(addr) {
+		addr = "" // until the instance reports it
+	}
 	return &Supervisor{
 		cfg:      cfg,
 		dir:      dir,
@@ -127,7 +133,7 @@ func New(cfg Config, dataDir string, logger *slog.Logger) (*Supervisor, error) {
 		first:    make(chan struct{}),
 		cmds:     make(chan chan<- *Handover),
 		restarts: make(chan chan error),
-		status:   Status{Name: cfg.Name, State: StateStopped, Address: cfg.Address, Since: cfg.Clock.Now()},
+		status:   Status{Name: cfg.Name, State: StateStopped, Address: addr, Since: cfg.Clock.Now()},
 	}, nil
 }
 
@@ -351,6 +357,7 @@ func (s *Supervisor) run(ctx context.Context, h *Handover) {
 			s.proc = nil
 			s.status.PID = 0
 			s.status.Restarts++
+			s.forgetAddressLocked()
 			s.mu.Unlock()
 			<-p.reader
 			p.out.Close()
@@ -470,6 +477,15 @@ func (s *Supervisor) spawn() (*proc, error) {
 	}
 	s.mu.Unlock()
 	cmd.Env = append(cmd.Env, "PEERD_APP_NAME="+s.cfg.Name, "PEERD_APP_DIR="+s.dir, "PEERD_APP_VERSION="+version)
+	if dynamicPort(s.cfg.Address) {
+		// A file left by the last instance is not this one's address.
+		if err := os.Remove(s.addrFile()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			r.Close()
+			w.Close()
+			return nil, fmt.Errorf("remove the last instance's address file: %w", err)
+		}
+		cmd.Env = append(cmd.Env, EnvAddrFile+"="+s.addrFile())
+	}
 	// Its own process group: a Ctrl-C meant for peerd in a terminal does
 	// not reach the application; peerd stops it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -569,6 +585,7 @@ func (s *Supervisor) stop(p *proc) {
 	s.mu.Lock()
 	s.proc = nil
 	s.status.PID = 0
+	s.forgetAddressLocked()
 	s.mu.Unlock()
 	s.setState(StateStopped, "")
 	s.log.Info("stopped", "err", p.waitErr)
@@ -615,6 +632,104 @@ func (s *Supervisor) stopOrphan(path string) error {
 	return nil
 }
 
+// addrFile is where an instance whose address has port 0 reports the
+// address it bound (see EnvAddrFile).
+func (s *Supervisor) addrFile() string { return filepath.Join(s.dir, "addr") }
+
+// addrPollInterval paces reading the address file until the instance has
+// written it: it is in no peers list and cannot be health-checked until then.
+const addrPollInterval = 50 * time.Millisecond
+
+// forgetAddressLocked drops the address an instance reported when it stops:
+// the next one may bind another.
+func (s *Supervisor) forgetAddressLocked() {
+	if dynamicPort(s.cfg.Address) {
+		s.status.Address = ""
+	}
+}
+
+// awaitingAddress reports whether an instance runs whose address is not
+// known yet.
+func (s *Supervisor) awaitingAddress() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proc != nil && s.status.Address == ""
+}
+
+// learnAddress reads the address the running instance reported, when its
+// address has port 0 and it has not been read yet. It reports whether the
+// address is known. An adopted instance's file is still there from its
+// start; what it holds is checked, since the application wrote it.
+func (s *Supervisor) learnAddress() bool {
+	if !s.awaitingAddress() {
+		return true
+	}
+	b, err := os.ReadFile(s.addrFile())
+	if err != nil {
+		s.setReasonWhileStarting(fmt.Sprintf("waiting for the app to write the address it bound to $%s (its address has port 0)", EnvAddrFile))
+		return false
+	}
+	addr := strings.TrimSpace(string(b))
+	if err := checkReportedAddr(addr); err != nil {
+		s.setReasonWhileStarting(fmt.Sprintf("the address the app reported in %s: %v", s.addrFile(), err))
+		return false
+	}
+	s.mu.Lock()
+	s.status.Address = addr
+	s.mu.Unlock()
+	s.log.Info("address reported", "address", addr)
+	return true
+}
+
+// checkReportedAddr accepts a host:port with a port picked (not 0).
+func checkReportedAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: want host:port", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: want a port from 1 to 65535", addr)
+	}
+	if host != "" && net.ParseIP(host) == nil {
+		return fmt.Errorf("%q: want an IP address", addr)
+	}
+	return nil
+}
+
+// setReasonWhileStarting says why an instance has not passed its health
+// check yet, without leaving the starting state.
+func (s *Supervisor) setReasonWhileStarting(reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status.State == StateStarting {
+		s.status.Reason = reason
+	}
+}
+
+// healthURL is the URL the HTTP health check asks: the configured one, or
+// a path on the instance's address (on loopback when it binds every
+// address). ok is false while that address is not known.
+func (s *Supervisor) healthURL() (url string, ok bool) {
+	h := s.cfg.Health.HTTP
+	if !strings.HasPrefix(h, "/") {
+		return h, true
+	}
+	s.mu.Lock()
+	addr := s.status.Address
+	s.mu.Unlock()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", false
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+		if ip != nil && ip.To4() == nil {
+			host = "::1"
+		}
+	}
+	return "http://" + net.JoinHostPort(host, port) + h, true
+}
+
 // healthTimeout bounds one health check: at least 2 s however often it
 // runs, so that a busy machine's slow answer is not taken for a failure.
 func (s *Supervisor) healthTimeout() time.Duration {
@@ -623,7 +738,7 @@ func (s *Supervisor) healthTimeout() time.Duration {
 
 // checkHealth runs the health check while the application runs.
 func (s *Supervisor) checkHealth(ctx context.Context) {
-	t := s.cfg.Clock.NewTicker(s.cfg.HealthInterval)
+	t := s.cfg.Clock.NewTimer(s.cfg.HealthInterval)
 	defer t.Stop()
 	client := &http.Client{Timeout: s.healthTimeout()}
 	for {
@@ -632,10 +747,17 @@ func (s *Supervisor) checkHealth(ctx context.Context) {
 			return
 		case <-t.Chan():
 		}
+		wait := s.cfg.HealthInterval
+		if s.awaitingAddress() {
+			wait = min(wait, addrPollInterval)
+		}
+		t.Reset(wait)
 		s.mu.Lock()
 		running := s.proc != nil
 		s.mu.Unlock()
-		if !running {
+		if !running || !s.learnAddress() {
+			// Not healthy, but not failing either: an instance that has
+			// not reported its address yet is still starting.
 			continue
 		}
 		err := s.probe(ctx, client)
@@ -662,7 +784,8 @@ func (s *Supervisor) probe(ctx context.Context, client *http.Client) error {
 	defer cancel()
 	switch {
 	case s.cfg.Health.HTTP != "":
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.cfg.Health.HTTP, nil)
+		url, _ := s.healthURL() // known: checkHealth learnt the address first
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
 			return err
 		}
@@ -673,7 +796,7 @@ func (s *Supervisor) probe(ctx context.Context, client *http.Client) error {
 		defer resp.Body.Close()
 		if resp.StatusCode/100 != 2 {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
-			return fmt.Errorf("GET %s: %s: %s", s.cfg.Health.HTTP, resp.Status, strings.TrimSpace(string(body)))
+			return fmt.Errorf("GET %s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
 		}
 	case len(s.cfg.Health.Cmd) > 0:
 		out, err := exec.CommandContext(ctx, s.cfg.Health.Cmd[0], s.cfg.Health.Cmd[1:]...).CombinedOutput()

@@ -5,10 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -28,6 +31,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 const script = `#!/bin/sh
 dir=$(pwd)
 echo "$KV_PEERS" > "$dir/env-peers"
+echo "$PEERD_APP_ADDR_FILE" > "$dir/env-addr-file"
 echo $$ >> "$dir/pids"
 trap 'echo hup >> "$dir/hups"; cat peers.json >> "$dir/hups"' HUP
 trap 'echo term >> "$dir/terms"; exit 0' TERM
@@ -186,6 +190,48 @@ func TestStoredBundleReportsItsProtocol(t *testing.T) {
 	assert.Empty(t, st.Protocol)
 }
 
+// TestPortZeroAddressIsReported: an app whose address has port 0 is told
+// where to report the address it bound; until it does it is starting, with
+// no address to advertise; then its path-only health check goes there.
+// Here the test writes the file, playing the app, and serves its health.
+func TestPortZeroAddressIsReported(t *testing.T) {
+	var probes atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" {
+			probes.Add(1)
+		}
+	}))
+	defer srv.Close()
+	sup, dir, _ := newApp(t, func(c *apps.Config) { c.Address, c.Health.HTTP = "127.0.0.1:0", "/health" })
+	addrFile := filepath.Join(dir, "addr")
+	require.NoError(t, os.WriteFile(addrFile, []byte("127.0.0.1:1\n"), 0o644)) // a last run's
+	sup.Start(context.Background(), nil)
+	defer sup.Close()
+
+	require.Eventually(t, func() bool { return strings.TrimSpace(read(t, filepath.Join(dir, "env-addr-file"))) == addrFile },
+		5*time.Second, 5*time.Millisecond, "the app is told %s", apps.EnvAddrFile)
+	require.Eventually(t, func() bool { return strings.Contains(sup.Status().Reason, "waiting for the app to write") },
+		5*time.Second, 5*time.Millisecond)
+	st := sup.Status()
+	assert.Equal(t, apps.StateStarting, st.State)
+	assert.Empty(t, st.Address, "no address until the app reports one (the last run's file is gone)")
+
+	require.NoError(t, os.WriteFile(addrFile, []byte("no port"), 0o644))
+	require.Eventually(t, func() bool { return strings.Contains(sup.Status().Reason, "want host:port") }, 5*time.Second, 5*time.Millisecond)
+
+	reported := srv.Listener.Addr().String()
+	require.NoError(t, os.WriteFile(addrFile, []byte(reported+"\n"), 0o644))
+	st = waitState(t, sup, apps.StateRunning)
+	assert.Equal(t, reported, st.Address)
+	assert.NotZero(t, probes.Load(), "health was asked at the reported address")
+
+	// A new instance may bind elsewhere: the address is forgotten until it reports.
+	require.NoError(t, syscall.Kill(-st.PID, syscall.SIGKILL)) // its process group: the shell and its sleep
+	require.Eventually(t, func() bool { s := sup.Status(); return s.Restarts == 1 && s.PID != 0 && s.PID != st.PID }, 10*time.Second, 5*time.Millisecond)
+	assert.Empty(t, sup.Status().Address)
+	assert.NoFileExists(t, addrFile, "the last instance's address is not taken for the new one's")
+}
+
 func TestConfigErrors(t *testing.T) {
 	err := apps.Config{Name: "no spaces", Address: "nohost", Health: apps.HealthConfig{HTTP: "ftp://x", Cmd: []string{"true"}},
 		Peers: apps.PeersConfig{Signal: "SIGBOGUS"}}.Validate()
@@ -193,6 +239,8 @@ func TestConfigErrors(t *testing.T) {
 	for _, want := range []string{"name must be", `address "nohost": want host:port`, "http or cmd, not both", "want an http://", `unknown signal "SIGBOGUS"`} {
 		assert.Contains(t, err.Error(), want)
 	}
+	assert.ErrorContains(t, apps.Config{Name: "kv", Health: apps.HealthConfig{HTTP: "/health"}}.Validate(), "a path on the app's address, but it has none")
+	assert.NoError(t, apps.Config{Name: "kv", Address: "127.0.0.1:0", Health: apps.HealthConfig{HTTP: "/health"}}.Validate())
 	for _, s := range []string{"HUP", "sighup", "SIGUSR1"} {
 		_, err := apps.ParseSignal(s)
 		assert.NoError(t, err, s)

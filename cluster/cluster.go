@@ -37,10 +37,11 @@ type Cluster struct {
 	merge *mergeDelegate
 
 	// Set by Start, read-only after.
-	serf   *serf.Serf
-	events chan serf.Event
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	serf      *serf.Serf
+	boundAddr string // the gossip address bound, host:port
+	events    chan serf.Event
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 
 	handler Handler // set before Start
 
@@ -91,10 +92,11 @@ func New(cfg Config) (*Cluster, error) {
 // Start binds the gossip address and starts Serf. If a snapshot from an
 // earlier run exists, Serf rejoins the members it lists by itself.
 func (c *Cluster) Start(ctx context.Context) error {
-	if err := checkBindable(c.cfg.BindAddr); err != nil {
+	port, err := c.choosePort()
+	if err != nil {
 		return err
 	}
-	sc := c.cfg.serfConfig()
+	sc := c.cfg.serfConfig(port)
 	sc.Tags = c.tagsLocked()
 	if c.cfg.SnapshotPath != "" {
 		known := snapshotMembers(c.cfg.SnapshotPath)
@@ -117,6 +119,16 @@ func (c *Cluster) Start(ctx context.Context) error {
 		return fmt.Errorf("start gossip on %s: %w", c.cfg.BindAddr, err)
 	}
 	c.serf = s
+	if port == 0 {
+		// memberlist advertises the port it picked for 0 (Validate refused
+		// a fixed advertised port with it): that is the bound one.
+		port = int(s.Memberlist().LocalNode().Port)
+	}
+	host, _, _ := SplitHostPort(c.cfg.BindAddr)
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	c.boundAddr = net.JoinHostPort(host, strconv.Itoa(port))
 	c.merge.setLocal(func() []Member { return c.Members() })
 
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -126,7 +138,7 @@ func (c *Cluster) Start(ctx context.Context) error {
 		defer c.wg.Done()
 		c.eventLoop(loopCtx)
 	}()
-	c.log.Info("gossip started", "node", c.cfg.NodeName, "addr", c.LocalAddr(),
+	c.log.Info("gossip started", "node", c.cfg.NodeName, "bound", c.boundAddr, "addr", c.LocalAddr(),
 		"version", c.cfg.Version, "protocol", c.cfg.Protocol.String(), "encrypted", c.cfg.Keyring != nil)
 	return nil
 }
@@ -191,6 +203,30 @@ func snapshotMembers(path string) map[string]bool {
 		}
 	}
 	return out
+}
+
+// choosePort is the gossip port to bind: the configured one, checked first
+// so that a port in use gets a clear error; for port 0, the preferred port
+// while it is free, else 0 for memberlist to pick one (it binds TCP and UDP
+// on the same number, retrying when the UDP half is taken).
+func (c *Cluster) choosePort() (int, error) {
+	host, port, err := SplitHostPort(c.cfg.BindAddr)
+	if err != nil {
+		return 0, err
+	}
+	if port != 0 {
+		return port, checkBindable(c.cfg.BindAddr)
+	}
+	if c.cfg.PreferPort == 0 {
+		return 0, nil
+	}
+	prefer := net.JoinHostPort(host, strconv.Itoa(c.cfg.PreferPort))
+	if err := checkBindable(prefer); err != nil {
+		c.log.Warn("the gossip port this node had before is taken; binding another (peers that saw this node fail refuse it at a new address until they forget it)",
+			"port", c.cfg.PreferPort, "err", err)
+		return 0, nil
+	}
+	return c.cfg.PreferPort, nil
 }
 
 // checkBindable tries the gossip port on TCP and UDP first, so that a port in
@@ -327,6 +363,10 @@ func (c *Cluster) Query(ctx context.Context, name string, payload []byte, nodes 
 		}
 	}
 }
+
+// BoundAddr is the gossip address bound (TCP and UDP), with the port
+// picked when the configured one was 0.
+func (c *Cluster) BoundAddr() string { return c.boundAddr }
 
 // LocalAddr is the gossip address other nodes reach this one at.
 func (c *Cluster) LocalAddr() string {

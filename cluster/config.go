@@ -37,10 +37,19 @@ const (
 // Config configures one node's membership. It does not change after New.
 type Config struct {
 	NodeName string
-	// BindAddr is the gossip address, host:port (UDP and TCP). Port 0 picks a free port.
+	// BindAddr is the gossip address, host:port (UDP and TCP). Port 0 picks
+	// a free port (see PreferPort); BoundAddr reports the one bound.
 	BindAddr string
+	// PreferPort, when BindAddr's port is 0, is the port to try first: the
+	// one this node bound when it last ran, so that a restart (a crash, a
+	// self-upgrade) keeps its address. Peers know a member by its address:
+	// one that comes back at another port while they still count it alive
+	// or failed is refused as a conflict until they forget it. When the
+	// port is taken, a free one is picked.
+	PreferPort int
 	// AdvertiseAddr is the host:port other nodes reach this one at, when it
-	// differs from BindAddr (NAT, 0.0.0.0 binds).
+	// differs from BindAddr (NAT, 0.0.0.0 binds). Port 0 advertises the
+	// bound port.
 	AdvertiseAddr string
 	// Version and Protocol are this build's identity, advertised in tags.
 	Version  string
@@ -97,7 +106,12 @@ func (c Config) Validate() error {
 	if c.AdvertiseAddr != "" {
 		if _, _, err := SplitHostPort(c.AdvertiseAddr); err != nil {
 			errs = append(errs, fmt.Errorf("advertise address: %w", err))
+		} else if err := checkAdvertisePort(c.BindAddr, c.AdvertiseAddr); err != nil {
+			errs = append(errs, fmt.Errorf("advertise address %s: %w", c.AdvertiseAddr, err))
 		}
+	}
+	if c.PreferPort < 0 || c.PreferPort > 65535 {
+		errs = append(errs, fmt.Errorf("preferred port %d: want 0 to 65535", c.PreferPort))
 	}
 	if err := c.Protocol.Validate(); err != nil {
 		errs = append(errs, err)
@@ -135,8 +149,24 @@ func SplitHostPort(addr string) (host string, port int, err error) {
 	return h, port, nil
 }
 
-// serfConfig translates the config into Serf's, with the timing profile applied.
-func (c Config) serfConfig() *serf.Config {
+// checkAdvertisePort refuses a fixed advertised port with a bind port of 0:
+// memberlist replaces the advertised port with the one it picked, so the
+// fixed one would hold only on the restarts that get their old port back.
+func checkAdvertisePort(bind, advertise string) error {
+	_, bp, err := SplitHostPort(bind)
+	if err != nil {
+		return nil // reported by the bind address's own check
+	}
+	_, ap, _ := SplitHostPort(advertise)
+	if bp == 0 && ap != 0 {
+		return fmt.Errorf("port %d with a bind port of 0 (any free port): give the bind address a fixed port, or advertise port 0 (the bound one)", ap)
+	}
+	return nil
+}
+
+// serfConfig translates the config into Serf's, with the timing profile
+// applied, to bind the given gossip port (0: memberlist picks one).
+func (c Config) serfConfig(port int) *serf.Config {
 	sc := serf.DefaultConfig()
 	switch c.Profile {
 	case ProfileWAN:
@@ -163,17 +193,20 @@ func (c Config) serfConfig() *serf.Config {
 	}
 	sc.NodeName = c.NodeName
 	sc.MemberlistConfig.Name = c.NodeName
-	host, port, _ := SplitHostPort(c.BindAddr)
+	host, _, _ := SplitHostPort(c.BindAddr)
 	if host == "" {
 		host = "0.0.0.0"
 	}
 	sc.MemberlistConfig.BindAddr = host
+	// With port 0, memberlist sets both ports to the one it picked.
 	sc.MemberlistConfig.BindPort = port
 	sc.MemberlistConfig.AdvertisePort = port
 	if c.AdvertiseAddr != "" {
 		ah, ap, _ := SplitHostPort(c.AdvertiseAddr)
 		sc.MemberlistConfig.AdvertiseAddr = ah
-		sc.MemberlistConfig.AdvertisePort = ap
+		if ap != 0 {
+			sc.MemberlistConfig.AdvertisePort = ap
+		}
 	}
 	sc.MemberlistConfig.Keyring = c.Keyring
 	sc.KeyringFile = c.KeyringFile

@@ -138,9 +138,10 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	a.peerLn, err = net.Listen("tcp", a.cfg.HTTPAddress())
-	if err != nil {
-		return fmt.Errorf("peer HTTP address %s is not available: %w; choose another --http-addr", a.cfg.HTTPAddress(), err)
+	// Ports given as 0 are picked afresh only when the last run's are taken.
+	prev := previousAddrs(a.addrsPath())
+	if a.peerLn, err = listenHTTP(a.cfg.HTTPAddress(), portOf(prev.HTTP)); err != nil {
+		return err
 	}
 	a.httpAddr = a.peerLn.Addr().String()
 	a.controlLn, err = listenSocket(a.cfg.SocketPath())
@@ -151,6 +152,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	ccfg := cluster.DefaultConfig()
 	ccfg.NodeName = a.cfg.Node
 	ccfg.BindAddr = a.cfg.Bind
+	ccfg.PreferPort = portOf(prev.Gossip)
 	ccfg.AdvertiseAddr = a.cfg.Advertise
 	ccfg.Version = a.opts.Build.Version
 	ccfg.Protocol = cluster.ProtocolRange{Min: a.opts.Build.ProtocolMin, Max: a.opts.Build.ProtocolMax}
@@ -221,9 +223,13 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 			a.log.Warn("record a good start", "err", err)
 		}
 	}
+	if err := a.writeAddrs(); err != nil {
+		// It serves all the same; only what waits for the file will not see it.
+		a.log.Warn("record the bound addresses", "path", a.addrsPath(), "err", err)
+	}
 	a.notifyf("READY=1\nMAINPID=%d\nSTATUS=%s", os.Getpid(), a.statusLine())
-	a.log.Info("agent ready", "node", a.cfg.Node, "gossip", a.cluster.LocalAddr(), "http", a.httpAddr,
-		"socket", a.cfg.SocketPath(), "version", a.opts.Build.Version)
+	a.log.Info("agent ready", "node", a.cfg.Node, "gossip", a.cluster.LocalAddr(), "gossip_bound", a.cluster.BoundAddr(),
+		"http", a.httpAddr, "socket", a.cfg.SocketPath(), "version", a.opts.Build.Version)
 	return nil
 }
 

@@ -2,7 +2,11 @@ package daemon_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"syscall"
 	"testing"
@@ -93,16 +97,22 @@ func TestOldVersionRefusedOnceClusterSwitchedProtocol(t *testing.T) {
 }
 
 func TestRetryJoinWaitsForTheCluster(t *testing.T) {
+	// The seed's address must be known before it is up: a first run binds
+	// port 0 and the second, in the same data dir, gets that port back.
 	seedCfg := agenttest.Config(t, "seed")
-	seedCfg.Bind = freeGossipAddr(t)
+	first, err := agenttest.Start(t, seedCfg, agenttest.Options(t, v1))
+	require.NoError(t, err)
+	seedAddr := first.Agent.Cluster().LocalAddr()
+	require.NoError(t, first.Agent.Close())
 
 	late := agenttest.Config(t, "late")
-	late.RetryJoin = []string{seedCfg.Bind}
+	late.RetryJoin = []string{seedAddr}
 	lateNode, err := agenttest.Start(t, late, agenttest.Options(t, v1))
 	require.NoError(t, err, "retry-join does not fail start")
 
 	seed, err := agenttest.Start(t, seedCfg, agenttest.Options(t, v1))
 	require.NoError(t, err)
+	require.Equal(t, seedAddr, seed.Agent.Cluster().LocalAddr(), "the restarted seed is back at its port (unless another process took it in between)")
 	agenttest.WaitAlive(t, []*agenttest.Node{seed, lateNode}, 2)
 }
 
@@ -223,9 +233,91 @@ func TestStartErrors(t *testing.T) {
 	assert.ErrorContains(t, err, "choose another --data-dir")
 
 	cfg = agenttest.Config(t, "nobody-home")
-	cfg.Join = []string{freeGossipAddr(t)}
+	cfg.Join = []string{refusingAddr(t)}
 	_, err = agenttest.Start(t, cfg, agenttest.Options(t, v1))
 	assert.ErrorContains(t, err, "join 127.0.0.1:")
+}
+
+// TestPortZeroIsReported: an agent given port 0 for gossip and HTTP reports
+// the ports it bound (info, the addresses file, the advertised HTTP tag),
+// and gets them back when it restarts in the same data dir.
+func TestPortZeroIsReported(t *testing.T) {
+	cfg := agenttest.Config(t, "zero") // 127.0.0.1:0 for both
+	n, err := agenttest.Start(t, cfg, agenttest.Options(t, v1))
+	require.NoError(t, err)
+	info, err := api.NewClient(n.Agent.SocketPath()).Info(context.Background())
+	require.NoError(t, err)
+	got := info.Addrs
+	assert.Equal(t, os.Getpid(), got.PID)
+	assert.Equal(t, n.Agent.SocketPath(), got.Socket)
+	assert.Equal(t, n.Agent.Cluster().BoundAddr(), got.Gossip)
+	assert.Equal(t, got.Gossip, got.GossipAdvertise)
+	assert.Equal(t, info.Node.Addr, got.GossipAdvertise)
+	assert.NotContains(t, []string{got.Gossip, got.HTTP}, "127.0.0.1:0")
+	assert.Equal(t, n.Agent.HTTPAddr(), got.HTTP)
+	assert.Equal(t, got.HTTP, info.Node.HTTPAddr, "the advertised HTTP tag carries the bound port")
+	name, err := peerHealth(got.HTTP)
+	require.NoError(t, err)
+	assert.Equal(t, "zero", name)
+
+	file, err := api.ReadAddrs(cfg.DataDir)
+	require.NoError(t, err)
+	assert.Equal(t, got, file, "the addresses file says what info says")
+
+	// Over the peer API (anyone on the network) the local details are left out.
+	resp, err := http.Get("http://" + got.HTTP + "/v1/info")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var peer api.Info
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&peer))
+	assert.Equal(t, api.Addrs{Gossip: got.Gossip, GossipAdvertise: got.GossipAdvertise, HTTP: got.HTTP}, peer.Addrs)
+
+	// A restart gets the same ports back while they are free...
+	require.NoError(t, n.Agent.Close())
+	again, err := agenttest.Start(t, cfg, agenttest.Options(t, v1))
+	require.NoError(t, err)
+	assert.Equal(t, got.Gossip, again.Agent.Cluster().BoundAddr())
+	assert.Equal(t, got.HTTP, again.Agent.HTTPAddr())
+
+	// ...and others when they are taken.
+	require.NoError(t, again.Agent.Close())
+	hold, err := net.Listen("tcp", got.HTTP)
+	require.NoError(t, err)
+	defer hold.Close()
+	holdGossip, err := net.Listen("tcp", got.Gossip)
+	require.NoError(t, err)
+	defer holdGossip.Close()
+	moved, err := agenttest.Start(t, cfg, agenttest.Options(t, v1))
+	require.NoError(t, err)
+	assert.NotEqual(t, got.Gossip, moved.Agent.Cluster().BoundAddr())
+	assert.NotEqual(t, got.HTTP, moved.Agent.HTTPAddr())
+	file, err = api.ReadAddrs(cfg.DataDir)
+	require.NoError(t, err)
+	assert.Equal(t, moved.Agent.HTTPAddr(), file.HTTP, "the file follows")
+}
+
+// TestBindDefaults: with a bind port of 0 and no --http-addr, the peer HTTP
+// port is picked too (not 7947, where a second such agent would collide).
+func TestBindDefaults(t *testing.T) {
+	cfg := agenttest.Config(t, "defaults")
+	cfg.HTTPAddr = ""
+	assert.Equal(t, "127.0.0.1:0", cfg.HTTPAddress())
+	cfg.Bind = "127.0.0.1:7946"
+	assert.Equal(t, "127.0.0.1:7947", cfg.HTTPAddress())
+
+	cfg.Bind, cfg.Advertise = "0.0.0.0:0", "10.0.0.1:7946"
+	assert.ErrorContains(t, cfg.Validate(), "--advertise 10.0.0.1:7946 names port 7946, but --bind 0.0.0.0:0 lets the kernel pick the port")
+}
+
+func peerHealth(addr string) (string, error) {
+	resp, err := http.Get("http://" + addr + "/v1/health")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var h api.Health
+	err = json.NewDecoder(resp.Body).Decode(&h)
+	return h.Node, err
 }
 
 func waitErr(t *testing.T, done <-chan error) error {
@@ -239,14 +331,16 @@ func waitErr(t *testing.T, done <-chan error) error {
 	}
 }
 
-// freeGossipAddr asks a throwaway cluster node for a free port, which then
-// holds both the TCP and UDP port memberlist needs.
-func freeGossipAddr(t *testing.T) string {
-	cfg := cluster.TestConfig("probe")
-	c, err := cluster.New(cfg)
+// refusingAddr is a loopback address where a TCP connection is refused for
+// as long as the test runs: the port is bound, so nothing else can take it,
+// but nothing listens.
+func refusingAddr(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 	require.NoError(t, err)
-	require.NoError(t, c.Start(context.Background()))
-	addr := c.LocalAddr()
-	require.NoError(t, c.Close())
-	return addr
+	t.Cleanup(func() { syscall.Close(fd) })
+	require.NoError(t, syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+	sa, err := syscall.Getsockname(fd)
+	require.NoError(t, err)
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }

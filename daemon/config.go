@@ -46,7 +46,9 @@ const maxSocketPath = 107
 type Config struct {
 	// Node is this node's unique name in the cluster.
 	Node string
-	// Bind is the gossip address (TCP and UDP).
+	// Bind is the gossip address (TCP and UDP). Port 0 picks a free port
+	// at the first start and keeps it across restarts while it is free
+	// (the addresses file in DataDir remembers it).
 	Bind string
 	// Advertise is the gossip address others reach this node at, if not Bind.
 	Advertise string
@@ -66,7 +68,9 @@ type Config struct {
 	KeyringFile string
 	// Tags are user tags advertised to the cluster, e.g. zone=a.
 	Tags map[string]string
-	// HTTPAddr is the peer HTTP API address; empty means the bind host with port 7947.
+	// HTTPAddr is the peer HTTP API address; empty means the bind host with
+	// port 7947, or with port 0 when the bind port is 0. Port 0 picks a free
+	// port as Bind does; the advertised tag carries the one bound.
 	HTTPAddr string
 	// Socket is the control API socket; empty means DataDir/peerd.sock.
 	Socket string
@@ -136,6 +140,11 @@ func (c Config) Validate() error {
 	if c.Advertise != "" {
 		if _, _, err := cluster.SplitHostPort(c.Advertise); err != nil {
 			add("--advertise: %w", err)
+		} else if _, bp, _ := cluster.SplitHostPort(c.Bind); bp == 0 {
+			// memberlist advertises the port it picks for 0 instead.
+			if _, ap, _ := cluster.SplitHostPort(c.Advertise); ap != 0 {
+				add("--advertise %s names port %d, but --bind %s lets the kernel pick the port: give --bind a fixed port, or --advertise port 0 (the bound one)", c.Advertise, ap, c.Bind)
+			}
 		}
 	}
 	if c.HTTPAddr != "" {
@@ -234,12 +243,17 @@ func (c Config) SocketPath() string {
 	return filepath.Join(c.DataDir, "peerd.sock")
 }
 
-// HTTPAddress is the peer HTTP address, defaulting to the bind host with DefaultHTTPPort.
+// HTTPAddress is the peer HTTP address, defaulting to the bind host with
+// DefaultHTTPPort; with a bind port of 0, any free port too, so that agents
+// started with only --bind HOST:0 do not collide on 7947.
 func (c Config) HTTPAddress() string {
 	if c.HTTPAddr != "" {
 		return c.HTTPAddr
 	}
-	host, _, _ := cluster.SplitHostPort(c.Bind)
+	host, port, _ := cluster.SplitHostPort(c.Bind)
+	if port == 0 {
+		return net.JoinHostPort(host, "0")
+	}
 	return net.JoinHostPort(host, fmt.Sprint(DefaultHTTPPort))
 }
 

@@ -22,7 +22,7 @@ func (a *Agent) controlHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/members", a.handleMembers)
 	mux.HandleFunc("GET /v1/apps", a.handleApps)
-	mux.HandleFunc("GET /v1/info", a.handleInfo)
+	mux.HandleFunc("GET /v1/info", a.handleLocalInfo)
 	mux.HandleFunc("POST /v1/leave", a.handleLeave)
 	mux.HandleFunc("POST /v1/rollout/artifacts", a.handleUpload)
 	mux.HandleFunc("POST /v1/rollout/trigger", a.handleTrigger)
@@ -112,7 +112,16 @@ func (a *Agent) handleMembers(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, rows)
 }
 
-func (a *Agent) handleInfo(w http.ResponseWriter, _ *http.Request) { writeJSON(w, a.info()) }
+// handleInfo is the peer API's info: without the PID and socket path,
+// which are of no use off this host and tell anyone on the network about it.
+func (a *Agent) handleInfo(w http.ResponseWriter, _ *http.Request) {
+	i := a.info()
+	i.Addrs.PID, i.Addrs.Socket = 0, ""
+	writeJSON(w, i)
+}
+
+// handleLocalInfo is the control API's info, in full.
+func (a *Agent) handleLocalInfo(w http.ResponseWriter, _ *http.Request) { writeJSON(w, a.info()) }
 
 // handleHealth answers 200 while the agent serves as a member of its
 // cluster, and 503 with the reason when it does not. It must stay cheap and
@@ -204,6 +213,7 @@ func (a *Agent) info() api.Info {
 		ArtifactBytesServed: served,
 		Node:                memberRow(a.cluster.LocalMember()),
 		Cluster:             ci,
+		Addrs:               a.addrs(),
 		Build: api.Build{Version: b.Version, Commit: b.Commit, GoVersion: b.GoVersion, OS: b.OS, Arch: b.Arch,
 			ProtocolMin: b.ProtocolMin, ProtocolMax: b.ProtocolMax},
 	}

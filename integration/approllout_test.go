@@ -53,7 +53,7 @@ func observeKV(nodes []*kvNode) *kvObserver {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					resp, err := client.Get("http://" + n.kvAddr + "/health")
+					resp, err := client.Get("http://" + n.kvAddr() + "/health")
 					ok := err == nil && resp.StatusCode == http.StatusOK
 					if err == nil {
 						resp.Body.Close()
@@ -206,7 +206,7 @@ func TestManagedAppInstallAndRollingUpgrade(t *testing.T) {
 	for i := 1; i <= 6; i++ {
 		join := ""
 		if i > 1 {
-			join = nodes[0].gossip
+			join = nodes[0].gossip()
 		}
 		zone := "a"
 		if i > 3 {

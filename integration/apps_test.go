@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/peerd/peerd/daemon/api"
-	"github.com/peerd/peerd/internal/freeport"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -23,11 +22,11 @@ import (
 // kvNode is a peerd agent that supervises the example kv application.
 type kvNode struct {
 	*agent
-	kvAddr string
 }
 
 // startKVNode starts an agent whose config declares app "kv": the real
-// example store, told its peers by env, peers file and SIGHUP.
+// example store on a port it picks (and reports to peerd), told its peers
+// by env, peers file and SIGHUP.
 func startKVNode(t *testing.T, name, peerdBin string, join string) *kvNode {
 	return startKVNodeWith(t, name, peerdBin, join, bins["kv"], "1.0.0")
 }
@@ -36,17 +35,16 @@ func startKVNode(t *testing.T, name, peerdBin string, join string) *kvNode {
 // that is only a name ("kv", version "") means not installed yet.
 func startKVNodeWith(t *testing.T, name, peerdBin, join, kvBin, kvVersion string, args ...string) *kvNode {
 	t.Helper()
-	kvAddr := fmt.Sprintf("127.0.0.1:%d", freeport.Get(t))
 	a := newAgent(t, name, peerdBin, append([]string{"--allow-unsigned"}, args...)...)
 	cfg := filepath.Join(a.dir, "peerd.hcl")
 	require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`
 app "kv" {
-  command = [%q, "--listen", %q, "--name", %q, "--data-dir", "kvdata",
+  command = [%q, "--listen", "127.0.0.1:0", "--name", %q, "--data-dir", "kvdata",
              "--peers-file", "peers.json", "--anti-entropy-interval", "200ms"]
   version = %q
-  address = %q
+  address = "127.0.0.1:0"
   health {
-    http     = "http://%s/health"
+    http     = "/health"
     interval = "100ms"
   }
   peers {
@@ -55,9 +53,9 @@ app "kv" {
     signal = "SIGHUP"
   }
 }
-`, kvBin, kvAddr, name, kvVersion, kvAddr, kvAddr)), 0o644))
+`, kvBin, name, kvVersion)), 0o644))
 	a.args = append(a.args, "--config", cfg)
-	n := &kvNode{agent: a, kvAddr: kvAddr}
+	n := &kvNode{agent: a}
 	// A test that kills the agent with SIGKILL must not leave kv running.
 	t.Cleanup(func() {
 		if pid := n.kvPID(); pid > 0 {
@@ -81,7 +79,7 @@ func kvFleet(t *testing.T, prefix string, n int) []*kvNode {
 	for i := 1; i <= n; i++ {
 		join := ""
 		if i > 1 {
-			join = nodes[0].gossip
+			join = nodes[0].gossip()
 		}
 		nodes = append(nodes, startKVNode(t, fmt.Sprintf("%s%d", prefix, i), bins["v1"], join))
 		agents = append(agents, nodes[i-1].agent)
@@ -89,6 +87,17 @@ func kvFleet(t *testing.T, prefix string, n int) []*kvNode {
 	waitAlive(t, agents, n)
 	waitPeers(t, nodes, n)
 	return nodes
+}
+
+// kvAddr is where the running kv listens, as it reported to its supervisor
+// (apps.EnvAddrFile); "" while it does not run or has not bound yet. Each
+// start of kv may get another port.
+func (n *kvNode) kvAddr() string {
+	b, err := os.ReadFile(filepath.Join(n.dataDir(), "apps", "kv", "addr"))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // kvPID is the running kv's PID as its supervisor recorded it.
@@ -115,7 +124,7 @@ type kvHealth struct {
 
 func (n *kvNode) health() (kvHealth, error) {
 	var h kvHealth
-	resp, err := http.Get("http://" + n.kvAddr + "/health")
+	resp, err := http.Get("http://" + n.kvAddr() + "/health")
 	if err != nil {
 		return h, err
 	}
@@ -124,7 +133,7 @@ func (n *kvNode) health() (kvHealth, error) {
 }
 
 func (n *kvNode) put(key, value string) error {
-	req, _ := http.NewRequest(http.MethodPut, "http://"+n.kvAddr+"/kv/"+key, strings.NewReader(value))
+	req, _ := http.NewRequest(http.MethodPut, "http://"+n.kvAddr()+"/kv/"+key, strings.NewReader(value))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
@@ -138,7 +147,7 @@ func (n *kvNode) put(key, value string) error {
 }
 
 func (n *kvNode) get(key string) (string, error) {
-	resp, err := http.Get("http://" + n.kvAddr + "/kv/" + key)
+	resp, err := http.Get("http://" + n.kvAddr() + "/kv/" + key)
 	if err != nil {
 		return "", err
 	}
@@ -205,7 +214,7 @@ func TestManagedAppLearnsPeersAndOutlivesSelfUpgrade(t *testing.T) {
 	assert.Regexp(t, `kv\s+k1\s+1\.0\.0\s+-\s+running\s+127\.0\.0\.1:\d+\s+alive`, out)
 
 	// A node joining later: the running instances learn it by file + SIGHUP.
-	n4 := startKVNode(t, "k4", bins["v1"], n1.gossip)
+	n4 := startKVNode(t, "k4", bins["v1"], n1.gossip())
 	nodes = append(nodes, n4)
 	waitPeers(t, nodes, 4)
 	require.NoError(t, n4.put("late", "joiner"))
@@ -237,7 +246,7 @@ func TestManagedAppLearnsPeersAndOutlivesSelfUpgrade(t *testing.T) {
 	}
 
 	// The new images supervise the adopted instances: a join reaches them.
-	n5 := startKVNode(t, "k5", bins["v2"], n1.gossip)
+	n5 := startKVNode(t, "k5", bins["v2"], n1.gossip())
 	nodes = append(nodes, n5)
 	waitPeers(t, nodes, 5)
 	require.NoError(t, n5.put("after", "upgrade"))

@@ -33,7 +33,7 @@ func startFleetWith(t testing.TB, n int, setup func(*agent), args ...string) []*
 		if i == 1 {
 			a.run()
 		} else {
-			a.run("--join", agents[0].gossip)
+			a.run("--join", agents[0].gossip())
 		}
 		agents = append(agents, a)
 	}
@@ -281,7 +281,7 @@ func TestJoinAndLeaveMidRollout(t *testing.T) {
 	var seeds []string
 	for _, a := range agents {
 		if a != last {
-			seeds = append(seeds, "--join", a.gossip) // any of them may be restarting
+			seeds = append(seeds, "--join", a.gossip()) // any of them may be restarting
 		}
 	}
 	late.run(seeds...)

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/peerd/peerd/daemon/api"
-	"github.com/peerd/peerd/internal/freeport"
 	"github.com/stretchr/testify/require"
 )
 
@@ -88,14 +87,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// agent is one peerd agent process.
+// agent is one peerd agent process. It binds port 0 for gossip and HTTP
+// and reads back the ports it got; a restart in the same data dir gets the
+// same ones back (the agent tries its last ports first), as a node keeps
+// its address.
 type agent struct {
 	t       testing.TB
 	name    string
 	dir     string // holds the binary copy, data dir and log
 	bin     string
-	gossip  string
-	http    string
 	args    []string // extra agent flags
 	env     []string
 	logPath string
@@ -104,10 +104,11 @@ type agent struct {
 	supervised bool
 	starts     int
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	code int
+	mu    sync.Mutex
+	cmd   *exec.Cmd
+	done  chan struct{}
+	code  int
+	addrs api.Addrs // what the agent reported once ready (run)
 }
 
 // newAgent prepares an agent with its own copy of the binary; start runs it.
@@ -121,8 +122,6 @@ func newAgent(t testing.TB, name, binary string, args ...string) *agent {
 	copyFile(t, binary, bin)
 	a := &agent{
 		t: t, name: name, dir: dir, bin: bin,
-		gossip:  fmt.Sprintf("127.0.0.1:%d", freeport.Get(t)),
-		http:    fmt.Sprintf("127.0.0.1:%d", freeport.Get(t)),
 		args:    args,
 		logPath: filepath.Join(dir, "agent.log"),
 	}
@@ -160,7 +159,7 @@ func (a *agent) dataDir() string { return filepath.Join(a.dir, "data") }
 // start runs the agent; it returns once the process is running (not ready).
 func (a *agent) start(extra ...string) {
 	a.t.Helper()
-	args := append([]string{"agent", "--node", a.name, "--bind", a.gossip, "--http-addr", a.http,
+	args := append([]string{"agent", "--node", a.name, "--bind", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
 		"--data-dir", a.dataDir(), "--gossip-profile", "fast", "--log-level", "debug"}, a.args...)
 	args = append(args, extra...)
 	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -193,7 +192,9 @@ func (a *agent) start(extra ...string) {
 	}()
 }
 
-// run starts the agent and waits until its control API answers.
+// run starts the agent and waits until it is ready: its addresses file
+// names this process (the file of an earlier run may still be there), and
+// its control API answers.
 func (a *agent) run(extra ...string) {
 	a.t.Helper()
 	a.start(extra...)
@@ -201,9 +202,35 @@ func (a *agent) run(extra ...string) {
 		if a.exited() {
 			return fmt.Errorf("%s exited with %d", a.name, a.exitCode())
 		}
-		_, err := a.info()
-		return err
+		addrs, err := api.ReadAddrs(a.dataDir())
+		if err != nil {
+			return err
+		}
+		if addrs.PID != a.pid() {
+			return fmt.Errorf("%s: the addresses file is pid %d's, not yet this run's (%d)", a.name, addrs.PID, a.pid())
+		}
+		if _, err := a.info(); err != nil {
+			return err
+		}
+		a.mu.Lock()
+		a.addrs = addrs
+		a.mu.Unlock()
+		return nil
 	})
+}
+
+// gossip is the address to join the agent at, as it reported at its last run.
+func (a *agent) gossip() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.addrs.GossipAdvertise
+}
+
+// httpAddr is the agent's peer HTTP address, as it reported at its last run.
+func (a *agent) httpAddr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.addrs.HTTP
 }
 
 func (a *agent) exited() bool {

@@ -61,7 +61,7 @@ func (o *observer) loop() {
 				// Unreachable means refused or silent for 2 s: a slow answer
 				// on a loaded machine is still an answer.
 				_, err1 := a.infoWithin(2 * time.Second)
-				_, err2 := httpHealth(a.http)
+				_, err2 := httpHealth(a.httpAddr())
 				if err1 != nil || err2 != nil {
 					mu.Lock()
 					down = append(down, a.name)
@@ -146,7 +146,7 @@ func runRollout(t *testing.T, tc rolloutCase) {
 		if i == 1 {
 			a.run()
 		} else {
-			a.run("--join", agents[0].gossip)
+			a.run("--join", agents[0].gossip())
 		}
 		agents = append(agents, a)
 	}

@@ -21,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/peerd/peerd/internal/freeport"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
@@ -86,6 +85,15 @@ func packages(t *testing.T, version string) (deb, rpm string) {
 	b := v.(*pkgBuild)
 	b.once.Do(func() {
 		dist := filepath.Join(os.TempDir(), fmt.Sprintf("peerd-pkg-%d-%s", os.Getpid(), version))
+		// `make packages` stages its inputs in the checkout's build/gen,
+		// which nfpm.yaml and goreleaser.yaml name: another test run in
+		// this checkout must not empty it halfway through this one's.
+		unlock, err := lockGen()
+		if err != nil {
+			b.err = err
+			return
+		}
+		defer unlock()
 		cmd := exec.Command("make", "-s", "-C", repo, "packages", "VERSION="+version, "ARCHS=amd64", "DIST="+dist)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.err = fmt.Errorf("make packages VERSION=%s: %v\n%s", version, err, out)
@@ -96,6 +104,24 @@ func packages(t *testing.T, version string) (deb, rpm string) {
 	})
 	require.NoError(t, b.err)
 	return b.deb, b.rpm
+}
+
+// lockGen takes the checkout's lock on build/gen (an flock, so that it is
+// released however the holder ends) and returns its release.
+func lockGen() (func(), error) {
+	dir := filepath.Join(repo, "build")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("lock build/gen: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "gen.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock build/gen: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock build/gen: %w", err)
+	}
+	return func() { f.Close() }, nil
 }
 
 func TestMain(m *testing.M) {
@@ -291,8 +317,19 @@ func debianRootNoProc(t *testing.T) string {
 		if _, err := os.Stat(filepath.Join(cache, "usr", "bin", "systemd-analyze")); err == nil {
 			return
 		}
-		tmp := cache + ".tmp"
-		os.RemoveAll(tmp)
+		// A build dir of this run's own: another test run in this checkout
+		// may be building the cache at the same time.
+		if rootErr = os.MkdirAll(filepath.Dir(cache), 0o755); rootErr != nil {
+			return
+		}
+		tmp, err := os.MkdirTemp(filepath.Dir(cache), "bookworm.tmp-")
+		if err == nil {
+			err = os.Chmod(tmp, 0o755) // the root's "/": every user of the root traverses it
+		}
+		if err != nil {
+			rootErr = err
+			return
+		}
 		mirror := aptMirror()
 		// systemd: systemd-analyze and booting under nspawn; procps: the
 		// package's dependency (/bin/kill); man-db: verify checks the man page.
@@ -303,7 +340,13 @@ func debianRootNoProc(t *testing.T) string {
 			rootErr = fmt.Errorf("debootstrap bookworm from %s: %v\n%s", mirror, err, tail(out, 2000))
 			return
 		}
-		rootErr = os.Rename(tmp, cache)
+		if err := os.Rename(tmp, cache); err != nil {
+			// The other run got there first (the cache is not empty): use its.
+			os.RemoveAll(tmp)
+			if _, serr := os.Stat(filepath.Join(cache, "usr", "bin", "systemd-analyze")); serr != nil {
+				rootErr = fmt.Errorf("cache the Debian root: %w", err)
+			}
+		}
 	})
 	if rootErr != nil {
 		if strings.Contains(rootErr.Error(), "Failed getting release file") || strings.Contains(rootErr.Error(), "Couldn't download") {
@@ -421,12 +464,14 @@ func (b *logBuffer) String() string {
 	return b.buf.String()
 }
 
-func startAgent(t *testing.T, root string, gossip, httpPort int) *agentProc {
+// startAgent runs the package's agent on ports it picks: the chroot shares
+// the host's network, where anything may be listening.
+func startAgent(t *testing.T, root string) *agentProc {
 	t.Helper()
 	out := new(logBuffer)
 	cmd := exec.Command("chroot", "--userspec=peerd:peerd", root, "/usr/bin/peerd", "agent",
 		"--config", "/etc/peerd/peerd.hcl", "--node", "pkg-node",
-		"--bind", fmt.Sprintf("127.0.0.1:%d", gossip), "--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort),
+		"--bind", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
 		"--gossip-profile", "fast", "--allow-unsigned")
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/var/lib/peerd"}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -504,8 +549,7 @@ func TestVersionStoreUnderThePackageManager(t *testing.T) {
 	copyInto(t, root, v2, "/tmp/peerd-2.0.0")
 	in(t, root, "dpkg", "-i", "/tmp/peerd-1.deb")
 
-	gossip, httpPort := freeport.Get(t), freeport.Get(t)
-	a := startAgent(t, root, gossip, httpPort)
+	a := startAgent(t, root)
 	waitVersion(t, root, a, "1.0.0")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -527,14 +571,14 @@ func TestVersionStoreUnderThePackageManager(t *testing.T) {
 
 	// A restart runs 2.0.0 again: /usr/bin/peerd hands over to the store.
 	a.stop(t)
-	a = startAgent(t, root, gossip, httpPort)
+	a = startAgent(t, root)
 	waitVersion(t, root, a, "2.0.0")
 	assert.Contains(t, a.out.String(), "starting the newer version from the version store")
 
 	// A package upgrade to 3.0.0 wins over the store's 2.0.0.
 	a.stop(t)
 	in(t, root, "dpkg", "-i", "/tmp/peerd-3.deb")
-	a = startAgent(t, root, gossip, httpPort)
+	a = startAgent(t, root)
 	waitVersion(t, root, a, "3.0.0")
 	assert.Contains(t, a.out.String(), "is not older than the stored 2.0.0")
 	assert.Empty(t, in(t, root, "dpkg", "--verify", "peerd"))

@@ -5,7 +5,8 @@
 # node = "node-1"
 
 # Gossip address (TCP and UDP) and, if other nodes must use another, the
-# address they reach this node at.
+# address they reach this node at. Port 0 picks a free port, kept across
+# restarts while free; data_dir/addrs.json says which.
 bind = "0.0.0.0:7946"
 # advertise = "10.0.0.5:7946"
 
@@ -28,7 +29,7 @@ data_dir = "/var/lib/peerd"
 # Tags other nodes see, e.g. for `peerd upgrade --by-tag zone`.
 # tags = { zone = "a" }
 
-# Peer HTTP API (default: bind host, port 7947).
+# Peer HTTP API (default: bind host, port 7947; port 0 when bind's is 0).
 # http_addr = "0.0.0.0:7947"
 
 # Control API socket for the client commands (default: data_dir/peerd.sock).

@@ -20,22 +20,22 @@ go build -ldflags "-X main.version=2.0.0" -o "$work/kv-2.0.0" ./contrib/examples
 wait
 peerd="$work/peerd"
 
-read -r -a ports < <(free_ports $((3 * n)))
-gossip() { echo "${ports[$((3 * ($1 - 1)))]}"; }
-http() { echo "${ports[$((3 * ($1 - 1) + 1))]}"; }
-kvport() { echo "${ports[$((3 * ($1 - 1) + 2))]}"; }
 sock() { echo "$work/node$1/data/peerd.sock"; }
+# Where node N's kv reports the address it bound (each start may bind another).
+kvaddr_file() { echo "$work/node$1/data/apps/kv/addr"; }
 
-start() { # index
-	local i=$1 node="node$1" kv="127.0.0.1:$(kvport "$1")"
+start() { # index [join address]
+	local i=$1 node="node$1"
 	mkdir -p "$work/$node"
+	# Port 0 everywhere: the agents report their ports in addrs.json, and kv
+	# reports its own to peerd through the file PEERD_APP_ADDR_FILE names.
 	cat > "$work/$node/peerd.hcl" <<HCL
 app "kv" {
   # "kv" is not a file here: nothing is installed until peerd install.
-  command = ["kv", "--listen", "$kv", "--name", "$node", "--data-dir", "data",
+  command = ["kv", "--listen", "127.0.0.1:0", "--name", "$node", "--data-dir", "data",
              "--peers-file", "peers.json", "--anti-entropy-interval", "300ms"]
-  address = "$kv"
-  health { http = "http://$kv/health" }
+  address = "127.0.0.1:0"
+  health { http = "/health" }
   peers {
     env    = "KV_PEERS"
     file   = "peers.json"
@@ -43,18 +43,18 @@ app "kv" {
   }
 }
 HCL
-	local args=(agent --node "$node" --config "$work/$node/peerd.hcl" --bind "127.0.0.1:$(gossip "$i")"
-		--http-addr "127.0.0.1:$(http "$i")" --data-dir "$work/$node/data" --gossip-profile fast
+	local args=(agent --node "$node" --config "$work/$node/peerd.hcl" --bind 127.0.0.1:0
+		--http-addr 127.0.0.1:0 --data-dir "$work/$node/data" --gossip-profile fast
 		--log-level warn --allow-unsigned)
-	[ "$i" -gt 1 ] && args+=(--join "127.0.0.1:$(gossip 1)")
+	[ $# -gt 1 ] && args+=(--join "$2")
 	"$peerd" "${args[@]}" 2>>"$work/$node.log" &
 	pids+=($!)
 }
 
 echo "==> starting $n agents that declare app \"kv\" (not installed yet)"
 start 1
-wait_for "node1" "$peerd" info --socket "$(sock 1)"
-for i in $(seq 2 $n); do start "$i"; done
+seed=$(agent_addr "$work/node1/data" "${pids[0]}" gossip_advertise)
+for i in $(seq 2 $n); do start "$i" "$seed"; done
 all_alive() { [ "$("$peerd" members --socket "$(sock 1)" --status alive | tail -n +2 | wc -l)" = "$n" ]; }
 wait_for "$n alive members" all_alive
 all_declared() { [ "$("$peerd" apps --socket "$(sock 1)" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" = "$n" ]; }
@@ -66,19 +66,24 @@ echo "==> peerd install kv --artifact kv-1.0.0 --version 1.0.0 --batch 2 --min-h
 echo
 "$peerd" apps --socket "$(sock 1)"
 
-addrs=()
-for i in $(seq 1 $n); do addrs+=("127.0.0.1:$(kvport "$i")"); done
+addr_files=()
+for i in $(seq 1 $n); do addr_files+=("$(kvaddr_file "$i")"); done
 echo
 echo "==> a client writes to random kv instances throughout the upgrade"
-python3 - "$work/acked" "${addrs[@]}" <<'PY' &
+python3 - "$work/acked" "${addr_files[@]}" <<'PY' &
 import os, random, sys, time, urllib.request
-out, addrs = sys.argv[1], sys.argv[2:]
+out, files = sys.argv[1], sys.argv[2:]
 stop = out + ".stop"
 with open(out, "w") as f:
     i = 0
     while not os.path.exists(stop):
         i += 1
-        addr = random.choice(addrs)
+        try:
+            # Read each time: an upgraded instance listens on a new port.
+            addr = open(random.choice(files)).read().strip()
+        except OSError:
+            time.sleep(0.02)
+            continue  # that instance is restarting
         key, val = "k%05d" % i, "written-on-%s" % addr
         try:
             req = urllib.request.Request("http://%s/kv/%s" % (addr, key), data=val.encode(), method="PUT")
@@ -102,11 +107,11 @@ echo
 "$peerd" apps --socket "$(sock 1)"
 echo
 echo "==> every acknowledged write is on every instance"
-python3 - "$work/acked" "${addrs[@]}" <<'PY'
+python3 - "$work/acked" "${addr_files[@]}" <<'PY'
 import sys, time, urllib.request
 acked = dict(line.split(" ", 1) for line in open(sys.argv[1]).read().split("\n") if line)
 acked = {k: v for k, v in acked.items()}
-addrs = sys.argv[2:]
+addrs = [open(f).read().strip() for f in sys.argv[2:]]
 deadline = time.time() + 60
 for addr in addrs:
     while True:

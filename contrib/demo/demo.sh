@@ -15,24 +15,22 @@ make -s build OUT="$work/v2/peerd" VERSION=2.0.0 PROTOCOL_MIN=1 PROTOCOL_MAX=2 &
 wait
 peerd="$work/v1/peerd"
 
-read -r -a ports < <(free_ports 10)
-
-start() { # index
-	local i=$1 node="node$1" g=${ports[$((2 * ($1 - 1)))]} h=${ports[$((2 * ($1 - 1) + 1))]}
+start() { # index [join address]
+	local i=$1 node="node$1"
 	mkdir -p "$work/$node"
 	cp "$work/v1/peerd" "$work/$node/peerd"
-	local args=(agent --node "$node" --bind "127.0.0.1:$g" --http-addr "127.0.0.1:$h"
+	local args=(agent --node "$node" --bind 127.0.0.1:0 --http-addr 127.0.0.1:0
 		--data-dir "$work/$node/data" --gossip-profile fast --log-level warn --allow-unsigned)
-	[ "$i" -gt 1 ] && args+=(--join "127.0.0.1:${ports[0]}")
+	[ $# -gt 1 ] && args+=(--join "$2")
 	"$work/$node/peerd" "${args[@]}" 2>>"$work/$node.log" &
 	pids+=($!)
 }
 sock() { echo "$work/node$1/data/peerd.sock"; }
 
-echo "==> starting 5 agents at 1.0.0 on 127.0.0.1"
+echo "==> starting 5 agents at 1.0.0 on 127.0.0.1 (ports picked by the kernel)"
 start 1
-wait_for "node1" "$peerd" info --socket "$(sock 1)"
-for i in 2 3 4 5; do start "$i"; done
+seed=$(agent_addr "$work/node1/data" "${pids[0]}" gossip_advertise)
+for i in 2 3 4 5; do start "$i" "$seed"; done
 all_alive() { [ "$("$peerd" members --socket "$(sock 1)" --status alive | tail -n +2 | wc -l)" = 5 ]; }
 wait_for "5 alive members" all_alive
 

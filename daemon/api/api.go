@@ -19,8 +19,33 @@ type Info struct {
 	Node    Member      `json:"node"`
 	Cluster ClusterInfo `json:"cluster"`
 	Build   Build       `json:"build"`
+	// Addrs are the addresses the agent bound. Over the peer HTTP API,
+	// which anyone on the network may call, PID and Socket are left out.
+	Addrs Addrs `json:"addrs"`
 	// ArtifactBytesServed counts the artifact bytes this node served to peers.
 	ArtifactBytesServed int64 `json:"artifact_bytes_served"`
+}
+
+// AddrsFile is the file in the data dir where a ready agent records the
+// addresses it bound (Addrs as JSON, replaced atomically). It is written
+// once the agent serves, so a harness that started the agent with port 0
+// waits for it to name the agent's PID, then reads the ports. It stays
+// after the agent exits: the next start there tries the same ports first.
+const AddrsFile = "addrs.json"
+
+// Addrs are the addresses an agent bound, with the ports it picked for 0.
+type Addrs struct {
+	// PID is the agent's process (the same across a re-exec in place).
+	PID int `json:"pid,omitempty"`
+	// Gossip is the gossip address bound, TCP and UDP.
+	Gossip string `json:"gossip"`
+	// GossipAdvertise is the gossip address others reach this node at:
+	// the one to --join.
+	GossipAdvertise string `json:"gossip_advertise"`
+	// HTTP is the peer HTTP API address bound.
+	HTTP string `json:"http"`
+	// Socket is the control API's unix socket.
+	Socket string `json:"socket,omitempty"`
 }
 
 // ClusterInfo summarises the cluster as this node sees it.

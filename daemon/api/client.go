@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -63,6 +64,20 @@ func (c *Client) Members(ctx context.Context, status string) ([]Member, error) {
 	}
 	var out []Member
 	return out, c.do(ctx, http.MethodGet, "/v1/members?"+q.Encode(), &out)
+}
+
+// ReadAddrs reads the addresses file a ready agent wrote in dataDir (see
+// AddrsFile). Check its PID: the file of an agent that has exited stays.
+func ReadAddrs(dataDir string) (Addrs, error) {
+	var a Addrs
+	b, err := os.ReadFile(filepath.Join(dataDir, AddrsFile))
+	if err != nil {
+		return a, fmt.Errorf("read the agent's addresses: %w", err)
+	}
+	if err := json.Unmarshal(b, &a); err != nil {
+		return a, fmt.Errorf("read the agent's addresses from %s: %w", filepath.Join(dataDir, AddrsFile), err)
+	}
+	return a, nil
 }
 
 // Info describes the agent's node and cluster.

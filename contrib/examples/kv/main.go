@@ -17,6 +17,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,7 +39,8 @@ var (
 
 type config struct {
 	name        string // origin of our writes; must be unique in the cluster
-	listen      string
+	listen      string // the address bound, once serve has bound it
+	addrFile    string // where to report the address bound ("": nowhere)
 	dataDir     string
 	peersFile   string
 	peersEnv    string // the value of KV_PEERS, read once at start
@@ -79,9 +82,11 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	cfg := config{peersEnv: getenv("KV_PEERS")}
 	fs := flag.NewFlagSet("kv", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.listen, "listen", env("KV_LISTEN", "127.0.0.1:8080"), "HTTP listen address (env KV_LISTEN)")
+	fs.StringVar(&cfg.listen, "listen", env("KV_LISTEN", "127.0.0.1:8080"), "HTTP listen address; port 0 picks a free one (env KV_LISTEN)")
+	fs.StringVar(&cfg.addrFile, "addr-file", env("KV_ADDR_FILE", getenv("PEERD_APP_ADDR_FILE")),
+		"once listening, write the address bound to this file, replaced atomically (env KV_ADDR_FILE; peerd passes PEERD_APP_ADDR_FILE)")
 	fs.StringVar(&cfg.dataDir, "data-dir", env("KV_DATA_DIR", ""), "directory for the write-ahead log, created if missing (env KV_DATA_DIR; required)")
-	fs.StringVar(&cfg.name, "name", env("KV_NAME", ""), "unique instance name, the origin of its writes (env KV_NAME; default the listen address)")
+	fs.StringVar(&cfg.name, "name", env("KV_NAME", ""), "unique instance name, the origin of its writes (env KV_NAME; default the address bound)")
 	fs.StringVar(&cfg.peersFile, "peers-file", env("KV_PEERS_FILE", ""), "JSON peers file, re-read on SIGHUP (env KV_PEERS_FILE)")
 	fs.DurationVar(&cfg.antiEntropy, "anti-entropy-interval", time.Second, "how often to pull every peer's data")
 	fs.DurationVar(&cfg.peerTimeout, "peer-timeout", 2*time.Second, "timeout of one request to a peer")
@@ -109,9 +114,6 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	}
 	if cfg.antiEntropy <= 0 || cfg.peerTimeout <= 0 {
 		errs = append(errs, errors.New("--anti-entropy-interval and --peer-timeout must be positive"))
-	}
-	if cfg.name == "" {
-		cfg.name = cfg.listen
 	}
 	return cfg, errors.Join(errs...)
 }
@@ -151,6 +153,20 @@ func serve(cfg config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	defer ln.Close()
+	// With port 0 only now is the address known: it names this instance
+	// when --name does not, tells it apart in a peers list, and goes to
+	// whoever started it (peerd advertises it to the cluster).
+	cfg.listen = ln.Addr().String()
+	if cfg.name == "" {
+		cfg.name = cfg.listen
+	}
+	peers = slices.DeleteFunc(peers, func(p Peer) bool { return p.Addr == cfg.listen })
+	if cfg.addrFile != "" {
+		if err := writeAtomic(cfg.addrFile, []byte(cfg.listen+"\n")); err != nil {
+			return fmt.Errorf("report the address bound: %w", err)
+		}
+	}
 	n := newNode(cfg, st, log)
 	n.setPeers(peers)
 	srv := &http.Server{Handler: n.routes(), ReadHeaderTimeout: 5 * time.Second}
@@ -169,7 +185,7 @@ func serve(cfg config, log *slog.Logger) error {
 		}
 	})
 	wg.Go(func() { n.antiEntropy(ctx) })
-	log.Info("kv started", "name", cfg.name, "listen", ln.Addr().String(), "version", version,
+	log.Info("kv started", "name", cfg.name, "listen", cfg.listen, "version", version,
 		"protocol", cfg.maxProto, "keys", st.Len(), "peers", len(peers), "health_fault", healthFault)
 
 	var runErr error
@@ -207,4 +223,22 @@ loop:
 	}
 	log.Info("kv stopped")
 	return nil
+}
+
+// writeAtomic replaces path with data, so that a reader polling for it
+// never sees it half written.
+func writeAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // fails harmlessly once renamed
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -72,22 +71,17 @@ const waitFor, tick = 10 * time.Second, 20 * time.Millisecond
 
 var client = &http.Client{Timeout: 5 * time.Second}
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// instance is one kv process; it keeps its address, data dir and peers file
-// across restarts, as a node being upgraded in place does.
+// instance is one kv process; it keeps its data dir and peers file across
+// restarts, as a node being upgraded in place does. It listens on port 0
+// and reports the address it bound in addrFile, so each start may get
+// another address: the peers files are then rewritten, as peerd does.
 type instance struct {
 	t         *testing.T
 	name      string
-	addr      string
+	addr      string // the address bound by the running (or last) process
 	dir       string
 	peersFile string
+	addrFile  string
 	env       []string
 
 	cmd  *exec.Cmd
@@ -96,7 +90,7 @@ type instance struct {
 
 func newInstance(t *testing.T, name string) *instance {
 	dir := t.TempDir()
-	in := &instance{t: t, name: name, addr: freeAddr(t), dir: dir, peersFile: filepath.Join(dir, "peers.json")}
+	in := &instance{t: t, name: name, dir: dir, peersFile: filepath.Join(dir, "peers.json"), addrFile: filepath.Join(dir, "addr")}
 	writePeers(t, in.peersFile)
 	t.Cleanup(func() {
 		if in.cmd != nil {
@@ -119,7 +113,11 @@ func (in *instance) start(build string) {
 	logf, err := os.OpenFile(filepath.Join(in.dir, "stderr.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	require.NoError(t, err)
 	defer logf.Close()
-	in.cmd = exec.Command(bins[build], "--listen", in.addr, "--name", in.name,
+	// The last run's address is no sign that this one is listening.
+	if err := os.Remove(in.addrFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	in.cmd = exec.Command(bins[build], "--listen", "127.0.0.1:0", "--addr-file", in.addrFile, "--name", in.name,
 		"--data-dir", filepath.Join(in.dir, "data"), "--peers-file", in.peersFile,
 		"--anti-entropy-interval", "50ms", "--peer-timeout", "1s")
 	in.cmd.Env = append(os.Environ(), in.env...)
@@ -134,6 +132,11 @@ func (in *instance) start(build string) {
 			return true
 		default:
 		}
+		b, err := os.ReadFile(in.addrFile)
+		if err != nil {
+			return false
+		}
+		in.addr = strings.TrimSpace(string(b))
 		resp, err := client.Get(in.url("/version"))
 		if err == nil {
 			resp.Body.Close()
@@ -231,20 +234,33 @@ func writePeers(t *testing.T, path string, peers ...Peer) {
 	require.NoError(t, os.Rename(path+".tmp", path))
 }
 
-// cluster starts one instance per build, each with a peers file listing all
-// of them (itself included, as peerd writes it).
+// cluster starts one instance per build, then tells each of them all.
 func cluster(t *testing.T, builds ...string) []*instance {
 	ins := make([]*instance, len(builds))
-	peers := make([]Peer, len(builds))
 	for i := range builds {
 		ins[i] = newInstance(t, fmt.Sprintf("n%d", i))
-		peers[i] = ins[i].peer()
+		ins[i].start(builds[i])
 	}
-	for i, in := range ins {
-		writePeers(t, in.peersFile, peers...)
-		in.start(builds[i])
-	}
+	link(t, ins...)
 	return ins
+}
+
+// link writes every instance's peers file listing all of them at the
+// addresses they bound (itself included, as peerd writes it), sends each
+// SIGHUP, and waits until each counts the others.
+func link(t *testing.T, ins ...*instance) {
+	t.Helper()
+	var peers []Peer
+	for _, in := range ins {
+		peers = append(peers, in.peer())
+	}
+	for _, in := range ins {
+		writePeers(t, in.peersFile, peers...)
+		require.NoError(t, in.cmd.Process.Signal(syscall.SIGHUP))
+	}
+	for _, in := range ins {
+		require.Eventually(t, func() bool { h, _ := in.health(); return h.Peers == len(ins)-1 }, waitFor, tick, "%s learns its peers", in.name)
+	}
 }
 
 func addrs(ins ...*instance) []string {
@@ -341,6 +357,7 @@ func TestUpgradeCatchesUp(t *testing.T) {
 		assert.Equal(t, []string{c.addr}, res.Pending)
 	}
 	c.start("v2")
+	link(t, ins...) // c may be back at another port
 	v, _, ok := c.get("before")
 	assert.True(t, ok, "the upgraded node keeps its data")
 	assert.Equal(t, "1", v)
@@ -437,7 +454,7 @@ func TestBadInput(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 			defer cancel()
 			// A later flag wins, so "bad listen" overrides this one.
-			args := append([]string{"--listen", freeAddr(t)}, tt.args...)
+			args := append([]string{"--listen", "127.0.0.1:0"}, tt.args...)
 			cmd := exec.CommandContext(ctx, bins["v1"], args...)
 			cmd.Env = append(os.Environ(), tt.env...)
 			out, err := cmd.CombinedOutput()
