@@ -117,7 +117,7 @@ func (c *Cluster) Start(ctx context.Context) error {
 		return fmt.Errorf("start gossip on %s: %w", c.cfg.BindAddr, err)
 	}
 	c.serf = s
-	c.merge.setLocal(func() []Member { return c.Members() })
+	c.merge.setLocal(c.mergeView, c.mergeMember)
 
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.cancel = cancel
@@ -343,6 +343,34 @@ func (c *Cluster) Members() []Member {
 	out := make([]Member, 0, len(sm))
 	for _, m := range sm {
 		out = append(out, toMember(m))
+	}
+	return out
+}
+
+// mergeView is the member list as the merge delegate reads it: names,
+// statuses and protocol ranges only. Serf calls the delegate for every
+// alive message, under memberlist's lock, so this stays at one allocation
+// (Members formats every address).
+func (c *Cluster) mergeView() []Member { return mergeView(c.serf.Members()) }
+
+// mergeMember is one member of mergeView, without a slice of them all.
+func (c *Cluster) mergeMember(name string) (Member, bool) { return mergeMember(c.serf.Members(), name) }
+
+func mergeMember(sm []serf.Member, name string) (Member, bool) {
+	for _, m := range sm {
+		if m.Name == name {
+			r, _ := ParseProtocolRange(m.Tags[TagProtocol])
+			return Member{Name: m.Name, Status: status(m).String(), Protocol: r}, true
+		}
+	}
+	return Member{}, false
+}
+
+func mergeView(sm []serf.Member) []Member {
+	out := make([]Member, len(sm))
+	for i, m := range sm {
+		r, _ := ParseProtocolRange(m.Tags[TagProtocol])
+		out[i] = Member{Name: m.Name, Status: status(m).String(), Protocol: r}
 	}
 	return out
 }
