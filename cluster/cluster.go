@@ -48,6 +48,12 @@ type Cluster struct {
 	// when it last ran (from its peers file), read once by Start.
 	previousPeers []string
 
+	// localMu keeps a query from starting while a tag update is applied:
+	// serf.Query reads the local node through a pointer that memberlist
+	// hands out of its lock, and UpdateNode (SetTags) writes that node.
+	// Queries share it; tag updates hold it alone, until Serf returns.
+	localMu sync.RWMutex
+
 	mu       sync.Mutex // guards the fields below
 	userTags map[string]string
 	ownTags  map[string]string
@@ -257,7 +263,7 @@ func (c *Cluster) SetTags(tags map[string]string) error {
 	defer c.mu.Unlock()
 	old := c.userTags
 	c.userTags = maps.Clone(tags)
-	if err := c.serf.SetTags(c.tagsLocked()); err != nil {
+	if err := c.setSerfTagsLocked(); err != nil {
 		c.userTags = old
 		return fmt.Errorf("set tags: %w", err)
 	}
@@ -277,7 +283,7 @@ func (c *Cluster) SetTag(key, value string) error {
 	} else {
 		c.ownTags[key] = value
 	}
-	if err := c.serf.SetTags(c.tagsLocked()); err != nil {
+	if err := c.setSerfTagsLocked(); err != nil {
 		if had {
 			c.ownTags[key] = old
 		} else {
@@ -286,6 +292,14 @@ func (c *Cluster) SetTag(key, value string) error {
 		return fmt.Errorf("set tag %s: %w", key, err)
 	}
 	return nil
+}
+
+// setSerfTagsLocked gives Serf the tags; it returns once the update went
+// out (or the profile's broadcast timeout passed).
+func (c *Cluster) setSerfTagsLocked() error {
+	c.localMu.Lock()
+	defer c.localMu.Unlock()
+	return c.serf.SetTags(c.tagsLocked())
 }
 
 // Broadcast sends a Serf user event to every member. Serf caps the payload
@@ -302,7 +316,9 @@ func (c *Cluster) Broadcast(name string, payload []byte) error {
 // per answer, as it arrives, so that a caller can count in O(1)) says the
 // answers so far suffice, the timeout passed, or ctx ended.
 func (c *Cluster) Query(ctx context.Context, name string, payload []byte, nodes []string, timeout time.Duration, enough func(from string, answer []byte) bool) (map[string][]byte, error) {
+	c.localMu.RLock()
 	resp, err := c.serf.Query(name, payload, &serf.QueryParam{FilterNodes: nodes, Timeout: timeout})
+	c.localMu.RUnlock()
 	if err != nil {
 		return nil, fmt.Errorf("query %s: %w", name, err)
 	}
