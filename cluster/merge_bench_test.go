@@ -10,8 +10,8 @@ import (
 )
 
 // BenchmarkNotifyAlive is the merge delegate's cost for one alive message
-// about a known member of a 100-member cluster, with the view read as
-// Cluster reads it: Serf calls the delegate for every alive message (each
+// about a known member of a 100-member cluster, with the view and the
+// lookup Cluster gives it: Serf calls the delegate for every alive message (each
 // entry of every push/pull, each rebroadcast of a tag change), under
 // memberlist's lock.
 func BenchmarkNotifyAlive(b *testing.B) {
@@ -22,8 +22,9 @@ func BenchmarkNotifyAlive(b *testing.B) {
 	}
 	d := newMergeDelegate("n00", ProtocolRange{1, 2}, slog.New(slog.DiscardHandler))
 	// serf.Members copies the list; so does this.
-	d.setLocal(func() []Member { return mergeView(append([]serf.Member(nil), sm...)) },
-		func(name string) (Member, bool) { return mergeMember(append([]serf.Member(nil), sm...), name) })
+	var index memberIndex
+	index.update(serf.MemberEvent{Type: serf.EventMemberJoin, Members: sm})
+	d.setLocal(func() []Member { return mergeView(append([]serf.Member(nil), sm...)) }, index.lookup)
 	in := []*serf.Member{&sm[50]}
 	b.ReportAllocs()
 	for b.Loop() {

@@ -155,3 +155,22 @@ func TestSnapshotMembers(t *testing.T) {
 	assert.Equal(t, map[string]bool{"b": true, "c": true}, snapshotMembers(path))
 	assert.Empty(t, snapshotMembers(filepath.Join(t.TempDir(), "none")))
 }
+
+func TestMemberIndexFollowsEvents(t *testing.T) {
+	var x memberIndex
+	a := *serfMember("a", "1-2")
+	a.Status = serf.StatusAlive
+	x.update(serf.MemberEvent{Type: serf.EventMemberJoin, Members: []serf.Member{a}})
+	m, ok := x.lookup("a")
+	require.True(t, ok)
+	assert.Equal(t, Member{Name: "a", Status: "alive", Protocol: ProtocolRange{1, 2}}, m)
+
+	a.Status = serf.StatusLeft
+	x.update(serf.MemberEvent{Type: serf.EventMemberLeave, Members: []serf.Member{a}})
+	m, _ = x.lookup("a")
+	assert.False(t, inCluster(m), "a member that left no longer counts")
+
+	x.update(serf.MemberEvent{Type: serf.EventMemberReap, Members: []serf.Member{a}})
+	_, ok = x.lookup("a")
+	assert.False(t, ok, "a reaped member is gone")
+}
