@@ -207,14 +207,53 @@ func (a *agent) start(extra ...string) {
 // run starts the agent and waits until its control API answers.
 func (a *agent) run(extra ...string) {
 	a.t.Helper()
-	a.start(extra...)
-	eventually(a.t, 20*time.Second, func() error {
+	for try := 1; ; try++ {
+		logged := fileSize(a.t, a.logPath)
+		a.start(extra...)
+		err := a.waitReady(20 * time.Second)
+		if err == nil {
+			return
+		}
+		// freeport's ports were free when picked, but another process can
+		// bind one before the agent does (an outgoing connection takes an
+		// ephemeral port: with 100 agents on one host it happens). Such an
+		// agent has not joined anything yet: give it other ports.
+		if try < 3 && a.exited() && a.bindFailedSince(logged) {
+			a.t.Logf("%s: its port was taken before it bound it; trying other ports", a.name)
+			a.gossip = fmt.Sprintf("127.0.0.1:%d", freeport.Get(a.t))
+			a.http = fmt.Sprintf("127.0.0.1:%d", freeport.Get(a.t))
+			continue
+		}
+		a.t.Fatalf("start %s: %v", a.name, err)
+	}
+}
+
+// waitReady waits until the agent's control API answers, or it exits.
+func (a *agent) waitReady(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
 		if a.exited() {
 			return fmt.Errorf("%s exited with %d", a.name, a.exitCode())
 		}
 		_, err := a.info()
-		return err
-	})
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready within %s: %w", a.name, timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// bindFailedSince reports whether the log, past offset, says a listen
+// address was in use.
+func (a *agent) bindFailedSince(offset int64) bool {
+	b, err := os.ReadFile(a.logPath)
+	if err != nil || int64(len(b)) < offset {
+		return false
+	}
+	return bytes.Contains(b[offset:], []byte("address already in use"))
 }
 
 func (a *agent) exited() bool {
