@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -19,21 +20,23 @@ import (
 // with --min-healthy 1s and reports where the time and the CPU go. Run it
 // with `make bench`; it makes no timing asserts.
 func BenchmarkRollout20(b *testing.B) {
-	benchRollout(b, 20, "--batch", "4")
+	benchRollout(b, 20, nil, "--batch", "4")
 }
 
-// BenchmarkRollout100 is the same with 100 agents in waves of 20 %: the
-// size at which the rollout used to starve a two-core machine (false
-// failure detections, a first wave that never got its lease).
+// BenchmarkRollout100 is the same with 100 agents in waves of 20 %, with
+// the gossip profile for many agents on one host: the size at which the
+// rollout used to starve a two-core machine (false failure detections, a
+// first wave that never got its lease).
 func BenchmarkRollout100(b *testing.B) {
-	benchRollout(b, 100, "--max-unavailable", "20%")
+	benchRollout(b, 100, []string{"--gossip-profile", "local-large"}, "--max-unavailable", "20%")
 }
 
-// benchRollout starts a fleet of v1 agents, measures it idle for a while,
-// then rolls it to v2 with the given wave options.
-func benchRollout(b *testing.B, nodes int, waves ...string) {
+// benchRollout starts a fleet of v1 agents with extra agent flags,
+// measures it idle for a while, then rolls it to v2 with the given wave
+// options.
+func benchRollout(b *testing.B, nodes int, agentArgs []string, waves ...string) {
 	for range b.N {
-		agents := startFleet(b, nodes, "--allow-unsigned", "--log-level", "info")
+		agents := startFleet(b, nodes, append([]string{"--allow-unsigned", "--log-level", "info"}, agentArgs...)...)
 		// The fleet's cost when nothing happens (gossip, probes, the
 		// engines' resyncs), for comparison with a rollout's.
 		idleStart, _ := fleetCPU(b, agents)
@@ -228,7 +231,7 @@ func report(b *testing.B, agents []*agent, samples []sample, total time.Duration
 	b.ReportMetric(cpu.rollout.Seconds(), "fleet-cpu-s")
 	b.ReportMetric(float64(failed), "member-failed-lines")
 	fmt.Printf(`
-rollout of %d real agents, %s, --min-healthy 1s (%d waves)
+rollout of %d real agents, %s, --min-healthy 1s (%d waves), agent flags %v
   total rollout time (trigger to complete)   %s
   sum of health dwells (all nodes)            %s
   coordination overhead per wave (done -> next wave offline)  p50 %s  p95 %s
@@ -241,7 +244,7 @@ rollout of %d real agents, %s, --min-healthy 1s (%d waves)
   observer and test process / upgrade client, during the rollout  %.1f s / %.1f s
   "member failed" lines in the agents' logs (false failure detections)  %d %v
   members the observer saw not alive                           %d %v
-`, len(agents), waves, len(st.Waves), total.Round(time.Millisecond), dwellSum.Round(time.Millisecond),
+`, len(agents), waves, len(st.Waves), agents[0].args, total.Round(time.Millisecond), dwellSum.Round(time.Millisecond),
 		pct(overhead, 50), pct(overhead, 95), pct(offline, 50), pct(offline, 95), pct(offline, 100),
 		most, size, fromOrigin, fetches, float64(int64(fromOrigin)*size)/1e6, float64(int64(fetches)*size)/1e6,
 		float64(peakRSS)/1024,
@@ -277,8 +280,12 @@ func vmHWM(pid int) int64 {
 	return 0
 }
 
-func fileSize(b *testing.B, path string) int64 {
+// fileSize is the size of the file at path, 0 if there is none.
+func fileSize(t testing.TB, path string) int64 {
 	st, err := os.Stat(path)
-	require.NoError(b, err)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0
+	}
+	require.NoError(t, err)
 	return st.Size()
 }
