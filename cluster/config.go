@@ -34,10 +34,11 @@ const (
 	// ProfileFast detects failures in a second or two. It is meant for
 	// loopback clusters (demos and tests), where packets are never lost.
 	ProfileFast = "fast"
-	// ProfileLocalLarge is for many agents sharing a host or a few cores
-	// (a loopback fleet of ~100 on two): packets are not lost there
-	// either, but a process may wait seconds for a core, so failures are
-	// detected in 15-100 s rather than mistaken for a busy machine.
+	// ProfileLocalLarge is for many agents sharing one host (a loopback
+	// fleet of ~100 on two cores): packets are not lost there either, but
+	// a process may wait seconds for a core, so failures are detected in
+	// 15-100 s rather than mistaken for a busy machine. Its gossip packets
+	// are larger than a LAN's MTU: not for agents on separate machines.
 	ProfileLocalLarge = "local-large"
 )
 
@@ -237,5 +238,16 @@ func localLargeConfig() *memberlist.Config {
 	// (perf). Members with compression on still read these packets, and
 	// these members read theirs.
 	ml.EnableCompression = false
+	// Gossip has room for what a rollout sends: LAN's 1,400-byte packets
+	// (~7 tag changes each, 15 packets a second a node) fell behind the
+	// bursts of a 100-agent rollout (20 nodes changing phase at once, each
+	// change sent 12 times by every member), and lease queries, gossiped
+	// after memberlist's own messages, took over 3 s to reach a majority:
+	// 49 timed-out lease requests in one rollout, none with 16 KiB packets
+	// (and half the wait between waves). On one host a datagram crosses no
+	// real link: loopback's MTU is 64 KiB, and a bridge's fragments are
+	// put together again by the same kernel. Every member reads packets
+	// up to 64 KiB, whatever its profile.
+	ml.UDPBufferSize = 16 * 1024
 	return ml
 }
