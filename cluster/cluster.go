@@ -180,14 +180,18 @@ const peersSaveDelay = time.Second
 // listed, one join event each) reports that it wants writing later: at
 // 100 members a restart made 99 durable writes of the whole list, 2.5% of
 // a rollout's CPU in perf, and held up the event loop behind them.
-func (c *Cluster) notePeers() (later bool) {
+//
+// Only the event's members can be new to the file, so that is all it
+// reads: reading the whole list for each event made a restart's burst of
+// join events O(members^2), and the event loop fell behind.
+func (c *Cluster) notePeers(e serf.MemberEvent) (later bool) {
 	if c.cfg.SnapshotPath == "" {
 		return false
 	}
-	peers := c.livePeers()
-	for _, p := range peers {
-		if c.written[p.Name] != p.Addr {
-			c.writePeers(peers)
+	for _, m := range e.Members {
+		mm := toMember(m)
+		if (mm.Status == "alive" || mm.Status == "failed") && c.written[mm.Name] != mm.Addr {
+			c.writePeers(c.livePeers())
 			return false
 		}
 	}
@@ -570,7 +574,7 @@ func (c *Cluster) eventLoop(ctx context.Context) {
 				if e.EventType() == serf.EventMemberUpdate {
 					continue // tag changes (rollout progress) are too frequent to log
 				}
-				if c.notePeers() && save == nil {
+				if c.notePeers(e) && save == nil {
 					save = time.After(peersSaveDelay)
 				}
 				for _, m := range e.Members {

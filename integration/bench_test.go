@@ -254,7 +254,7 @@ rollout of %d real agents, %s, --min-healthy 1s (%d waves), agent flags %v
   sum of health dwells (all nodes)            %s
   coordination overhead per wave (done -> next wave offline)  p50 %s  p95 %s
   per-node offline window (apply -> new binary in health gate) p50 %s  p95 %s  max %s
-  most nodes unreachable at once (observer, polls %s apart)  %d (most outside their offline window, slow answers: %d)
+  most nodes unreachable at once (observer, polls %s apart)  %d (at most %d outside their own offline window: up, slower than 2 s)
   artifact size %d bytes; copies fetched from the origin %d of %d fetches (%.1f MB of origin egress, %.1f MB total)
   peak RSS of an agent (VmHWM)                                 %.1f MiB
   fleet CPU, trigger to complete (all agent processes, %d PIDs)  %.1f s  (%.2f cores on average; %.2f CPU-s per node)
