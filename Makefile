@@ -68,8 +68,8 @@ demo: ## 5 local agents on loopback upgraded 1.0.0 -> 2.0.0 in waves (~20 s)
 demo-app: ## 5 local agents install the example kv store, then upgrade it under writes (~30 s)
 	@bash contrib/demo/demo-app.sh
 
-bench: ## roll 20 real agents v1 -> v2 (batch 4, --min-healthy 1s) and report where the time goes
-	$(GO) test -run '^$$' -bench BenchmarkRollout20 -benchtime 1x -timeout 20m ./integration/
+bench: ## roll 20 real agents v1 -> v2 (batch 4), then 100 (20 %), --min-healthy 1s; report where the time and CPU go
+	$(GO) test -run '^$$' -bench 'BenchmarkRollout(20|100)$$' -benchtime 1x -timeout 60m ./integration/
 
 # SIM_NODES is the fleet size of bench-sim.
 SIM_NODES    ?= 1000

@@ -19,6 +19,7 @@ type mergeDelegate struct {
 
 	mu          sync.Mutex // guards the fields below
 	local       func() []Member
+	lookup      func(name string) (Member, bool) // one member of local, cheaply
 	lastRefusal error
 	// accepted holds the members of the last merge this node accepted as a
 	// whole. memberlist then announces them one at a time through alive
@@ -43,9 +44,11 @@ func (d *mergeDelegate) setPrevious(names map[string]bool) {
 	d.mu.Unlock()
 }
 
-func (d *mergeDelegate) setLocal(f func() []Member) {
+// setLocal gives the delegate this node's view: the whole member list,
+// and a lookup of one member in it.
+func (d *mergeDelegate) setLocal(f func() []Member, lookup func(name string) (Member, bool)) {
 	d.mu.Lock()
-	d.local = f
+	d.local, d.lookup = f, lookup
 	d.mu.Unlock()
 }
 
@@ -64,12 +67,8 @@ func (d *mergeDelegate) clearRefusal() {
 
 func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) (err error) {
 	d.mu.Lock()
-	localFn, previous := d.local, d.previous
+	localFn, lookup, previous := d.local, d.lookup, d.previous
 	d.mu.Unlock()
-	var local []Member
-	if localFn != nil {
-		local = localFn()
-	}
 
 	// Decode the incoming members that still count for the protocol. When
 	// they include this node, the other side still counts it as a member:
@@ -95,6 +94,22 @@ func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) (err error) {
 
 	if len(incoming) == 1 && d.takeAccepted(theirs) {
 		return nil
+	}
+	// Most calls are alive messages about a member this node already has,
+	// at the range it had: each entry of every push/pull and every
+	// rebroadcast of a tag change or refutation comes through here, under
+	// memberlist's lock, before memberlist looks at the incarnation. Such a
+	// message changes nothing the checks below look at, so it passes
+	// without them (they read and index the whole membership: at 100
+	// members that cost ~30 µs and 333 allocations a message).
+	if len(incoming) == 1 && len(theirs) == 1 && lookup != nil {
+		if m, ok := lookup(theirs[0].Name); ok && inCluster(m) && m.Protocol == theirs[0].Protocol {
+			return nil
+		}
+	}
+	var local []Member
+	if localFn != nil {
+		local = localFn()
 	}
 	defer func() {
 		if err == nil && len(incoming) > 1 {

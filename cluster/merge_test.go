@@ -17,8 +17,19 @@ func serfMember(name, protocol string) *serf.Member {
 
 func delegateWithView(self string, p ProtocolRange, view ...Member) *mergeDelegate {
 	d := newMergeDelegate(self, p, slog.New(slog.DiscardHandler))
-	d.setLocal(func() []Member { return view })
+	setView(d, view...)
 	return d
+}
+
+func setView(d *mergeDelegate, view ...Member) {
+	d.setLocal(func() []Member { return view }, func(name string) (Member, bool) {
+		for _, m := range view {
+			if m.Name == name {
+				return m, true
+			}
+		}
+		return Member{}, false
+	})
 }
 
 func TestMergeDelegate(t *testing.T) {
@@ -89,7 +100,7 @@ func TestMergeDelegate(t *testing.T) {
 		d := delegateWithView("j", v2, alive("j", v2))
 		require.NoError(t, d.NotifyMerge([]*serf.Member{serfMember("a", "1-1"), serfMember("b", "1-2"), serfMember("c", "1-2")}))
 		// memberlist now announces them one by one; b is in first.
-		d.setLocal(func() []Member { return []Member{alive("j", v2), alive("b", v2), alive("c", v2)} })
+		setView(d, alive("j", v2), alive("b", v2), alive("c", v2))
 		assert.NoError(t, d.NotifyMerge([]*serf.Member{serfMember("a", "1-1")}))
 	})
 
@@ -113,6 +124,18 @@ func TestMergeDelegate(t *testing.T) {
 			"a known member must still not split the cluster")
 	})
 
+	t.Run("an alive message of a member as it was passes; a left one is a newcomer again", func(t *testing.T) {
+		// The view is already split (it cannot be, after the checks; here
+		// it shows that the message about an unchanged member skipped them).
+		d := delegateWithView("a", v2, alive("a", v2), alive("b", v2), alive("c", v3))
+		assert.NoError(t, d.NotifyMerge([]*serf.Member{serfMember("b", "1-2")}))
+		assert.ErrorIs(t, d.NotifyMerge([]*serf.Member{serfMember("b", "1-1")}), ErrIncompatibleProtocol, "at another range it is checked")
+
+		d = delegateWithView("a", v2, alive("a", v2), alive("b", v2), Member{Name: "old", Status: "left", Protocol: v1})
+		assert.ErrorIs(t, d.NotifyMerge([]*serf.Member{serfMember("old", "1-1")}), ErrIncompatibleProtocol,
+			"a member that left comes back as a newcomer, held to the active protocol")
+	})
+
 	t.Run("groups that share no protocol are refused", func(t *testing.T) {
 		d := delegateWithView("a", v1, alive("a", v1), alive("b", v1))
 		err := d.NotifyMerge([]*serf.Member{serfMember("x", "3-3"), serfMember("y", "3-4")})
@@ -131,4 +154,23 @@ func TestSnapshotMembers(t *testing.T) {
 	require.NoError(t, os.WriteFile(path, []byte("alive: a 127.0.0.1:1\nalive: b 127.0.0.1:2\nclock: 4\nnot-alive: a\nalive: c 127.0.0.1:3\n"), 0o600))
 	assert.Equal(t, map[string]bool{"b": true, "c": true}, snapshotMembers(path))
 	assert.Empty(t, snapshotMembers(filepath.Join(t.TempDir(), "none")))
+}
+
+func TestMemberIndexFollowsEvents(t *testing.T) {
+	var x memberIndex
+	a := *serfMember("a", "1-2")
+	a.Status = serf.StatusAlive
+	x.update(serf.MemberEvent{Type: serf.EventMemberJoin, Members: []serf.Member{a}})
+	m, ok := x.lookup("a")
+	require.True(t, ok)
+	assert.Equal(t, Member{Name: "a", Status: "alive", Protocol: ProtocolRange{1, 2}}, m)
+
+	a.Status = serf.StatusLeft
+	x.update(serf.MemberEvent{Type: serf.EventMemberLeave, Members: []serf.Member{a}})
+	m, _ = x.lookup("a")
+	assert.False(t, inCluster(m), "a member that left no longer counts")
+
+	x.update(serf.MemberEvent{Type: serf.EventMemberReap, Members: []serf.Member{a}})
+	_, ok = x.lookup("a")
+	assert.False(t, ok, "a reaped member is gone")
 }

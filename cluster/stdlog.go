@@ -31,6 +31,19 @@ func (w *slogWriter) Write(p []byte) (int, error) {
 			break
 		}
 	}
+	if level <= slog.LevelWarn && routine(line) {
+		level = slog.LevelDebug
+	}
 	w.log.Log(context.Background(), level, string(line))
 	return len(p), nil
+}
+
+// routine reports whether a Serf line tells of something peerd does all
+// the time, which the agent does not log either: a member's tags changed
+// (each rollout step of each node: in a 100-agent rollout 79,000 of the
+// agents' 125,000 log lines), or an answer came to a query that stopped
+// listening (a lease request stops once a majority granted).
+func routine(line []byte) bool {
+	return bytes.HasPrefix(line, []byte("serf: EventMemberUpdate: ")) ||
+		bytes.HasPrefix(line, []byte("serf: reply for non-running query"))
 }

@@ -77,7 +77,7 @@ type Config struct {
 	// LogLevel is debug, info, warn or error; LogJSON switches to JSON lines.
 	LogLevel string
 	LogJSON  bool
-	// GossipProfile selects gossip timings: lan, wan, local or fast.
+	// GossipProfile selects gossip timings: one of cluster.Profiles.
 	GossipProfile string
 	// TrustKeys are minisign public key files; artifacts must be signed by
 	// one of them. AllowUnsigned accepts unsigned artifacts when there are none.
@@ -196,10 +196,8 @@ func (c Config) Validate() error {
 			add("--trust-key: %w", err)
 		}
 	}
-	switch c.GossipProfile {
-	case cluster.ProfileLAN, cluster.ProfileWAN, cluster.ProfileLocal, cluster.ProfileFast:
-	default:
-		add("gossip profile %q: want lan, wan, local or fast", c.GossipProfile)
+	if !slices.Contains(cluster.Profiles, c.GossipProfile) {
+		add("gossip profile %q: want one of %s", c.GossipProfile, strings.Join(cluster.Profiles, ", "))
 	}
 	seen := map[string]bool{}
 	for _, app := range c.Apps {

@@ -109,6 +109,11 @@ type agent struct {
 	done  chan struct{}
 	code  int
 	addrs api.Addrs // what the agent reported once ready (run)
+	// exitedCPU is the CPU time of this agent's processes that have
+	// exited (a supervised restart starts a new one), with their waited
+	// children; cpu adds the running process's.
+	exitedCPU time.Duration
+	running   bool
 }
 
 // newAgent prepares an agent with its own copy of the binary; start runs it.
@@ -171,6 +176,7 @@ func (a *agent) start(extra ...string) {
 	done := make(chan struct{})
 	a.mu.Lock()
 	a.cmd, a.done = cmd, done
+	a.running = true
 	a.starts++
 	a.mu.Unlock()
 	go func() {
@@ -183,6 +189,12 @@ func (a *agent) start(extra ...string) {
 		}
 		a.mu.Lock()
 		a.code = code
+		a.running = false
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			// wait4 reports the process's own usage and that of the
+			// children it waited for, as procCPU reads a live one's.
+			a.exitedCPU += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		}
 		restart := a.supervised && code == 75
 		a.mu.Unlock()
 		if restart {
@@ -395,4 +407,65 @@ func httpHealth(addr string) (string, error) {
 		return "", err
 	}
 	return h.Node, nil
+}
+
+// cpu is the CPU time (user and system, with waited children) that every
+// process of this agent has used so far: the exited ones' and the running
+// one's. A re-exec in place keeps the PID and its counters, so it needs
+// nothing more.
+func (a *agent) cpu() (time.Duration, error) {
+	for try := 0; ; try++ {
+		a.mu.Lock()
+		running, pid, exited := a.running, 0, a.exitedCPU
+		if running {
+			pid = a.cmd.Process.Pid
+		}
+		a.mu.Unlock()
+		if !running {
+			return exited, nil
+		}
+		live, err := procCPU(pid)
+		if err == nil {
+			return exited + live, nil
+		}
+		// Reaped a moment ago, and the wait goroutine has not accounted
+		// the exit yet: it will within a few milliseconds.
+		if try == 50 {
+			return 0, fmt.Errorf("cpu of %s: %w", a.name, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// clockTick is USER_HZ, the unit of /proc/PID/stat's times: 100 on every
+// Linux architecture (it is part of the ABI, whatever the kernel's HZ).
+const clockTick = 10 * time.Millisecond
+
+// procCPU reads utime+stime+cutime+cstime of a live process from
+// /proc/PID/stat: its own time and that of the children it waited for (the
+// preflight runs the new binary as a child).
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; fields count from after
+	// its closing parenthesis, where field 3 (state) starts.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse /proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 15 {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(f))
+	}
+	var ticks int64
+	for _, s := range f[11:15] { // utime, stime, cutime, cstime: fields 14-17
+		var n int64
+		if _, err := fmt.Sscan(s, &n); err != nil {
+			return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * clockTick, nil
 }

@@ -35,19 +35,22 @@ type sample struct {
 	down []string
 }
 
-func observe(agents []*agent) *observer {
+func observe(agents []*agent) *observer { return observeEvery(agents, 20*time.Millisecond) }
+
+// observeEvery is observe with another pause between rounds of polls.
+func observeEvery(agents []*agent, pause time.Duration) *observer {
 	o := &observer{agents: agents, stop: make(chan struct{}), done: make(chan struct{}), bad: map[string]string{}}
-	go o.loop()
+	go o.loop(pause)
 	return o
 }
 
-func (o *observer) loop() {
+func (o *observer) loop(pause time.Duration) {
 	defer close(o.done)
 	for tick := 0; ; tick++ {
 		select {
 		case <-o.stop:
 			return
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(pause):
 		}
 		var (
 			wg   sync.WaitGroup

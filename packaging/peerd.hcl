@@ -35,7 +35,8 @@ data_dir = "/var/lib/peerd"
 # Control API socket for the client commands (default: data_dir/peerd.sock).
 # socket = "/var/lib/peerd/peerd.sock"
 
-# Gossip timings: lan, wan, local, or fast (loopback demos and tests only).
+# Gossip timings: lan, wan, local, fast (loopback demos and tests only), or
+# local-large (many agents sharing one host).
 # gossip_profile = "lan"
 
 log_level = "info"

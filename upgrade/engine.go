@@ -59,7 +59,9 @@ type Config struct {
 	// HealthInterval paces the health gate's observations.
 	HealthInterval time.Duration
 	// ReassertInterval is how often a node sets its rollout tag again while
-	// the plan runs, in case a peer missed the last update.
+	// the plan runs, in case a peer missed the last update; in a cluster
+	// of more than ReassertInterval/250ms members, less often (see
+	// reassertSpacing).
 	ReassertInterval time.Duration
 	// ResyncInterval is how often the engine's view of the members is
 	// rebuilt from the full member list.

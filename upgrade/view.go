@@ -181,6 +181,14 @@ func (v *view) takeChanged() []string {
 	return out
 }
 
+// size is how many members the view holds (left and failed ones too,
+// until they are reaped).
+func (v *view) size() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return len(v.members)
+}
+
 // member returns one member as the view has it.
 func (v *view) member(name string) (memberView, bool) {
 	v.mu.Lock()

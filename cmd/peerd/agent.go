@@ -56,7 +56,7 @@ func agentFlags() []cli.Flag {
 		&cli.StringFlag{Name: "restart", Usage: "after a self-upgrade: reexec (in place, same PID) or supervisor (exit 75 for systemd/Nomad to restart) (default reexec)", EnvVars: env("RESTART")},
 		&cli.StringFlag{Name: "health-cmd", Usage: "an upgraded node must also pass this shell `COMMAND` (exit 0) before its wave is done", EnvVars: env("HEALTH_CMD")},
 		&cli.StringFlag{Name: "health-url", Usage: "an upgraded node must also get a 2xx from this `URL` before its wave is done", EnvVars: env("HEALTH_URL")},
-		&cli.StringFlag{Name: "gossip-profile", Usage: "gossip timings: lan, wan, local, or fast (loopback demos and tests) (default lan)", EnvVars: env("GOSSIP_PROFILE")},
+		&cli.StringFlag{Name: "gossip-profile", Usage: "gossip timings: lan, wan, local, fast (loopback demos and tests), or local-large (many agents on one host: ~100 on two cores) (default lan)", EnvVars: env("GOSSIP_PROFILE")},
 	}
 }
 

@@ -25,7 +25,7 @@ const (
 )
 
 // Preflight runs `binaryPath version --json`, bounded by ctx and by a 10 s
-// timeout of its own, and decodes the buildinfo.Info it prints. Errors include
+// timeout of its own (and as long again for its output), and decodes the buildinfo.Info it prints. Errors include
 // the command's stderr. It executes binaryPath: call it only on a binary whose
 // digest and signature were verified.
 func Preflight(ctx context.Context, binaryPath string) (buildinfo.Info, error) {
@@ -37,8 +37,12 @@ func Preflight(ctx context.Context, binaryPath string) (buildinfo.Info, error) {
 		stderr = &capWriter{max: maxPreflightStderr}
 		cmd := exec.CommandContext(ctx, binaryPath, "version", "--json")
 		cmd.Stdout, cmd.Stderr = stdout, stderr
-		// A child that leaves a grandchild holding our pipes must not hang us.
-		cmd.WaitDelay = time.Second
+		// A child that leaves a grandchild holding our pipes must not hang
+		// us; but on a starved machine the goroutines that drain the pipes
+		// may wait seconds for a core after the child exited, and at 1 s
+		// one of 100 agents on two cores failed its preflight with
+		// ErrWaitDelay and halted the rollout.
+		cmd.WaitDelay = preflightTimeout
 		return cmd.Run()
 	})
 	if err != nil {
