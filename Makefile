@@ -37,18 +37,26 @@ NFPM         := $(GO) tool nfpm
 # Newer goreleaser releases need modules the proxy refuses, or a newer Go.
 GORELEASER_VERSION ?= v2.12.5
 
-.PHONY: help build test unit lint fmt demo demo-app bench bench-sim clean gen packages goreleaser-check test-systemd
+.PHONY: help build test test-sim unit lint fmt demo demo-app bench bench-sim clean gen packages goreleaser-check test-systemd
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
 
 build: ## build OUT (bin/peerd) at VERSION with PROTOCOL_MIN..PROTOCOL_MAX
 	@case "$(PROTOCOL_MIN)$(PROTOCOL_MAX)" in *[!0-9]*|"") echo "PROTOCOL_MIN and PROTOCOL_MAX must be whole numbers" >&2; exit 2;; esac
 	@test $(PROTOCOL_MIN) -ge 1 -a $(PROTOCOL_MAX) -ge $(PROTOCOL_MIN) || { echo "want 1 <= PROTOCOL_MIN <= PROTOCOL_MAX" >&2; exit 2; }
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(OUT) ./cmd/peerd
 
-test: lint ## vet, staticcheck, then every test (integration included) under the race detector
+test: lint ## vet, staticcheck, every test (integration included) under the race detector, then 200 seeded fault schedules
 	$(GO) test -race -count=1 -timeout 30m ./...
+	@# Under -race the fault schedules run 20 seeds; without it, 200.
+	$(GO) test -count=1 -timeout 20m -run '^TestFaultSchedules$$' ./upgrade/upgradetest/
+
+# SEEDS is how many fault schedules test-sim runs.
+SEEDS        ?= 1000
+
+test-sim: ## SEEDS (1000) seeded fault schedules over 50-200 nodes in the fleet harness; replay one with -sim.seed=N
+	$(GO) test -count=1 -timeout 0 -run '^TestFaultSchedules$$' ./upgrade/upgradetest/ -args -sim.seeds=$(SEEDS) -sim.big
 
 unit: ## the fast tests only (no integration)
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)

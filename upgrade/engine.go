@@ -167,6 +167,7 @@ func New(cfg Config, net Network) (*Engine, error) {
 	if cfg.ObserveGrants != nil {
 		granter.OnSave(cfg.ObserveGrants)
 	}
+
 	st, err := LoadState(filepath.Join(dir, "state.json"))
 	if err != nil {
 		return nil, err
@@ -191,6 +192,7 @@ func New(cfg Config, net Network) (*Engine, error) {
 		e.leases = quorumLeases{e}
 	}
 	e.metrics.lastEpoch = granter.Epoch() // grants from before a restart are counted already
+	granter.OnFinished(e.finishedIn)
 	e.m = newMachine(e, st)
 	return e, nil
 }

@@ -102,6 +102,22 @@ func (q quorumLeases) ask(ctx context.Context, p *plan.Compiled, req lease.Reque
 		granted, refused, len(p.Members), lease.Quorum(len(p.Members)), len(ask), strings.Join(refusals, "; ")), lasts
 }
 
+// finishedIn reports whether this node sees member finished with plan id:
+// done, or aborted (which only a node that never went offline is). A
+// holder that is finished leaves its grant (package lease).
+func (e *Engine) finishedIn(id, member string) bool {
+	p, ok := e.plans.local(id)
+	if !ok {
+		return false
+	}
+	mv, ok := e.view.member(member)
+	if !ok {
+		return false
+	}
+	ph := mv.phaseIn(p.Short)
+	return ph == PhaseDone || ph == PhaseAborted
+}
+
 // answerLease is this node's vote as a granter. It runs on the query's own
 // goroutine, beside the state machine: it reads the view and the plan
 // store, and the granter serialises the decision itself. Everything it
@@ -146,10 +162,24 @@ func (e *Engine) answerLease(payload []byte) []byte {
 		return refuse("%s is not in wave %d of plan %s", req.Node, req.Wave+1, p.Short)
 	}
 	ttl, maxHold := leaseTerms(p)
-	gr, err := e.granter.Decide(req, lease.Terms{
+	terms := lease.Terms{
 		TTL: ttl, MaxHold: maxHold, Exclusive: late,
 		EarlierDone: func() bool { return e.view.earlierWavesDone(p, req.Wave) },
-	})
+	}
+	if !late {
+		// A new grant waits for the whole wave, not just the first to ask:
+		// one write for the wave, not one per wave-mate.
+		terms.Holders = func() []string {
+			var hs []string
+			for _, n := range p.Waves[req.Wave].Nodes {
+				if !e.finishedIn(p.ID, n) {
+					hs = append(hs, n)
+				}
+			}
+			return hs
+		}
+	}
+	gr, err := e.granter.Decide(req, terms)
 	running, _ := e.target.Running()
 	e.log.Debug("lease vote", "plan", p.Short, "requester", req.Node, "wave", req.Wave,
 		"granted", err == nil, "voter_version", running, "err", err)

@@ -5,19 +5,27 @@
 // A granter grants one wave at a time, whatever its plan: it refuses a wave
 // while it holds a live grant for another. Two majorities of one snapshot
 // always share a member, so two waves are never offline together, even
-// across a partition (the minority side stalls). A grant is owned: each
-// requester that was granted it is one of its holders, the holders renew
-// it while they are offline and each releases its part once its health
-// gate passed; the grant ends when its last holder released it, or
-// expires, the last resort for holders that died. The granter takes the
-// TTL from the plan (its caller's Terms), never from the requester, and
-// caps how long a grant may be renewed.
+// across a partition (the minority side stalls). A grant is owned: it names
+// its holders - the requester and the wave-mates that may still go offline
+// with it - who renew it while they are offline and release their part
+// once their health gate passed; the grant ends when no holder is left, or
+// expires, the last resort for holders that died. A holder also leaves the
+// grant when the granter sees it finished with the plan (done, or aborted
+// before it went offline: phases a node reaches only once it is back
+// online, and never leaves for that plan), never on an empty tag, another
+// plan's, or any state that could be stale. The granter takes the TTL from
+// the plan (its caller's Terms), never from the requester, and caps how
+// long a grant may be renewed.
 //
 // A grant, its holders and its expiry are persisted before they are
 // answered: a granter that restarts (as every upgraded node does) still
 // refuses a second wave while its grant is live, and still knows whom it
-// waits for. Each new grant gets an epoch from a persisted counter, so a
-// holder can tell a renewed grant from a new one.
+// waits for. The holders are written once, when the grant is made, so that
+// a wave of a hundred costs each granter one write, not a hundred; a
+// release is kept in memory until the next write (after a restart the
+// granter waits for that holder again, until it sees it finished or the
+// grant expires: only longer). Each new grant gets an epoch from a
+// persisted counter, so a holder can tell a renewed grant from a new one.
 //
 // This package decides and counts; it never talks to the network and never
 // takes anything offline. It must never hand out a grant it has not
@@ -83,6 +91,10 @@ type Terms struct {
 	MaxHold time.Duration
 	// Exclusive: the wave is the requester's alone.
 	Exclusive bool
+	// Holders, when set, says who a new grant waits for besides the
+	// requester: its wave-mates that may still go offline (not finished in
+	// the granter's view). It is called only for a new grant.
+	Holders func() []string
 	// EarlierDone reports whether this granter sees every earlier wave
 	// done and healthy; it is this granter's own view, because a
 	// requester could not prove it, and it must not call back into the
@@ -104,6 +116,9 @@ type Granter struct {
 	// onSave, when set, is told of the grants each time they were
 	// persisted (a test's checker records them).
 	onSave func([]Grant)
+	// finished, when set, reports whether the granter sees node finished
+	// with plan (done or aborted there): it leaves the grant.
+	finished func(planID, node string) bool
 
 	mu     sync.Mutex // guards the fields below and the file at path
 	grants []Grant
@@ -156,6 +171,11 @@ func NewGranter(path string, clk clock.Clock) (*Granter, error) {
 // it before the granter is used.
 func (g *Granter) OnSave(f func([]Grant)) { g.onSave = f }
 
+// OnFinished registers how the granter learns that a holder is finished
+// with a plan (f is called with the granter's lock held and must not call
+// into g). Call it before the granter is used.
+func (g *Granter) OnFinished(f func(planID, node string) bool) { g.finished = f }
+
 // Epoch is the epoch of the newest grant this granter gave.
 func (g *Granter) Epoch() uint64 {
 	g.mu.Lock()
@@ -191,7 +211,14 @@ func (g *Granter) Decide(req Request, terms Terms) (Grant, error) {
 	now := g.clock.Now()
 	live := liveAt(g.grants, now)
 	mine := -1
-	for i, gr := range live {
+	for i := 0; i < len(live); i++ {
+		gr := live[i]
+		if (gr.PlanID != req.PlanID || gr.Wave != req.Wave) && !g.holdsAnyoneLocked(gr) {
+			// Every holder of that wave is finished: it holds nothing.
+			live = slices.Delete(live, i, i+1)
+			i--
+			continue
+		}
 		switch {
 		case gr.PlanID != req.PlanID:
 			// One live grant at a time, whatever its plan: two plans made
@@ -211,8 +238,16 @@ func (g *Granter) Decide(req Request, terms Terms) (Grant, error) {
 		if terms.EarlierDone == nil || !terms.EarlierDone() {
 			return Grant{}, fmt.Errorf("does not see every wave before wave %d done yet", req.Wave+1)
 		}
+		holders := []string{req.Node}
+		if !terms.Exclusive && terms.Holders != nil {
+			for _, h := range terms.Holders() {
+				if h != req.Node {
+					holders = append(holders, h)
+				}
+			}
+		}
 		gr := Grant{PlanID: req.PlanID, Wave: req.Wave, Epoch: g.epoch + 1, Since: now,
-			Expires: capped(now, now.Add(terms.TTL), terms), Holders: []string{req.Node}, Exclusive: terms.Exclusive}
+			Expires: capped(now, now.Add(terms.TTL), terms), Holders: holders, Exclusive: terms.Exclusive}
 		if err := g.saveLocked(append(live, gr), gr.Epoch); err != nil {
 			return Grant{}, err
 		}
@@ -250,31 +285,61 @@ func capped(since, expires time.Time, terms Terms) time.Time {
 
 // Release drops node's part in a wave's grant; the grant goes when its
 // last holder does, which frees this granter to grant the next wave.
-// Releasing a part not held is not an error.
+// Releasing a part not held is not an error. A release is not written at
+// once (see the package comment): it only ever shortens a wait.
 func (g *Granter) Release(planID string, wave int, node string) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	next := liveAt(g.grants, g.clock.Now())
-	for i, gr := range next {
+	g.grants = liveAt(g.grants, g.clock.Now())
+	for i, gr := range g.grants {
 		if gr.PlanID != planID || gr.Wave != wave || !slices.Contains(gr.Holders, node) {
 			continue
 		}
 		gr.Holders = slices.DeleteFunc(slices.Clone(gr.Holders), func(h string) bool { return h == node })
 		if len(gr.Holders) == 0 {
-			next = slices.Delete(next, i, i+1)
+			g.grants = slices.Delete(g.grants, i, i+1)
 		} else {
-			next[i] = gr
+			g.grants[i] = gr
 		}
-		return g.saveLocked(next, g.epoch)
+		return nil
 	}
 	return nil
+}
+
+// holdsAnyoneLocked reports whether a holder of gr is not finished.
+func (g *Granter) holdsAnyoneLocked(gr Grant) bool {
+	if g.finished == nil {
+		return true
+	}
+	return slices.ContainsFunc(gr.Holders, func(h string) bool { return !g.finished(gr.PlanID, h) })
+}
+
+// liveLocked returns a new slice of the grants live at now, without the
+// holders the granter sees finished, and without grants no holder is left
+// of. The change is kept in memory only: after a restart the same view
+// finds the same holders finished.
+func (g *Granter) liveLocked(now time.Time) []Grant {
+	live := liveAt(g.grants, now)
+	if g.finished == nil {
+		return live
+	}
+	out := live[:0]
+	for _, gr := range live {
+		left := slices.DeleteFunc(slices.Clone(gr.Holders), func(h string) bool { return g.finished(gr.PlanID, h) })
+		if len(left) == 0 {
+			continue
+		}
+		gr.Holders = left
+		out = append(out, gr)
+	}
+	return out
 }
 
 // Live returns the unexpired grants, by plan and wave.
 func (g *Granter) Live() []Grant {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	out := liveAt(g.grants, g.clock.Now())
+	out := g.liveLocked(g.clock.Now())
 	slices.SortFunc(out, func(a, b Grant) int {
 		return cmp.Or(cmp.Compare(a.PlanID, b.PlanID), cmp.Compare(a.Wave, b.Wave))
 	})

@@ -42,6 +42,7 @@ type step struct {
 	want        string       // for a request: "" grants, else a substring of the refusal
 	wantExpires time.Time    // for a granted request, when set: the requester's hold
 	wantEpoch   uint64       // for a granted request, when set
+	wantHolders []string     // for a granted request, when set
 }
 
 func req(wave int, node string) *lease.Request {
@@ -123,16 +124,26 @@ func TestDecide(t *testing.T) {
 			{release: req(0, "b")},
 			{request: req(1, "c"), wantEpoch: 2},
 		}},
-		{"a restart remembers the holders", []step{
+		{"a restart remembers the holders, not a release it did not write", []step{
 			{request: req(0, "a")},
 			{request: req(0, "b")},
 			{restart: true},
 			{release: req(0, "a")},
 			{request: req(1, "c"), want: "holds a live grant for wave 1"},
-			{restart: true},
 			{release: req(0, "b")},
 			{restart: true},
+			{request: req(1, "c"), want: "holds a live grant for wave 1"},
+			{advance: time.Minute},
 			{request: req(1, "c"), wantEpoch: 2},
+		}},
+		{"a new grant waits for the wave-mates it is told of", []step{
+			{request: req(0, "a"), terms: with(func(t *lease.Terms) { t.Holders = func() []string { return []string{"a", "b", "c"} } }), wantHolders: []string{"a", "b", "c"}},
+			{request: req(0, "b"), wantHolders: []string{"a", "b", "c"}},
+			{release: req(0, "a")},
+			{release: req(0, "b")},
+			{request: req(1, "d"), want: "holds a live grant for wave 1"},
+			{release: req(0, "c")},
+			{request: req(1, "d"), wantEpoch: 2},
 		}},
 		{"another wave once the grant expired, with a new epoch", []step{
 			{request: req(0, "a")},
@@ -218,6 +229,9 @@ func TestDecide(t *testing.T) {
 					if s.wantEpoch != 0 {
 						assert.Equal(t, s.wantEpoch, gr.Epoch, "step %d: epoch", i)
 					}
+					if s.wantHolders != nil {
+						assert.Equal(t, s.wantHolders, gr.Holders, "step %d: holders", i)
+					}
 				case s.release != nil:
 					require.NoError(t, g.Release(s.release.PlanID, s.release.Wave, s.release.Node), "step %d", i)
 				case s.restart:
@@ -254,6 +268,33 @@ func TestGrantIsPersistedBeforeItIsReturned(t *testing.T) {
 	again, err := lease.NewGranter(path, clk)
 	require.NoError(t, err)
 	assert.Equal(t, []lease.Grant{gr}, again.Live())
+}
+
+// TestFinishedHoldersLeave: a holder the granter sees finished with the
+// plan leaves the grant, also after a restart (where a release it did not
+// write is forgotten), and the grant goes with its last holder.
+func TestFinishedHoldersLeave(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "grants.json")
+	clk := clock.NewFake(t0)
+	finished := map[string]bool{}
+	open := func() *lease.Granter {
+		g, err := lease.NewGranter(path, clk)
+		require.NoError(t, err)
+		g.OnFinished(func(plan, node string) bool { return plan == planID && finished[node] })
+		return g
+	}
+	g := open()
+	_, err := g.Decide(*req(0, "a"), *with(func(t *lease.Terms) { t.Holders = func() []string { return []string{"b"} } }))
+	require.NoError(t, err)
+	finished["a"] = true
+	require.Equal(t, []string{"b"}, g.Live()[0].Holders)
+	g = open()
+	_, err = g.Decide(*req(1, "c"), terms())
+	require.ErrorContains(t, err, "holds a live grant for wave 1", "b may still go offline")
+	finished["b"] = true
+	_, err = g.Decide(*req(1, "c"), terms())
+	require.NoError(t, err, "every holder of wave 1 is finished")
+	assert.Equal(t, 1, len(g.Live()))
 }
 
 // TestLegacyGrantsFile: a grants file from before holders (a plain list)

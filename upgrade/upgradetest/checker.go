@@ -2,7 +2,6 @@ package upgradetest
 
 import (
 	"fmt"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -37,7 +36,7 @@ type Recorder struct {
 	offline    map[string]span
 	last       map[string]upgrade.NodeState
 	plans      map[string]map[string]bool // plan ID -> its snapshot
-	grants     map[string][]lease.Grant   // granter -> what it persisted last
+	grants     map[string][]heldGrant     // granter -> what it persisted last
 	offsets    map[string]time.Duration   // node -> its clock's offset
 	violations []string
 	// MaxWaves and MaxNodes are the most waves and nodes seen offline at
@@ -48,6 +47,13 @@ type Recorder struct {
 	// on the node's state machine goroutine: a test can act at the
 	// instant a node reaches a phase.
 	OnChange func(node string, st upgrade.NodeState)
+}
+
+// heldGrant is a persisted grant as the checker looks it up.
+type heldGrant struct {
+	wave    waveKey
+	expires time.Time
+	holders map[string]bool
 }
 
 type span struct {
@@ -62,7 +68,7 @@ type waveKey struct {
 
 func newRecorder(t testing.TB, seed uint64) *Recorder {
 	return &Recorder{t: t, seed: seed, offline: map[string]span{}, last: map[string]upgrade.NodeState{},
-		plans: map[string]map[string]bool{}, grants: map[string][]lease.Grant{}, offsets: map[string]time.Duration{}}
+		plans: map[string]map[string]bool{}, grants: map[string][]heldGrant{}, offsets: map[string]time.Duration{}}
 }
 
 // plan records a plan's snapshot, which C2 counts majorities of.
@@ -76,42 +82,66 @@ func (r *Recorder) plan(id string, members []plan.Member) {
 	r.mu.Unlock()
 }
 
-// grantsSaved records what a granter persisted, and checks C2 at once
-// (a grant that lost an offline holder is caught here).
+// grantsSaved records what a granter persisted, and checks C2 for the
+// offline nodes it no longer covers (a grant that lost an offline holder
+// is caught here).
 func (r *Recorder) grantsSaved(node string, gs []lease.Grant) {
+	now := time.Now()
+	held := make([]heldGrant, len(gs))
+	for i, g := range gs {
+		hs := make(map[string]bool, len(g.Holders))
+		for _, h := range g.Holders {
+			hs[h] = true
+		}
+		held[i] = heldGrant{wave: waveKey{g.PlanID, g.Wave}, expires: g.Expires, holders: hs}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.grants[node] = gs
-	r.checkC2Locked(time.Now())
+	before := r.grants[node]
+	r.grants[node] = held
+	for x, s := range r.offline {
+		if r.covers(before, x, s.wave, node, now) && !r.covers(held, x, s.wave, node, now) {
+			r.checkC2Locked(x, s, now)
+		}
+	}
 }
 
-// tick checks C2 as time passes (grants expire silently).
+// tick checks C2 for every offline node as time passes (grants expire
+// silently).
 func (r *Recorder) tick() {
+	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.checkC2Locked(time.Now())
+	for x, s := range r.offline {
+		r.checkC2Locked(x, s, now)
+	}
 }
 
-func (r *Recorder) checkC2Locked(now time.Time) {
-	for node, s := range r.offline {
-		snap := r.plans[s.wave.plan]
-		if snap == nil {
-			continue // a plan the test did not make: nothing to count against
+// covers reports whether granter g's grants cover node x offline in w.
+func (r *Recorder) covers(gs []heldGrant, x string, w waveKey, g string, now time.Time) bool {
+	for _, gr := range gs {
+		if gr.wave == w && gr.holders[x] && now.Add(r.offsets[g]).Before(gr.expires) {
+			return true
 		}
-		covered := 0
-		for g := range snap {
-			for _, gr := range r.grants[g] {
-				if gr.PlanID == s.wave.plan && gr.Wave == s.wave.wave && slices.Contains(gr.Holders, node) &&
-					now.Add(r.offsets[g]).Before(gr.Expires) {
-					covered++
-					break
-				}
-			}
+	}
+	return false
+}
+
+// checkC2Locked checks that offline node x is covered by a majority.
+func (r *Recorder) checkC2Locked(x string, s span, now time.Time) {
+	snap := r.plans[s.wave.plan]
+	if snap == nil {
+		return // a plan the test did not make: nothing to count against
+	}
+	covered := 0
+	for g := range snap {
+		if r.covers(r.grants[g], x, s.wave, g, now) {
+			covered++
 		}
-		if need := lease.Quorum(len(snap)); covered < need {
-			r.violate(now, fmt.Sprintf("C2 violated at %s: %s is offline in wave %d of plan %.8s, covered by %d of %d granters (need %d)",
-				now.Format("15:04:05.000"), node, s.wave.wave+1, s.wave.plan, covered, len(snap), need))
-		}
+	}
+	if need := lease.Quorum(len(snap)); covered < need {
+		r.violate(now, fmt.Sprintf("C2 violated at %s: %s is offline in wave %d of plan %.8s, covered by %d of %d granters (need %d)",
+			now.Format("15:04:05.000"), x, s.wave.wave+1, s.wave.plan, covered, len(snap), need))
 	}
 }
 
@@ -133,10 +163,13 @@ func (r *Recorder) observe(node string, st upgrade.NodeState) {
 	r.Changes++
 	r.last[node] = st
 	if st.PlanID != "" && st.Phase.Offline() {
-		if _, was := r.offline[node]; !was {
+		s, was := r.offline[node]
+		if !was {
 			r.Offline++
+			s = span{wave: waveKey{st.PlanID, st.Wave}, since: now}
+			r.offline[node] = s
+			r.checkC2Locked(node, s, now)
 		}
-		r.offline[node] = span{wave: waveKey{st.PlanID, st.Wave}, since: now}
 	} else {
 		delete(r.offline, node)
 	}
@@ -155,7 +188,6 @@ func (r *Recorder) observe(node string, st upgrade.NodeState) {
 		sort.Strings(parts)
 		r.violate(now, fmt.Sprintf("C1 violated at %s: %d waves offline together (%s)", now.Format("15:04:05.000"), len(waves), strings.Join(parts, "; ")))
 	}
-	r.checkC2Locked(now)
 }
 
 // started and down note process starts and stops (informational).

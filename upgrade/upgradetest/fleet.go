@@ -74,6 +74,10 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// checkEvery paces the checker's C2 rounds over every offline node; grant
+// changes are checked as they are saved.
+const checkEvery = 250 * time.Millisecond
+
 // nodeState is a node's process state.
 type nodeState int
 
@@ -173,7 +177,7 @@ func New(t testing.TB, opts Options) *Hub {
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
-			t := time.NewTicker(opts.Round)
+			t := time.NewTicker(checkEvery)
 			defer t.Stop()
 			for {
 				select {
