@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/peerd/peerd/apps"
 	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/cluster"
@@ -136,9 +137,18 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if err := prepareDataDir(a.cfg.DataDir); err != nil {
 		return err
 	}
-	keyring, err := cluster.LoadKeyring(a.cfg.Encrypt, a.cfg.KeyringFile)
-	if err != nil {
-		return err
+	var keyring *memberlist.Keyring
+	if !a.cfg.InsecureGossip {
+		var seedIgnored bool
+		if keyring, seedIgnored, err = cluster.LoadKeyring(a.cfg.Encrypt, a.cfg.KeyringPath()); err != nil {
+			return err
+		}
+		if seedIgnored {
+			a.log.Warn("the --encrypt key is not in the keyring file, which wins once it exists (keys are rotated with 'peerd keyring'); "+
+				"remove the file to start over from --encrypt", "keyring_file", a.cfg.KeyringPath())
+		}
+	} else {
+		a.log.Warn("gossip is not encrypted (--insecure-gossip): anyone who reaches the gossip port can join this cluster")
 	}
 	if a.id, err = identity.LoadOrCreate(filepath.Join(a.cfg.DataDir, identity.FileName)); err != nil {
 		return err
@@ -164,7 +174,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	ccfg.Tags = a.cfg.Tags
 	ccfg.OwnTags = map[string]string{TagHTTP: a.httpTag()}
 	ccfg.Keyring = keyring
-	ccfg.KeyringFile = a.cfg.KeyringFile
+	if keyring != nil {
+		ccfg.KeyringFile = a.cfg.KeyringPath()
+	}
 	ccfg.SnapshotPath = filepath.Join(a.cfg.DataDir, "serf.snapshot")
 	ccfg.NodeKey = a.id.Public.String()
 

@@ -12,12 +12,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/peerd/peerd/daemon/agenttest"
 	"github.com/peerd/peerd/daemon/api"
 	"github.com/stretchr/testify/require"
 )
@@ -167,6 +169,11 @@ func (a *agent) start(extra ...string) {
 	args := append([]string{"agent", "--node", a.name, "--bind", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
 		"--data-dir", a.dataDir(), "--gossip-profile", "fast", "--log-level", "debug"}, a.args...)
 	args = append(args, extra...)
+	if !slices.ContainsFunc(args, func(s string) bool {
+		return s == "--encrypt" || s == "--keyring-file" || s == "--insecure-gossip"
+	}) {
+		args = append(args, "--encrypt", agenttest.GossipKey)
+	}
 	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	require.NoError(a.t, err)
 	cmd := exec.Command(a.bin, args...)
