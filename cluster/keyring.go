@@ -9,8 +9,8 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"strings"
 	"slices"
+	"strings"
 
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/serf/serf"
