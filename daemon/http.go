@@ -14,6 +14,8 @@ import (
 
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/daemon/api"
+	"github.com/peerd/peerd/internal/identity"
+	"github.com/peerd/peerd/internal/peertls"
 	"github.com/peerd/peerd/upgrade"
 )
 
@@ -36,13 +38,20 @@ func (a *Agent) controlHandler() http.Handler {
 }
 
 // peerHandler serves the peer HTTP API other nodes and health checks call.
-// It must only ever read: anyone on the network can reach it.
+// It must only ever read. Health, info and metrics are for anyone who
+// reaches the port (load balancers, Prometheus); plans, artifacts and
+// rollout state only for members, over mutual TLS with a node key this
+// node pinned.
 func (a *Agent) peerHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", a.handleHealth)
 	mux.HandleFunc("GET /v1/info", a.handleInfo)
 	mux.Handle("GET /metrics", a.metricsHandler())
-	upgrade.PeerRoutes(mux, a.engineFor)
+	members := http.NewServeMux()
+	upgrade.PeerRoutes(members, a.engineFor)
+	mux.Handle("/v1/rollout/", peertls.Member(func(k identity.PublicKey) string {
+		return a.cluster.MemberOfKey(k.String())
+	}, members))
 	return mux
 }
 

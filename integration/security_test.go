@@ -1,11 +1,14 @@
 package integration
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log"
+	"net/http"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -13,6 +16,7 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/serf/serf"
 	"github.com/peerd/peerd/daemon/api"
+	"github.com/peerd/peerd/internal/identity"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -100,4 +104,39 @@ func TestGossipKeyRotation(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotEqual(t, 0, code, "an agent with the removed key joined")
 	assertNotMember(t, agents, "node4")
+}
+
+// TestPeerAPIServesMembersOnly: an outsider who reaches the peer HTTP port
+// reads health, never a node's rollout routes (plans, artifacts, state) -
+// neither over plain HTTP nor over TLS with a certificate of its own.
+func TestPeerAPIServesMembersOnly(t *testing.T) {
+	a := newAgent(t, "node1", bins["v1"])
+	a.run()
+	addr := a.httpAddr()
+	h, err := httpHealth(addr)
+	require.NoError(t, err)
+	assert.Equal(t, "node1", h, "health answers anyone, over plain HTTP")
+
+	outsiderCert, err := identity.New().Certificate("outsider")
+	require.NoError(t, err)
+	outsider := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{outsiderCert}, InsecureSkipVerify: true},
+	}}
+	for _, url := range []string{
+		"http://" + addr + "/v1/rollout/node",
+		"https://" + addr + "/v1/rollout/node",
+		"https://" + addr + "/v1/rollout/status",
+		"https://" + addr + "/v1/rollout/artifacts/" + strings.Repeat("0", 64),
+	} {
+		resp, err := outsider.Get(url)
+		require.NoError(t, err, url)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusForbidden, resp.StatusCode, "%s: %s", url, body)
+		assert.Contains(t, string(body), "only to cluster members", url)
+	}
+	resp, err := outsider.Get("https://" + addr + "/v1/health")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode, "health over TLS too")
 }
