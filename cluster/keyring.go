@@ -147,19 +147,29 @@ func (c *Cluster) Keyring(op, key string) (KeyringResult, error) {
 		}
 	}
 	km := c.serf.KeyManager()
+	run := func() (*serf.KeyResponse, error) {
+		switch op {
+		case KeyringList:
+			return km.ListKeys()
+		case KeyringInstall:
+			return km.InstallKey(key)
+		case KeyringUse:
+			return km.UseKey(key)
+		case KeyringRemove:
+			return km.RemoveKey(key)
+		}
+		return nil, fmt.Errorf("keyring operation %q: want list, install, use or remove", op)
+	}
+	// Serf's key queries run with its default query timeout, short on the
+	// fast profiles: a member that answered late is asked again (every
+	// operation is idempotent), a member that failed is not.
 	var resp *serf.KeyResponse
 	var err error
-	switch op {
-	case KeyringList:
-		resp, err = km.ListKeys()
-	case KeyringInstall:
-		resp, err = km.InstallKey(key)
-	case KeyringUse:
-		resp, err = km.UseKey(key)
-	case KeyringRemove:
-		resp, err = km.RemoveKey(key)
-	default:
-		return KeyringResult{}, fmt.Errorf("keyring operation %q: want list, install, use or remove", op)
+	for range 4 {
+		resp, err = run()
+		if resp == nil || resp.NumErr > 0 || resp.NumResp >= resp.NumNodes {
+			break
+		}
 	}
 	if resp == nil {
 		return KeyringResult{}, err
