@@ -173,6 +173,12 @@ type sigCache struct {
 const maxCached = 1 << 16
 
 func (c *sigCache) check(pub PublicKey, msg, sig []byte) bool {
+	// Fixed sizes keep the cache key unambiguous: pub || sig || msg could
+	// otherwise be split another way, with a byte of a good signature
+	// read as the start of another message.
+	if len(pub) != ed25519.PublicKeySize || len(sig) != ed25519.SignatureSize {
+		return false
+	}
 	h := sha256.New()
 	h.Write(pub)
 	h.Write(sig)
