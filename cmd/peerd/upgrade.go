@@ -170,8 +170,8 @@ func startUpgrade(c *cli.Context, rollback bool) error {
 	if err != nil {
 		return err
 	}
-	if c.Bool("json") && (req.DryRun || c.Bool("detach")) {
-		return printJSON(c, res)
+	if c.Bool("json") {
+		return printTriggerJSON(c, cl, res, req.DryRun || c.Bool("detach"))
 	}
 	w := c.App.Writer
 	if req.DryRun {
@@ -195,6 +195,28 @@ func startUpgrade(c *cli.Context, rollback bool) error {
 	return watch(c, cl, res.PlanID)
 }
 
+// printTriggerJSON prints the plan made, and unless the command returns at
+// once, the rollout's final status, as one JSON document: a script reads
+// stdout with one json.Unmarshal (or jq) whatever happened in between.
+func printTriggerJSON(c *cli.Context, cl *api.Client, res upgrade.TriggerResult, now bool) error {
+	if now {
+		return printJSON(c, res)
+	}
+	st, err := follow(c, cl, res.PlanID, nil)
+	if st.State == "" {
+		// The rollout could not be followed to its end (the agent stayed
+		// away): the document says what was started, the error why it ends.
+		st.State = upgrade.StateNone
+	}
+	if perr := printJSON(c, struct {
+		upgrade.TriggerResult
+		Status upgrade.Status `json:"status"`
+	}{res, st}); err == nil {
+		err = perr
+	}
+	return err
+}
+
 func runUpgradeStatus(c *cli.Context) error {
 	cl := newClient(c)
 	if c.Bool("watch") {
@@ -212,10 +234,41 @@ func runUpgradeStatus(c *cli.Context) error {
 }
 
 // watch follows a rollout until it ends: one line per change, then the
-// table. It exits 0 only when every node runs the target.
+// table (or, with --json, only the final status). It exits 0 only when
+// every node runs the target.
 func watch(c *cli.Context, cl *api.Client, planID string) error {
+	if c.Bool("json") {
+		st, err := follow(c, cl, planID, nil)
+		if st.State != "" {
+			if perr := printJSON(c, st); err == nil {
+				err = perr
+			}
+		}
+		return err
+	}
 	w := c.App.Writer
 	last := ""
+	st, err := follow(c, cl, planID, func(st upgrade.Status, agentDown bool) {
+		if agentDown {
+			fmt.Fprintln(w, "(the local agent is restarting; waiting for it)")
+			return
+		}
+		if line := progressLine(st); line != last {
+			fmt.Fprintln(w, line)
+			last = line
+		}
+	})
+	if st.State != "" {
+		printStatus(w, st)
+	}
+	return err
+}
+
+// follow polls the rollout's status until it ends and returns the last
+// status, with an error unless the rollout completed. onChange, when not
+// nil, sees every status polled, and is told when the agent stops
+// answering.
+func follow(c *cli.Context, cl *api.Client, planID string, onChange func(st upgrade.Status, agentDown bool)) (upgrade.Status, error) {
 	// The local agent is one of the nodes: when its wave comes it restarts,
 	// and the watch waits for it rather than giving up.
 	var downSince time.Time
@@ -225,43 +278,33 @@ func watch(c *cli.Context, cl *api.Client, planID string) error {
 		if err != nil {
 			if downSince.IsZero() {
 				downSince = time.Now()
-				if !c.Bool("json") {
-					fmt.Fprintln(w, "(the local agent is restarting; waiting for it)")
+				if onChange != nil {
+					onChange(upgrade.Status{}, true)
 				}
 			}
 			if time.Since(downSince) > maxDown {
-				return fmt.Errorf("the local agent has not answered for %s: %w", maxDown, err)
+				return upgrade.Status{}, fmt.Errorf("the local agent has not answered for %s: %w", maxDown, err)
 			}
 			if err := sleepCtx(c, 250*time.Millisecond); err != nil {
-				return err
+				return upgrade.Status{}, err
 			}
 			continue
 		}
 		downSince = time.Time{}
 		if planID != "" && st.PlanID != "" && st.PlanID != planID {
-			return fmt.Errorf("another plan (%s) replaced %s", st.PlanID[:8], planID[:8])
+			return upgrade.Status{}, fmt.Errorf("another plan (%s) replaced %s", st.PlanID[:8], planID[:8])
 		}
-		if line := progressLine(st); line != last && !c.Bool("json") {
-			fmt.Fprintln(w, line)
-			last = line
+		if onChange != nil {
+			onChange(st, false)
 		}
 		switch st.State {
 		case upgrade.StateComplete:
-			if c.Bool("json") {
-				return printJSON(c, st)
-			}
-			printStatus(w, st)
-			return nil
+			return st, nil
 		case upgrade.StateHalted, upgrade.StateAborted, upgrade.StateNone:
-			if c.Bool("json") {
-				_ = printJSON(c, st)
-			} else {
-				printStatus(w, st)
-			}
-			return fmt.Errorf("rollout %s", st.State)
+			return st, fmt.Errorf("rollout %s", st.State)
 		}
 		if err := sleepCtx(c, 250*time.Millisecond); err != nil {
-			return err
+			return st, err
 		}
 	}
 }

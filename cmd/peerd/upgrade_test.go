@@ -1,0 +1,88 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/peerd/peerd/daemon/api"
+	"github.com/peerd/peerd/upgrade"
+	"github.com/peerd/peerd/upgrade/plan"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+var testPlanID = strings.Repeat("ab", 32)
+
+// rolloutAgent is a fake agent that accepts a trigger and reports the
+// rollout running twice, then in state final.
+func rolloutAgent(t *testing.T, final string) *fakeAgent {
+	var polls atomic.Int32
+	res := upgrade.TriggerResult{
+		PlanID: testPlanID,
+		Plan: plan.Plan{Target: "peerd", Version: "2.0.0", Members: []plan.Member{{Name: "a"}, {Name: "b"}},
+			Options: plan.Options{Batch: 1, MinHealthy: 10 * time.Second, Deadline: 5 * time.Minute}},
+		Waves:  []plan.Wave{{Index: 0, Nodes: []string{"a"}}, {Index: 1, Nodes: []string{"b"}}},
+		Checks: []string{"sha256 ..."},
+	}
+	status := func(state string, done int) upgrade.Status {
+		return upgrade.Status{PlanID: testPlanID, Target: "peerd", Version: "2.0.0", State: state, Done: done, Total: 2,
+			Waves: []upgrade.WaveStatus{
+				{Index: 0, Nodes: []upgrade.NodeStatus{{Name: "a", Phase: upgrade.PhaseDone, Version: "2.0.0", Member: "alive"}}},
+				{Index: 1, Nodes: []upgrade.NodeStatus{{Name: "b", Phase: upgrade.PhaseApply, Version: "1.0.0", Member: "alive"}}},
+			}}
+	}
+	return newFakeAgent(t, map[string]http.HandlerFunc{
+		"POST /v1/rollout/artifacts": answer(api.Upload{SHA256: strings.Repeat("0", 64), Size: 3}),
+		"POST /v1/rollout/trigger":   answer(res),
+		"GET /v1/rollout/status": func(w http.ResponseWriter, r *http.Request) {
+			if polls.Add(1) < 3 {
+				answer(status(upgrade.StateRunning, 1))(w, r)
+				return
+			}
+			answer(status(final, 2))(w, r)
+		},
+	})
+}
+
+func artifactFile(t *testing.T) string {
+	path := filepath.Join(t.TempDir(), "peerd-2.0.0")
+	require.NoError(t, os.WriteFile(path, []byte("new"), 0o755))
+	return path
+}
+
+// TestUpgradeJSONIsOneDocument: with --json, stdout is one JSON document
+// whatever the rollout does on the way: no plan text, no progress lines.
+func TestUpgradeJSONIsOneDocument(t *testing.T) {
+	for _, tc := range []struct {
+		final string
+		code  int
+	}{
+		{upgrade.StateComplete, 0},
+		{upgrade.StateHalted, 1},
+	} {
+		t.Run(tc.final, func(t *testing.T) {
+			agent := rolloutAgent(t, tc.final)
+			var stdout, stderr bytes.Buffer
+			code := run([]string{"peerd", "upgrade", "--socket", agent.Socket, "--json", "--to", "2.0.0", "--artifact", artifactFile(t)}, &stdout, &stderr)
+			assert.Equal(t, tc.code, code, stderr.String())
+
+			dec := json.NewDecoder(&stdout)
+			var doc map[string]any
+			require.NoError(t, dec.Decode(&doc), "stdout: %s", stdout.String())
+			var more any
+			assert.ErrorIs(t, dec.Decode(&more), io.EOF, "nothing after the document")
+			assert.Equal(t, testPlanID, doc["plan_id"])
+			st, ok := doc["status"].(map[string]any)
+			require.True(t, ok, "the final status is in the document: %v", doc)
+			assert.Equal(t, tc.final, st["state"])
+		})
+	}
+}
