@@ -970,9 +970,16 @@ func (m *machine) applyControl() {
 				st.Phase, st.Reason, st.Starts = PhaseWait, "", 0
 			}
 		case ActionAbort:
-			if st.Phase.Abortable() {
+			switch {
+			case st.Phase.Abortable():
 				st.Phase = PhaseAborted
 				st.Reason = "aborted by the operator"
+			case st.Phase == PhaseFailed:
+				// The plan ends for good: a failed node must not be sent
+				// back into the release it failed by a later resume. Its
+				// rollback, if one is under way, still happens (revert).
+				st.Phase = PhaseAborted
+				st.Reason = "aborted by the operator after this node failed: " + st.Reason
 			}
 		}
 		if m.transition(st) != nil {

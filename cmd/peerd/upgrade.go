@@ -73,8 +73,8 @@ func upgradeSubcommands() []*cli.Command {
 			Action: func(c *cli.Context) error { return startUpgrade(c, true) },
 		},
 		controlCommand(upgrade.ActionPause, "finish the waves in flight, then start no new wave"),
-		controlCommand(upgrade.ActionResume, "continue a paused rollout, or retry a failed node after fixing the cause"),
-		controlCommand(upgrade.ActionAbort, "stop the rollout where it is: nodes that have not gone offline stay as they are"),
+		controlCommand(upgrade.ActionResume, "continue a paused rollout, or retry a failed node after fixing the cause (not an aborted rollout)"),
+		controlCommand(upgrade.ActionAbort, "end the rollout for good, halted or not: no further wave starts, and it cannot be resumed"),
 	}
 }
 
