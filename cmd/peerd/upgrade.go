@@ -114,6 +114,11 @@ func startUpgrade(c *cli.Context, rollback bool) error {
 	if c.IsSet("batch") && c.IsSet("max-unavailable") {
 		return usagef("give --batch or --max-unavailable, not both")
 	}
+	// In a plan a batch of 0 means the default, 1; said on the command
+	// line it is a mistake, not a request for the default.
+	if c.IsSet("batch") && c.Int("batch") < 1 {
+		return usagef("--batch %d: a wave needs at least one node; give --batch 1 or more, or leave it out (1)", c.Int("batch"))
+	}
 	if (c.String("patch") == "") != (c.String("patch-from") == "") {
 		return usagef("--patch and --patch-from go together")
 	}
@@ -128,14 +133,20 @@ func startUpgrade(c *cli.Context, rollback bool) error {
 	if len(where) == 0 {
 		where = nil
 	}
+	opts := plan.Options{
+		Batch: c.Int("batch"), MaxUnavailable: c.String("max-unavailable"), Canary: c.Int("canary"),
+		ByTag: c.String("by-tag"), MinHealthy: c.Duration("min-healthy"), Deadline: c.Duration("deadline"),
+		AllowOutage: c.Bool("allow-outage"), Where: where,
+	}
+	// The agent checks them again; here they are a mistake in the command
+	// line, found before anything is uploaded.
+	if err := opts.Validate(); err != nil {
+		return usageError{err}
+	}
 	cl := newClient(c)
 	req := upgrade.TriggerRequest{
-		Version: c.String("to"),
-		Options: plan.Options{
-			Batch: c.Int("batch"), MaxUnavailable: c.String("max-unavailable"), Canary: c.Int("canary"),
-			ByTag: c.String("by-tag"), MinHealthy: c.Duration("min-healthy"), Deadline: c.Duration("deadline"),
-			AllowOutage: c.Bool("allow-outage"), Where: where,
-		},
+		Version:      c.String("to"),
+		Options:      opts,
 		DryRun:       c.Bool("dry-run"),
 		ExpectSHA256: c.String("sha256"),
 		Rollback:     rollback,

@@ -86,3 +86,35 @@ func TestUpgradeJSONIsOneDocument(t *testing.T) {
 		})
 	}
 }
+
+// TestUpgradeRefusesMeaninglessOptions: values that cannot work are
+// refused at trigger time, as usage errors naming the flag and what to
+// do, before anything is uploaded.
+func TestUpgradeRefusesMeaninglessOptions(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--deadline", "1s", "--min-healthy", "10s"}, []string{"--deadline 1s leaves no time for --min-healthy 10s", "give --deadline at least 11s"}},
+		{[]string{"--deadline", "10s", "--min-healthy", "10s"}, []string{"--deadline 10s leaves no time"}},
+		{[]string{"--batch", "0"}, []string{"--batch 0: a wave needs at least one node", "give --batch 1 or more"}},
+		{[]string{"--batch", "-2"}, []string{"--batch -2"}},
+		{[]string{"--canary", "-1"}, []string{"--canary -1"}},
+		{[]string{"--min-healthy", "-1s"}, []string{"--min-healthy -1s"}},
+		{[]string{"--deadline", "0s"}, []string{"--deadline 0s: want a positive duration"}},
+		{[]string{"--max-unavailable", "0"}, []string{`--max-unavailable "0"`}},
+		{[]string{"--max-unavailable", "150%"}, []string{`--max-unavailable "150%"`}},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			agent := rolloutAgent(t, upgrade.StateComplete)
+			var stderr bytes.Buffer
+			args := append([]string{"peerd", "upgrade", "--socket", agent.Socket, "--to", "2.0.0", "--artifact", artifactFile(t)}, tc.args...)
+			code := run(args, io.Discard, &stderr)
+			assert.Equal(t, 2, code, stderr.String())
+			for _, w := range tc.want {
+				assert.Contains(t, stderr.String(), w)
+			}
+			assert.Empty(t, agent.Calls(), "refused before talking to the agent")
+		})
+	}
+}
