@@ -30,6 +30,10 @@ type TriggerRequest struct {
 	Options      plan.Options `json:"options"`
 	DryRun       bool         `json:"dry_run,omitempty"`
 	Rollback     bool         `json:"rollback,omitempty"`
+	// PlanID runs the plan a dry run on this node previewed (its ID, or 8
+	// or more of its first hex digits) exactly as it was shown: the other
+	// fields are then ignored.
+	PlanID string `json:"plan_id,omitempty"`
 }
 
 // TriggerResult describes the plan made (or, for a dry run, that would be).
@@ -52,7 +56,9 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	if id := e.busyWith(); id != "" {
 		return res, fmt.Errorf("a rollout is already running: plan %s; watch it with 'peerd upgrade status', or stop it with 'peerd upgrade abort'", id)
 	}
-	running, _ := e.target.Running()
+	if req.PlanID != "" {
+		return e.triggerPreviewed(ctx, req.PlanID)
+	}
 	if req.Rollback && req.ArtifactSHA256 == "" && req.URL == "" {
 		if err := e.previousBinary(ctx, &req); err != nil {
 			return res, err
@@ -61,11 +67,8 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	if req.Version == "" {
 		return res, errors.New("no target version: give --to VERSION")
 	}
-	if req.Rollback && versions.Compare(req.Version, running) >= 0 {
-		return res, fmt.Errorf("rollback to %s: that is not older than the running %s", req.Version, running)
-	}
-	if c := versions.Compare(req.Version, running); c < 0 && !req.Rollback {
-		return res, fmt.Errorf("version %s is older than the running %s: to go back, use 'peerd upgrade rollback'", req.Version, running)
+	if err := e.checkVersion(req.Version, req.Rollback); err != nil {
+		return res, err
 	}
 	sha := req.ArtifactSHA256
 	if sha == "" {
@@ -137,15 +140,96 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	if err != nil {
 		return res, fmt.Errorf("artifact refused before any node went offline: %w", err)
 	}
-	res = TriggerResult{PlanID: c.ID, Plan: c.Plan, Waves: c.Waves, Checks: checks, DryRun: req.DryRun}
 	if req.DryRun {
-		return res, nil
+		return e.preview(ctx, p, checks)
 	}
 	// Number the plan and make it the only one: the plan lock.
 	if c, err = e.takeLock(ctx, p); err != nil {
 		return res, err
 	}
-	res = TriggerResult{PlanID: c.ID, Plan: c.Plan, Waves: c.Waves, Checks: checks}
+	return e.announcePlan(ctx, c, checks)
+}
+
+// checkVersion refuses a version older than the running one unless the
+// plan is a rollback, and a rollback that is not to an older version.
+func (e *Engine) checkVersion(version string, rollback bool) error {
+	running, _ := e.target.Running()
+	if rollback && versions.Compare(version, running) >= 0 {
+		return fmt.Errorf("rollback to %s: that is not older than the running %s", version, running)
+	}
+	if c := versions.Compare(version, running); c < 0 && !rollback {
+		return fmt.Errorf("version %s is older than the running %s: to go back, use 'peerd upgrade rollback'", version, running)
+	}
+	return nil
+}
+
+// preview numbers a dry run's plan as the plan lock would now and keeps
+// it, so that 'peerd upgrade --plan ID' runs this very plan: the waves
+// derive from the plan's ID, and a plan made afresh would have another
+// (its creation time and sequence differ), and so other waves.
+func (e *Engine) preview(ctx context.Context, p plan.Plan, checks []string) (TriggerResult, error) {
+	seq, _, err := e.lockSeq(ctx)
+	if err != nil {
+		// Still a preview, numbered by what this member has seen; the run
+		// refuses it if the cluster has seen more by then.
+		seq = e.lock.highest()
+		checks = append(checks, fmt.Sprintf("plan lock not asked (%v): running this plan may find it out of date", err))
+	}
+	p.Seq = seq + 1
+	c, err := plan.Compile(p)
+	if err != nil {
+		return TriggerResult{}, err
+	}
+	if err := e.drafts.save(c); err != nil {
+		return TriggerResult{}, fmt.Errorf("keep the previewed plan: %w", err)
+	}
+	return TriggerResult{PlanID: c.ID, Plan: c.Plan, Waves: c.Waves, Checks: checks, DryRun: true}, nil
+}
+
+// triggerPreviewed runs a plan a dry run on this node made, unchanged,
+// after checking its artifact again: only if no plan took its sequence
+// meanwhile (takeLockFor).
+func (e *Engine) triggerPreviewed(ctx context.Context, id string) (TriggerResult, error) {
+	c, ok, err := e.drafts.find(id)
+	if err != nil {
+		return TriggerResult{}, err
+	}
+	if !ok {
+		return TriggerResult{}, fmt.Errorf("no plan %s was previewed on this node: run the same 'peerd upgrade ... --dry-run' on this node, then --plan with the ID it prints", short(id))
+	}
+	if err := e.checkVersion(c.Version, c.Rollback); err != nil {
+		return TriggerResult{}, err
+	}
+	for _, sha := range []string{c.Artifact.SHA256, patchSHA(c)} {
+		if sha != "" && !e.store.Has(sha) {
+			return TriggerResult{}, fmt.Errorf("artifact %s of plan %s is no longer in this node's store: run the dry run again", short(sha), c.Short)
+		}
+	}
+	checks, err := e.originChecks(ctx, c)
+	if err != nil {
+		return TriggerResult{}, fmt.Errorf("artifact refused before any node went offline: %w", err)
+	}
+	if err := e.takeLockFor(ctx, c); err != nil {
+		return TriggerResult{}, err
+	}
+	res, err := e.announcePlan(ctx, c, checks)
+	if err == nil {
+		e.drafts.remove(c.ID)
+	}
+	return res, err
+}
+
+func patchSHA(c *plan.Compiled) string {
+	if c.Patch == nil {
+		return ""
+	}
+	return c.Patch.SHA256
+}
+
+// announcePlan makes c, which holds the plan lock, this node's next plan
+// and tells the cluster.
+func (e *Engine) announcePlan(ctx context.Context, c *plan.Compiled, checks []string) (TriggerResult, error) {
+	res := TriggerResult{PlanID: c.ID, Plan: c.Plan, Waves: c.Waves, Checks: checks}
 	reply := make(chan error, 1)
 	e.m.mail.post(triggerMsg{p: c, reply: reply})
 	select {

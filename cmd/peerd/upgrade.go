@@ -50,7 +50,8 @@ func upgradeFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "min-healthy", Value: 10 * time.Second, Usage: "how long an upgraded node must stay healthy before the next wave"},
 		&cli.DurationFlag{Name: "deadline", Value: 5 * time.Minute, Usage: "per wave: a node not healthy by then rolls back"},
 		&cli.BoolFlag{Name: "allow-outage", Usage: "allow a wave that takes every node offline (e.g. a one-node cluster)"},
-		&cli.BoolFlag{Name: "dry-run", Usage: "print the waves and the checks; change nothing"},
+		&cli.BoolFlag{Name: "dry-run", Usage: "print the plan (its ID, waves and checks) and change nothing; --plan ID then runs it as shown"},
+		&cli.StringFlag{Name: "plan", Usage: "run the plan a --dry-run on this node printed, `ID`, exactly as it showed it (refused if another plan ran since)"},
 		&cli.BoolFlag{Name: "detach", Usage: "start the rollout and return; follow it with 'peerd upgrade status'"},
 	)
 }
@@ -104,7 +105,19 @@ func runUpgrade(c *cli.Context) error {
 	return startUpgrade(c, false)
 }
 
+// planFlags make a plan; --plan runs one made before, and takes none.
+var planFlags = []string{"to", "version", "artifact", "signature", "sha256", "patch", "patch-from", "batch", "max-unavailable",
+	"canary", "by-tag", "where", "min-healthy", "deadline", "allow-outage", "dry-run"}
+
 func startUpgrade(c *cli.Context, rollback bool) error {
+	if id := c.String("plan"); id != "" {
+		for _, f := range planFlags {
+			if c.IsSet(f) {
+				return usagef("--plan runs the previewed plan as it was shown: leave out --%s", f)
+			}
+		}
+		return runTrigger(c, upgrade.TriggerRequest{PlanID: id})
+	}
 	if !rollback && c.String("to") == "" {
 		return usagef("--to VERSION is required")
 	}
@@ -177,6 +190,13 @@ func startUpgrade(c *cli.Context, rollback bool) error {
 		}
 		req.PatchSHA256, req.PatchFrom = up.SHA256, c.String("patch-from")
 	}
+	return runTrigger(c, req)
+}
+
+// runTrigger asks the agent for the plan, prints it and, unless told
+// otherwise, follows the rollout.
+func runTrigger(c *cli.Context, req upgrade.TriggerRequest) error {
+	cl := newClient(c)
 	res, err := cl.Trigger(c.Context, req)
 	if err != nil {
 		return err
@@ -196,7 +216,12 @@ func startUpgrade(c *cli.Context, rollback bool) error {
 		fmt.Fprintf(w, "  - %s\n", ch)
 	}
 	if req.DryRun {
-		fmt.Fprintln(w, "nothing changed (dry run)")
+		fmt.Fprintln(w, "nothing changed (dry run); run this plan as shown with:")
+		app := ""
+		if a := c.String("app"); a != "" {
+			app = " " + a
+		}
+		fmt.Fprintf(w, "  peerd upgrade%s --plan %s\n", app, res.PlanID)
 		return nil
 	}
 	if c.Bool("detach") {

@@ -118,3 +118,28 @@ func TestUpgradeRefusesMeaninglessOptions(t *testing.T) {
 		})
 	}
 }
+
+func TestUpgradePlanFlag(t *testing.T) {
+	agent := rolloutAgent(t, upgrade.StateComplete)
+	var stderr bytes.Buffer
+	code := run([]string{"peerd", "upgrade", "--socket", agent.Socket, "--plan", testPlanID, "--batch", "2"}, io.Discard, &stderr)
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr.String(), "--plan runs the previewed plan as it was shown: leave out --batch")
+
+	var stdout bytes.Buffer
+	code = run([]string{"peerd", "upgrade", "--socket", agent.Socket, "--plan", testPlanID[:8]}, &stdout, &stderr)
+	require.Equal(t, 0, code, stderr.String())
+	var req upgrade.TriggerRequest
+	for _, call := range agent.Calls() {
+		if call.Path == "/v1/rollout/trigger" {
+			require.NoError(t, json.Unmarshal(call.Body, &req))
+		}
+	}
+	assert.Equal(t, testPlanID[:8], req.PlanID, "the agent is asked for the previewed plan, nothing else")
+	assert.Empty(t, req.Version)
+
+	// A dry run says how to run what it showed.
+	code, out := runCLI(t, "upgrade", "--socket", agent.Socket, "--to", "2.0.0", "--artifact", artifactFile(t), "--dry-run")
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, "peerd upgrade --plan "+testPlanID)
+}
