@@ -49,20 +49,23 @@ func (e *Engine) prepare(ctx context.Context, p *plan.Compiled, running, running
 
 // verify checks the stored artifact's signature, stages it as an
 // executable and runs the target's preflight. The origin (before
-// announcing) and every node (before its lease) go through it alike.
+// announcing) and every node (before its lease) go through it alike. It
+// returns what it checked, as the origin prints it.
 func (e *Engine) verify(ctx context.Context, p *plan.Compiled, active int) ([]string, error) {
 	data, err := os.ReadFile(e.store.Path(p.Artifact.SHA256))
 	if err != nil {
 		return nil, fmt.Errorf("read artifact: %w", err)
 	}
-	if err := e.verifySignature(p, data); err != nil {
+	signed, err := e.verifySignature(p, data)
+	if err != nil {
 		return nil, err
 	}
 	staged := e.stagedPath(p)
 	if err := durable.WriteFile(staged, data, 0o755); err != nil {
 		return nil, fmt.Errorf("stage artifact: %w", err)
 	}
-	return e.target.Check(ctx, Check{Staged: staged, Version: p.Version, Rollback: p.Rollback, ActiveProtocol: active})
+	checks, err := e.target.Check(ctx, Check{Staged: staged, Version: p.Version, Rollback: p.Rollback, ActiveProtocol: active})
+	return append([]string{signed}, checks...), err
 }
 
 // preparePatch fetches the plan's patch, applies it to the running binary
@@ -89,33 +92,38 @@ func (e *Engine) preparePatch(ctx context.Context, p *plan.Compiled, runningPath
 	return nil
 }
 
-func (e *Engine) verifySignature(p *plan.Compiled, data []byte) error {
+// verifySignature accepts the artifact or says why not; what it accepted
+// it on is said as the origin prints it, true of this agent's settings.
+func (e *Engine) verifySignature(p *plan.Compiled, data []byte) (string, error) {
 	sig := p.Artifact.Signature
 	// A rollback may carry no signature: a node accepts the binary it ran
 	// before and kept, byte for byte, and nothing else unsigned.
 	if p.Rollback && sig == "" {
 		if kept, _, err := artifact.DigestFile(e.keptPath()); err == nil && kept == p.Artifact.SHA256 {
-			return nil
+			return "unsigned rollback: accepted as this node's own kept binary, byte for byte; every other node accepts it only as its own kept binary too, and refuses it before going offline otherwise", nil
 		}
 	}
 	if len(e.cfg.TrustedKeys) == 0 {
-		if e.cfg.AllowUnsigned {
-			return nil
+		if !e.cfg.AllowUnsigned {
+			return "", ErrUnsigned
 		}
-		return ErrUnsigned
+		if sig != "" {
+			return "signature not checked: this agent trusts no key (--trust-key) and accepts unsigned artifacts (--allow-unsigned); every agent checks by its own keys", nil
+		}
+		return "unsigned: this agent accepts unsigned artifacts (--allow-unsigned); every agent decides by its own settings", nil
 	}
 	if sig == "" {
-		return fmt.Errorf("artifact %s is not signed and this agent trusts only signed artifacts: sign it (peerd sign) and pass --signature", short(p.Artifact.SHA256))
+		return "", fmt.Errorf("artifact %s is not signed and this agent trusts only signed artifacts: sign it (peerd sign) and pass --signature", short(p.Artifact.SHA256))
 	}
 	m, err := artifact.VerifySignature(e.cfg.TrustedKeys, data, []byte(sig))
 	if err != nil {
-		return err
+		return "", err
 	}
 	want := artifact.Manifest{Target: p.Target, Version: p.Version, OS: runtime.GOOS, Arch: runtime.GOARCH, SHA256: p.Artifact.SHA256}
 	if err := m.Check(want); err != nil {
-		return fmt.Errorf("signature vouches for another artifact: %w", err)
+		return "", fmt.Errorf("signature vouches for another artifact: %w", err)
 	}
-	return nil
+	return "minisign signature by a key this agent trusts, over target, version, platform and sha256", nil
 }
 
 // keptPath is the binary a rollback of this node's current version brings

@@ -119,7 +119,9 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 		if m.Status == "alive" {
 			reachable = append(reachable, m)
 		}
-		pm := plan.Member{Name: m.Name, Version: m.Version}
+		// What the member runs of the target: what a rollback of this plan
+		// goes back to (rollbackVersion).
+		pm := plan.Member{Name: m.Name, Version: e.target.VersionOf(m)}
 		if req.Options.ByTag != "" {
 			pm.Tag = m.Tags[req.Options.ByTag]
 		}
@@ -247,31 +249,97 @@ func (e *Engine) announcePlan(ctx context.Context, c *plan.Compiled, checks []st
 	return res, nil
 }
 
-// previousBinary fills a rollback request from the binary this node kept
-// when it was last upgraded.
+// previousBinary fills a rollback request that names no artifact. Its
+// version, unless given, is the one the cluster's last plan upgraded its
+// nodes from, which is the same whichever node the rollback is run on;
+// its artifact is this node's kept binary, which must be that version.
 func (e *Engine) previousBinary(ctx context.Context, req *TriggerRequest) error {
+	if req.Version == "" {
+		v, err := e.rollbackVersion(ctx)
+		if err != nil {
+			return err
+		}
+		req.Version = v
+	}
 	kept := e.keptPath()
 	_, running := e.target.Running()
 	if ki, err := os.Stat(kept); err == nil {
 		if ri, err := os.Stat(running); err == nil && os.SameFile(ki, ri) {
-			return fmt.Errorf("this node runs the binary a rollback would bring back (%s), so it has nothing to roll back to: run 'peerd upgrade rollback' on a node that was upgraded, or give --to and --artifact", kept)
+			return fmt.Errorf("this node runs the binary a rollback would bring back (%s), so it has no binary of %s: run 'peerd upgrade rollback' on a node that was upgraded, or give --artifact FILE of %s (and --signature)", kept, req.Version, req.Version)
 		}
 	}
 	f, err := os.Open(kept)
 	if err != nil {
-		return fmt.Errorf("this node has no previous binary (%s): run 'peerd upgrade rollback' on a node that was upgraded, or give --to and --artifact", kept)
+		return fmt.Errorf("this node has no previous binary (%s): run 'peerd upgrade rollback' on a node that was upgraded, or give --artifact FILE of %s (and --signature)", kept, req.Version)
 	}
 	defer f.Close()
+	keptVersion, err := e.target.PreviousVersion(ctx, kept)
+	if err != nil {
+		return err
+	}
+	if keptVersion != req.Version {
+		return fmt.Errorf("this node kept %s, not %s, the version to roll back to: run 'peerd upgrade rollback' on a node that was upgraded from %s, or give --artifact FILE of %s (and --signature)",
+			keptVersion, req.Version, req.Version, req.Version)
+	}
 	sha, _, err := e.store.Put(f, "")
 	if err != nil {
 		return err
 	}
 	req.ArtifactSHA256 = sha
-	if req.Version != "" {
-		return nil
+	return nil
+}
+
+// rollbackVersion is what 'peerd upgrade rollback' goes back to: the
+// version the last plan upgraded the cluster's nodes from. Nodes agree on
+// the last plan (plans are ordered by their sequence), so every node gives
+// the same answer; the version each happens to keep does not matter.
+func (e *Engine) rollbackVersion(ctx context.Context) (string, error) {
+	p, err := e.lastPlan(ctx)
+	if err != nil {
+		return "", err
 	}
-	req.Version, err = e.target.PreviousVersion(ctx, kept)
-	return err
+	if p == nil {
+		return "", errors.New("no plan has run here for a rollback to undo: give --to VERSION and --artifact FILE (and --signature)")
+	}
+	if p.Rollback {
+		return "", fmt.Errorf("the last plan, %s, was a rollback to %s already: to go further back, give --to VERSION and --artifact FILE (and --signature)", p.Short, p.Version)
+	}
+	from := map[string][]string{}
+	for _, m := range p.Members {
+		if m.Version != p.Version && m.Version != "" {
+			from[m.Version] = append(from[m.Version], m.Name)
+		}
+	}
+	switch len(from) {
+	case 0:
+		return "", fmt.Errorf("the last plan, %s, upgraded no node from an earlier version of %s: nothing to roll back to; give --to VERSION and --artifact FILE", p.Short, p.Target)
+	case 1:
+		for v := range from {
+			return v, nil
+		}
+	}
+	var list []string
+	for v, names := range from {
+		list = append(list, fmt.Sprintf("%s (%s)", v, strings.Join(names, ", ")))
+	}
+	sort.Strings(list)
+	return "", fmt.Errorf("the last plan, %s, upgraded nodes from several versions: %s; choose one with --to VERSION and --artifact FILE (and --signature)", p.Short, strings.Join(list, ", "))
+}
+
+// lastPlan is the newest plan this node knows: its own, or one announced
+// since (Status shows the same one), or nil.
+func (e *Engine) lastPlan(ctx context.Context) (*plan.Compiled, error) {
+	id := e.State().PlanID
+	e.mu.Lock()
+	latest := e.latest
+	e.mu.Unlock()
+	if latest != "" && latest != id && e.newerPlan(ctx, latest, id) {
+		id = latest
+	}
+	if id == "" {
+		return nil, nil
+	}
+	return e.planByID(ctx, id)
 }
 
 // originChecks verifies on the origin what every node verifies again: the
@@ -282,13 +350,7 @@ func (e *Engine) originChecks(ctx context.Context, p *plan.Compiled) ([]string, 
 	if err != nil {
 		return nil, err
 	}
-	checks := []string{fmt.Sprintf("sha256 %s (%d bytes)", p.Artifact.SHA256, p.Artifact.Size)}
-	if p.Artifact.Signature != "" && len(e.cfg.TrustedKeys) > 0 {
-		checks = append(checks, "minisign signature over version, platform and digest")
-	} else {
-		checks = append(checks, "unsigned (the agents allow unsigned artifacts)")
-	}
-	checks = append(checks, target...)
+	checks := append([]string{fmt.Sprintf("sha256 %s (%d bytes)", p.Artifact.SHA256, p.Artifact.Size)}, target...)
 	if p.Patch != nil {
 		checks = append(checks, fmt.Sprintf("patch from %s: %d bytes; nodes at another version fetch the full artifact", p.Patch.FromVersion, p.Patch.Size))
 	}

@@ -66,10 +66,11 @@ func upgradeSubcommands() []*cli.Command {
 		},
 		{
 			Name:  "rollback",
-			Usage: "roll the cluster back to the previous version, progressively, as a new plan",
-			Description: "By default the artifact is this node's kept previous binary (peerd.old), and nodes accept\n" +
-				"it unsigned only if it is byte for byte the binary they kept themselves. Give --to,\n" +
-				"--artifact and --signature to roll back to another build.",
+			Usage: "roll the cluster back to the version the last plan upgraded it from, progressively, as a new plan",
+			Description: "The version is the one the last plan upgraded the cluster's nodes from, whichever node this\n" +
+				"runs on. The artifact is this node's kept binary of that version (DATA_DIR/versions/previous,\n" +
+				"or the launcher itself), and nodes accept it unsigned only if it is byte for byte the binary\n" +
+				"they kept themselves. Give --to, --artifact and --signature to roll back to another build.",
 			Flags:  upgradeFlags(),
 			Action: func(c *cli.Context) error { return startUpgrade(c, true) },
 		},

@@ -2,6 +2,7 @@ package upgradetest
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -65,5 +66,38 @@ func TestAbortEndsAHaltedRollout(t *testing.T) {
 			return err == nil
 		}), "a new plan after the abort: %v", err)
 		require.True(t, h.WaitFor(30*time.Minute, func() bool { return h.AllAt("2.0.1") }), "%s", h.Summary())
+	})
+}
+
+// TestRollbackHasOneMeaning: 'peerd upgrade rollback' goes back to the
+// version the last plan upgraded the cluster from, whichever node it is
+// run on. A node that joined late at another version, and so keeps that
+// one, does not make a plan back to its own old version: it says which
+// version the cluster goes back to and where to run the rollback.
+func TestRollbackHasOneMeaning(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := New(t, Options{Nodes: 4, Seed: 1})
+		opts := plan.Options{Batch: 1, MinHealthy: time.Second, Deadline: 30 * time.Second}
+		_, err := h.Trigger("node0001", "2.0.0", opts)
+		require.NoError(t, err)
+		require.True(t, h.WaitFor(30*time.Minute, func() bool { return h.AllAt("2.0.0") }), "%s", h.Summary())
+
+		// Joins after the plan was made, at 1.2.0: runs it in a final wave.
+		late := h.AddNode("node0005", "1.2.0")
+		require.True(t, h.WaitFor(10*time.Minute, func() bool { return h.AllAt("2.0.0") }), "%s", h.Summary())
+		ctx := context.Background()
+		for _, n := range h.Nodes() {
+			res, err := n.Engine().Trigger(ctx, upgrade.TriggerRequest{Rollback: true, DryRun: true, Options: opts})
+			if n.Name == late.Name {
+				require.Error(t, err, "%s keeps 1.2.0, which the cluster never ran before 2.0.0", n.Name)
+				assert.Contains(t, err.Error(), "not 1.0.0")
+				assert.Contains(t, err.Error(), "run 'peerd upgrade rollback' on a node that was upgraded from 1.0.0")
+				continue
+			}
+			require.NoError(t, err, n.Name)
+			assert.Equal(t, "1.0.0", res.Plan.Version, "%s: the version the last plan upgraded from", n.Name)
+			assert.Contains(t, strings.Join(res.Checks, "\n"), "unsigned rollback: accepted as this node's own kept binary",
+				"the check printed is the one made")
+		}
 	})
 }
