@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -38,7 +37,7 @@ func upgradeFlags() []cli.Flag {
 	return append(clientFlags(), appFlag(),
 		&cli.StringFlag{Name: "to", Usage: "target `VERSION` (the new binary must report it)"},
 		&cli.StringFlag{Name: "artifact", Usage: "the new peerd binary: a local `PATH` or an http(s) URL"},
-		&cli.StringFlag{Name: "signature", Usage: "minisign signature `FILE` of the artifact (see 'peerd sign')"},
+		&cli.StringFlag{Name: "signature", Usage: "the artifact's minisign signature, `FILE|URL`: a local file or an http(s) URL (see 'peerd sign')"},
 		&cli.StringFlag{Name: "sha256", Usage: "refuse the artifact unless its sha256 is this `HEX` digest (e.g. from the release's checksums)"},
 		&cli.StringFlag{Name: "patch", Usage: "bsdiff patch `FILE` (from 'peerd mkpatch') for nodes at --patch-from"},
 		&cli.StringFlag{Name: "patch-from", Usage: "the `VERSION` the patch applies to; other nodes fetch the full artifact"},
@@ -178,9 +177,9 @@ func startUpgrade(c *cli.Context, rollback bool) error {
 		req.ArtifactSHA256 = up.SHA256
 	}
 	if sig := c.String("signature"); sig != "" {
-		b, err := os.ReadFile(sig)
+		b, err := readSignature(c.Context, sig)
 		if err != nil {
-			return fmt.Errorf("read signature: %w", err)
+			return err
 		}
 		req.Signature = string(b)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -142,4 +143,35 @@ func TestUpgradePlanFlag(t *testing.T) {
 	code, out := runCLI(t, "upgrade", "--socket", agent.Socket, "--to", "2.0.0", "--artifact", artifactFile(t), "--dry-run")
 	require.Equal(t, 0, code)
 	assert.Contains(t, out, "peerd upgrade --plan "+testPlanID)
+}
+
+// TestUpgradeSignatureURL: --signature takes a URL, as --artifact does
+// (the Nomad docs give both as release URLs).
+func TestUpgradeSignatureURL(t *testing.T) {
+	const sig = "untrusted comment: signature from minisign secret key\nRUQ...\n"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/peerd.minisig" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = io.WriteString(w, sig)
+	}))
+	defer srv.Close()
+	agent := rolloutAgent(t, upgrade.StateComplete)
+	code, _ := runCLI(t, "upgrade", "--socket", agent.Socket, "--detach", "--to", "2.0.0",
+		"--artifact", artifactFile(t), "--signature", srv.URL+"/peerd.minisig")
+	require.Equal(t, 0, code)
+	var req upgrade.TriggerRequest
+	for _, call := range agent.Calls() {
+		if call.Path == "/v1/rollout/trigger" {
+			require.NoError(t, json.Unmarshal(call.Body, &req))
+		}
+	}
+	assert.Equal(t, sig, req.Signature)
+
+	var stderr bytes.Buffer
+	code = run([]string{"peerd", "upgrade", "--socket", agent.Socket, "--detach", "--to", "2.0.0",
+		"--artifact", artifactFile(t), "--signature", srv.URL + "/missing"}, io.Discard, &stderr)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr.String(), "404 Not Found")
 }
