@@ -37,7 +37,7 @@ func agentFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "config", Usage: "read settings from this HCL `FILE` (keys are the flag names with '_' for '-')", EnvVars: env("CONFIG")},
 		&cli.StringFlag{Name: "node", Usage: "this node's unique `NAME` (default: the hostname)", EnvVars: env("NODE")},
-		&cli.StringFlag{Name: "bind", Usage: "gossip address, TCP and UDP; port 0 picks a free one, kept across restarts while free (default 0.0.0.0:7946)", EnvVars: env("BIND")},
+		&cli.StringFlag{Name: "bind", Usage: "gossip `ADDR` (HOST:PORT), TCP and UDP; port 0 picks a free one, kept across restarts while free (default 0.0.0.0:7946)", EnvVars: env("BIND")},
 		&cli.StringFlag{Name: "advertise", Usage: "gossip `HOST:PORT` other nodes reach this one at, when not --bind (port 0: the bound port)", EnvVars: env("ADVERTISE")},
 		&cli.StringSliceFlag{Name: "join", Usage: "join the cluster at this gossip `ADDR` at start (repeatable); fail if none answers", EnvVars: env("JOIN")},
 		&cli.StringSliceFlag{Name: "retry-join", Usage: "keep trying to join this `ADDR` with backoff until it answers (repeatable)", EnvVars: env("RETRY_JOIN")},
@@ -48,15 +48,15 @@ func agentFlags() []cli.Flag {
 		&cli.StringFlag{Name: "keyring-file", Usage: "gossip keyring `FILE` (JSON array of base64 keys, first is primary)", EnvVars: env("KEYRING_FILE")},
 		&cli.StringSliceFlag{Name: "tag", Usage: "advertise a `KEY=VALUE` tag, e.g. zone=a (repeatable)", EnvVars: env("TAG")},
 		&cli.StringFlag{Name: "http-addr", Usage: "peer HTTP API `HOST:PORT`; port 0 picks a free one (default: the bind host, port 7947, or 0 with a --bind port of 0)", EnvVars: env("HTTP_ADDR")},
-		&cli.StringFlag{Name: "socket", Usage: "serve the control API on this unix socket `PATH` (default DATA_DIR/peerd.sock)", EnvVars: env("SOCKET")},
-		&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error (default info)", EnvVars: env("LOG_LEVEL")},
+		&cli.StringFlag{Name: "socket", Usage: "serve the control API on this unix socket `FILE` (default DATA_DIR/peerd.sock)", EnvVars: env("SOCKET")},
+		&cli.StringFlag{Name: "log-level", Usage: "log at this `LEVEL` and above: debug, info, warn or error (default info)", EnvVars: env("LOG_LEVEL")},
 		&cli.BoolFlag{Name: "log-json", Usage: "log JSON lines instead of text", EnvVars: env("LOG_JSON")},
 		&cli.StringSliceFlag{Name: "trust-key", Usage: "accept artifacts signed by this minisign public key `FILE` (repeatable)", EnvVars: env("TRUST_KEY")},
 		&cli.BoolFlag{Name: "allow-unsigned", Usage: "accept unsigned artifacts when no --trust-key is given (demos and tests only)", EnvVars: env("ALLOW_UNSIGNED")},
-		&cli.StringFlag{Name: "restart", Usage: "after a self-upgrade: reexec (in place, same PID) or supervisor (exit 75 for systemd/Nomad to restart) (default reexec)", EnvVars: env("RESTART")},
+		&cli.StringFlag{Name: "restart", Usage: "how to start a self-upgrade's new binary, `MODE`: reexec (in place, same PID) or supervisor (exit 75 for systemd/Nomad to restart) (default reexec)", EnvVars: env("RESTART")},
 		&cli.StringFlag{Name: "health-cmd", Usage: "an upgraded node must also pass this shell `COMMAND` (exit 0) before its wave is done", EnvVars: env("HEALTH_CMD")},
 		&cli.StringFlag{Name: "health-url", Usage: "an upgraded node must also get a 2xx from this `URL` before its wave is done", EnvVars: env("HEALTH_URL")},
-		&cli.StringFlag{Name: "gossip-profile", Usage: "gossip timings: lan, wan, local, fast (loopback demos and tests), or local-large (many agents on one host: ~100 on two cores) (default lan)", EnvVars: env("GOSSIP_PROFILE")},
+		&cli.StringFlag{Name: "gossip-profile", Usage: "gossip timings, `PROFILE`: lan, wan, local, fast (loopback demos and tests), or local-large (many agents on one host: ~100 on two cores) (default lan)", EnvVars: env("GOSSIP_PROFILE")},
 	}
 }
 

@@ -244,7 +244,7 @@ func TestManPage(t *testing.T) {
 		assert.Regexp(t, `(?m)^\.SS peerd `+regexp.QuoteMeta(c.Name)+`\b`, page)
 	}
 	contains(".SS peerd upgrade status")
-	for _, f := range []string{`\-\-data\-dir\fP \fIDIR\fP`, `\-\-artifact\fP \fIPATH\fP`, `\-\-watch`, `\-\-restart`} {
+	for _, f := range []string{`\-\-data\-dir\fP \fIDIR\fP`, `\-\-artifact\fP \fIFILE|URL\fP`, `\-\-watch`, `\-\-restart`} {
 		contains(f)
 	}
 	for _, f := range agentFlags() {

@@ -18,7 +18,7 @@ func upgradeCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "upgrade",
 		Usage:     "upgrade the whole cluster to a new peerd version, one wave at a time",
-		UsageText: "peerd upgrade [APP] --to VERSION --artifact PATH|URL [options]\n   peerd upgrade [APP] status|pause|resume|abort|rollback",
+		UsageText: "peerd upgrade [APP] --to VERSION --artifact FILE|URL [options]\n   peerd upgrade [APP] --plan ID\n   peerd upgrade [APP] status|pause|resume|abort|rollback",
 		Description: "Every node computes the same waves from the plan; a wave goes offline only while it holds\n" +
 			"a lease granted by a majority of the cluster, so at most one wave is offline at a time.\n" +
 			"Each node fetches the artifact (from a peer that has it, or this node), verifies its sha256,\n" +
@@ -36,7 +36,7 @@ func upgradeCommand() *cli.Command {
 func upgradeFlags() []cli.Flag {
 	return append(clientFlags(), appFlag(),
 		&cli.StringFlag{Name: "to", Usage: "target `VERSION` (the new binary must report it)"},
-		&cli.StringFlag{Name: "artifact", Usage: "the new peerd binary: a local `PATH` or an http(s) URL"},
+		&cli.StringFlag{Name: "artifact", Usage: "the new release, `FILE|URL`: peerd's binary, or an application's executable or .tar.gz bundle; a local file or an http(s) URL"},
 		&cli.StringFlag{Name: "signature", Usage: "the artifact's minisign signature, `FILE|URL`: a local file or an http(s) URL (see 'peerd sign')"},
 		&cli.StringFlag{Name: "sha256", Usage: "refuse the artifact unless its sha256 is this `HEX` digest (e.g. from the release's checksums)"},
 		&cli.StringFlag{Name: "patch", Usage: "bsdiff patch `FILE` (from 'peerd mkpatch') for nodes at --patch-from"},
@@ -122,7 +122,7 @@ func startUpgrade(c *cli.Context, rollback bool) error {
 		return usagef("--to VERSION is required")
 	}
 	if !rollback && c.String("artifact") == "" {
-		return usagef("--artifact PATH|URL is required")
+		return usagef("--artifact FILE|URL is required")
 	}
 	if c.IsSet("batch") && c.IsSet("max-unavailable") {
 		return usagef("give --batch or --max-unavailable, not both")
@@ -424,15 +424,21 @@ func printStatus(w io.Writer, st upgrade.Status) {
 func installCommand() *cli.Command {
 	var flags []cli.Flag
 	for _, f := range upgradeFlags() {
-		if f.Names()[0] == "to" {
+		switch f.Names()[0] {
+		case "to":
 			f = &cli.StringFlag{Name: "version", Aliases: []string{"to"}, Usage: "the `VERSION` the artifact is"}
+		case "artifact":
+			f = &cli.StringFlag{Name: "artifact", Usage: "the application's release, `FILE|URL`: its executable or a .tar.gz bundle; a local file or an http(s) URL"}
+		case "app":
+			// Named first: peerd install APP.
+			f = &cli.StringFlag{Name: "app", Usage: "the managed application `NAME` to install (also: peerd install NAME ...)"}
 		}
 		flags = append(flags, f)
 	}
 	return &cli.Command{
 		Name:      "install",
 		Usage:     "install a managed application on the nodes that declare it, one wave at a time",
-		UsageText: "peerd install APP --artifact PATH|URL --version VERSION [options]",
+		UsageText: "peerd install APP --artifact FILE|URL --version VERSION [options]",
 		Description: "The nodes that declare app \"APP\" { ... } in their config and do not run VERSION yet\n" +
 			"install it wave by wave, as 'peerd upgrade APP' does: fetch, verify, install into the app's\n" +
 			"version store, start it, and pass its health check before the next wave starts.\n\n" +
@@ -441,7 +447,7 @@ func installCommand() *cli.Command {
 		Flags: flags,
 		Action: func(c *cli.Context) error {
 			if c.String("app") == "" {
-				return usagef("name the application: peerd install APP --artifact PATH --version VERSION")
+				return usagef("name the application: peerd install APP --artifact FILE|URL --version VERSION")
 			}
 			if c.String("to") == "" {
 				return usagef("--version VERSION is required")
