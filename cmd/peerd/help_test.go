@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -46,4 +47,28 @@ func walkCommands(cmds []*cli.Command, prefix string, fn func(path string, c *cl
 		fn(prefix+c.Name, c)
 		walkCommands(c.Subcommands, prefix+c.Name+" ", fn)
 	}
+}
+
+// TestRootConventions: what users of consul, nomad and serf type first.
+func TestRootConventions(t *testing.T) {
+	for _, args := range [][]string{{"--version"}, {"-v"}} {
+		code, out := runCLI(t, args...)
+		assert.Equal(t, 0, code, "%v", args)
+		assert.Regexp(t, `^peerd \S+ \(commit .*\), protocol \d+-\d+\n$`, out, "%v prints what 'peerd version' does", args)
+	}
+	code, out := runCLI(t, "help")
+	assert.Equal(t, 0, code)
+	assert.Contains(t, out, "COMMANDS:")
+	code, out = runCLI(t, "help", "upgrade")
+	assert.Equal(t, 0, code)
+	assert.Contains(t, out, "peerd upgrade [APP] --to VERSION")
+
+	var stdout, stderr strings.Builder
+	assert.Equal(t, 2, run([]string{"peerd"}, &stdout, &stderr), "no command is a usage error")
+	assert.Empty(t, stdout.String())
+	assert.Contains(t, stderr.String(), "COMMANDS:", "the usage goes to stderr")
+
+	stderr.Reset()
+	assert.Equal(t, 2, run([]string{"peerd", "bogus"}, &stdout, &stderr))
+	assert.Equal(t, "peerd: unknown command \"bogus\"; run 'peerd help' to list the commands\n", stderr.String())
 }

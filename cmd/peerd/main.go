@@ -9,8 +9,16 @@ import (
 	"os"
 	"strings"
 
+	"github.com/peerd/peerd/buildinfo"
 	"github.com/urfave/cli/v2"
 )
+
+func init() {
+	// --version prints what 'peerd version' does.
+	cli.VersionPrinter = func(c *cli.Context) {
+		_ = versionCommand().Action(c)
+	}
+}
 
 func main() {
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
@@ -43,10 +51,22 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Description: "Every node runs 'peerd agent'. The agents form a Serf cluster and refuse a node\n" +
 			"whose protocol range does not overlap the cluster's active protocol.\n" +
 			"The other commands talk to the local agent over its unix socket.",
-		Writer:               stdout,
-		ErrWriter:            stderr,
-		HideHelpCommand:      true,
+		Writer:    stdout,
+		ErrWriter: stderr,
+		// --version and -v, as consul, nomad and serf have them.
+		Version:              buildinfo.Version,
 		EnableBashCompletion: true,
+		// `peerd` alone is a mistake, as `consul` alone is: the usage, on
+		// stderr, and exit 2. An unknown command gets here too.
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usagef("unknown command %q; run 'peerd help' to list the commands", c.Args().First())
+			}
+			c.App.Writer = c.App.ErrWriter
+			defer func() { c.App.Writer = stdout }()
+			_ = cli.ShowAppHelp(c)
+			return cli.Exit("", 2)
+		},
 		// Errors are printed once, by run, on one line.
 		ExitErrHandler: func(*cli.Context, error) {},
 		OnUsageError:   onUsageError,
@@ -66,17 +86,33 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			manCommand(),
 		},
 	}
-	app.CommandNotFound = func(c *cli.Context, name string) {
-		fmt.Fprintf(stderr, "peerd: unknown command %q; run 'peerd --help' to list the commands\n", name)
-		os.Exit(2)
+	var prepare func(cmds []*cli.Command)
+	prepare = func(cmds []*cli.Command) {
+		for _, cmd := range cmds {
+			cmd.OnUsageError = onUsageError
+			// No `help` subcommand under each command: --help is there, and
+			// completion would offer "help h" where files belong.
+			cmd.HideHelpCommand = true
+			if cmd.ArgsUsage == "" && len(cmd.Subcommands) == 0 && cmd.Action != nil {
+				cmd.Action = noArgs(cmd.Name, cmd.Action)
+			}
+			prepare(cmd.Subcommands)
+		}
 	}
-	for _, cmd := range app.Commands {
-		cmd.OnUsageError = onUsageError
-		// No `help` subcommand under each command: --help is there, and
-		// completion would offer "help h" where files belong.
-		cmd.HideHelpCommand = true
-	}
+	prepare(app.Commands)
 	return app
+}
+
+// noArgs refuses arguments to a command that takes none (exit 2), rather
+// than ignoring them: 'peerd leave now' must not look as if "now" meant
+// something.
+func noArgs(name string, action cli.ActionFunc) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		if c.NArg() > 0 {
+			return usagef("%s takes no arguments, got %q (flags start with --)", name, c.Args().First())
+		}
+		return action(c)
+	}
 }
 
 // appArgs turns `peerd upgrade APP [SUB] ...` and `peerd install APP ...`
