@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/serf/serf"
@@ -288,15 +289,29 @@ func checkBindable(addr string) error {
 	hp := net.JoinHostPort(host, strconv.Itoa(port))
 	l, err := net.Listen("tcp", hp)
 	if err != nil {
-		return fmt.Errorf("gossip address %s (TCP) is not available: %w; choose another port with --bind or stop the process using it", hp, err)
+		return fmt.Errorf("gossip address %s (TCP) is not available: %w; %s", hp, err, BindHint(err, "--bind"))
 	}
 	l.Close()
 	p, err := net.ListenPacket("udp", hp)
 	if err != nil {
-		return fmt.Errorf("gossip address %s (UDP) is not available: %w; choose another port with --bind or stop the process using it", hp, err)
+		return fmt.Errorf("gossip address %s (UDP) is not available: %w; %s", hp, err, BindHint(err, "--bind"))
 	}
 	p.Close()
 	return nil
+}
+
+// BindHint says what to do about a failed bind, by its cause: another
+// process is to blame only when the address is in use.
+func BindHint(err error, flag string) string {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return "stop the process using it, or choose another port with " + flag
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return "it is not an address of this host: give " + flag + " one of this host's addresses (ip addr), or 0.0.0.0"
+	case errors.Is(err, syscall.EACCES):
+		return "ports below 1024 need privileges: choose a port of 1024 or above with " + flag
+	}
+	return "check " + flag
 }
 
 // tagsLocked merges user, own and identity tags; identity wins.
@@ -314,6 +329,7 @@ func (c *Cluster) tagsLocked() map[string]string {
 // the error wraps ErrIncompatibleProtocol and names both ranges.
 func (c *Cluster) Join(addrs []string) (int, error) {
 	c.merge.clearRefusal()
+	addrs = WithDefaultPort(addrs)
 	n, err := c.serf.Join(addrs, true)
 	if n > 0 {
 		return n, nil
@@ -329,6 +345,24 @@ func (c *Cluster) Join(addrs []string) (int, error) {
 		hint = " (if the cluster is up and uses gossip encryption, give this node its key with --encrypt or --keyring-file)"
 	}
 	return 0, fmt.Errorf("join %s: %w%s", strings.Join(addrs, ", "), err, hint)
+}
+
+// DefaultPort is the gossip port of a join address that names none, and
+// of the default --bind.
+const DefaultPort = 7946
+
+// WithDefaultPort gives every address that names no port DefaultPort.
+// memberlist would use this node's own bind port instead, which with
+// --bind HOST:0 or a non-default port is not where the cluster listens.
+func WithDefaultPort(addrs []string) []string {
+	out := make([]string, len(addrs))
+	for i, a := range addrs {
+		out[i] = a
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			out[i] = net.JoinHostPort(strings.Trim(a, "[]"), strconv.Itoa(DefaultPort))
+		}
+	}
+	return out
 }
 
 // SetTags replaces this node's extra tags (TagVersion and TagProtocol stay).

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -406,6 +407,11 @@ func (a *Agent) reload(reload func() (Config, error)) {
 		a.opts.Level.Set(lvl)
 	}
 	a.log.Info("reloaded", "tags", cfg.Tags, "log_level", cfg.LogLevel)
+	if keys := restartNeeded(a.cfg, cfg); len(keys) > 0 {
+		// Not an error: the file may be edited ahead of a planned restart.
+		a.log.Warn("the config changed settings that a reload cannot apply; they take effect when the agent restarts (systemctl restart peerd)",
+			"settings", strings.Join(keys, ", "))
+	}
 }
 
 // Leave tells the cluster this node is leaving and waits for the word to

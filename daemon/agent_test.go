@@ -216,7 +216,7 @@ func TestStartErrors(t *testing.T) {
 	cfg = agenttest.Config(t, "busy")
 	cfg.HTTPAddr = a.Agent.HTTPAddr()
 	_, err = agenttest.Start(t, cfg, agenttest.Options(t, v1))
-	assert.ErrorContains(t, err, "choose another --http-addr")
+	assert.ErrorContains(t, err, "stop the process using it, or choose another port with --http-addr")
 
 	cfg = agenttest.Config(t, "busy2")
 	cfg.Bind = a.Agent.Cluster().LocalAddr()
