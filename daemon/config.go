@@ -92,8 +92,8 @@ type Config struct {
 	// checks an upgraded node must pass before its wave counts as done.
 	HealthCmd string
 	HealthURL string
-	// ConfigFile is where the config was read from, for reloads.
-	ConfigFile string
+	// ConfigFiles are the files the config was read from, in order.
+	ConfigFiles []string
 	// Apps are the applications the agent supervises on this node (HCL
 	// `app "NAME" { ... }` blocks; the config file only).
 	Apps []apps.Config

@@ -227,6 +227,7 @@ func TestUnitHasWhatTheServiceNeeds(t *testing.T) {
 	for _, line := range []string{
 		"Type=notify",
 		"ExecStart=/usr/bin/peerd agent --config /etc/peerd/peerd.hcl",
+		"EnvironmentFile=-/etc/peerd/peerd.env",
 		"ExecReload=/bin/kill -HUP $MAINPID",
 		"Restart=on-failure",
 		"User=peerd",

@@ -22,8 +22,8 @@ func agentCommand() *cli.Command {
 		Name:  "agent",
 		Usage: "run the peerd agent on this node",
 		Description: "Joins (or starts) a cluster and serves the local control API and the peer HTTP API.\n" +
-			"Settings come from, lowest first: defaults, the --config file (HCL), PEERD_* environment\n" +
-			"variables, and flags. SIGHUP reloads tags and log level from the config file; SIGINT or\n" +
+			"Settings come from, lowest first: defaults, the --config file (HCL), the files of --config-dir,\n" +
+			"PEERD_* environment variables, and flags. SIGHUP reloads tags and log level from the config file; SIGINT or\n" +
 			"SIGTERM leave the cluster gracefully and exit.\n\n" +
 			"Example:\n" +
 			"  peerd agent --data-dir /var/lib/peerd --join 10.0.0.1 --tag zone=a",
@@ -36,6 +36,7 @@ func agentFlags() []cli.Flag {
 	env := func(name string) []string { return []string{"PEERD_" + name} }
 	return []cli.Flag{
 		&cli.StringFlag{Name: "config", Usage: "read settings from this HCL `FILE` (keys are the flag names with '_' for '-')", EnvVars: env("CONFIG")},
+		&cli.StringFlag{Name: "config-dir", Usage: "then read every *.hcl and *.json (HCL's JSON form) file in `DIR`, in name order; a later file's keys win, app blocks add up", EnvVars: env("CONFIG_DIR")},
 		&cli.StringFlag{Name: "node", Usage: "this node's unique `NAME` (default: the hostname)", EnvVars: env("NODE")},
 		&cli.StringFlag{Name: "bind", Usage: "gossip `ADDR` (HOST:PORT), TCP and UDP; port 0 picks a free one, kept across restarts while free (default 0.0.0.0:7946)", EnvVars: env("BIND")},
 		&cli.StringFlag{Name: "advertise", Usage: "gossip `HOST:PORT` other nodes reach this one at, when not --bind (port 0: the bound port)", EnvVars: env("ADVERTISE")},
@@ -66,10 +67,14 @@ func agentFlags() []cli.Flag {
 func agentConfig(c *cli.Context) (daemon.Config, error) {
 	cfg := daemon.DefaultConfig()
 	daemon.ApplyNomadEnv(&cfg, os.Getenv)
-	if path := c.String("config"); path != "" {
-		if err := daemon.LoadFile(path, &cfg); err != nil {
-			return cfg, err
+	var paths []string
+	for _, name := range []string{"config", "config-dir"} {
+		if p := c.String(name); p != "" {
+			paths = append(paths, p)
 		}
+	}
+	if err := daemon.LoadPaths(&cfg, paths...); err != nil {
+		return cfg, err
 	}
 	str := func(name string, dst *string) {
 		if c.IsSet(name) {

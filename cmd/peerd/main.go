@@ -72,6 +72,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		OnUsageError:   onUsageError,
 		Commands: []*cli.Command{
 			agentCommand(),
+			validateCommand(),
 			membersCommand(),
 			appsCommand(),
 			infoCommand(),
