@@ -365,6 +365,29 @@ func WithDefaultPort(addrs []string) []string {
 	return out
 }
 
+// ForceLeave marks a failed member as left at once, as serf force-leave
+// does: the cluster stops trying to reach it, and a rollout or a lease
+// majority stops counting it. Only a failed member can be made to leave: an
+// alive one would refute it, and should leave by itself.
+func (c *Cluster) ForceLeave(name string) error {
+	for _, m := range c.serf.Members() {
+		if m.Name != name {
+			continue
+		}
+		switch m.Status {
+		case serf.StatusAlive:
+			return fmt.Errorf("member %s is alive: only a failed member can be forced to leave; make it leave with 'peerd leave' on that node", name)
+		case serf.StatusLeaving, serf.StatusLeft:
+			return nil
+		}
+		if err := c.serf.RemoveFailedNode(name); err != nil {
+			return fmt.Errorf("force %s to leave: %w", name, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("no member named %q: see 'peerd members' for the names", name)
+}
+
 // SetTags replaces this node's extra tags (TagVersion and TagProtocol stay).
 func (c *Cluster) SetTags(tags map[string]string) error {
 	for _, k := range []string{TagVersion, TagProtocol, TagLeaving} {

@@ -156,7 +156,7 @@ func (c Config) Validate() error {
 		}
 	}
 	for _, a := range append(append([]string{}, c.Join...), c.RetryJoin...) {
-		if err := validJoinAddr(a); err != nil {
+		if err := ValidateJoinAddr(a); err != nil {
 			add("join address: %w", err)
 		}
 	}
@@ -215,7 +215,9 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-func validJoinAddr(a string) error {
+// ValidateJoinAddr checks a --join address (HOST or HOST:PORT), as the
+// agent will read it; 'peerd join' checks its arguments with it too.
+func ValidateJoinAddr(a string) error {
 	if a == "" {
 		return errors.New("empty address")
 	}

@@ -77,6 +77,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			appsCommand(),
 			infoCommand(),
 			leaveCommand(),
+			joinCommand(),
+			forceLeaveCommand(),
 			upgradeCommand(),
 			installCommand(),
 			mkpatchCommand(),

@@ -77,6 +77,28 @@ type Health struct {
 	Version string `json:"version"`
 }
 
+// JoinRequest asks the agent to join the cluster at these gossip addresses
+// (a bare host means port 7946).
+type JoinRequest struct {
+	Addrs []string `json:"addrs"`
+}
+
+// JoinResult is how many of the addresses answered.
+type JoinResult struct {
+	Contacted int `json:"contacted"`
+}
+
+// ForceLeaveRequest asks the agent to mark a failed member as left.
+type ForceLeaveRequest struct {
+	Node string `json:"node"`
+}
+
+// ForceLeaveResult is the member forced out, and its status now.
+type ForceLeaveResult struct {
+	Node   string `json:"node"`
+	Status string `json:"status"`
+}
+
 // Error is the body of a non-2xx answer.
 type Error struct {
 	Error string `json:"error"`

@@ -92,6 +92,26 @@ func (c *Client) Leave(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/leave", nil)
 }
 
+// Join asks the agent to join the cluster at addrs; it returns how many answered.
+func (c *Client) Join(ctx context.Context, addrs []string) (JoinResult, error) {
+	var out JoinResult
+	return out, c.post(ctx, "/v1/join", JoinRequest{Addrs: addrs}, &out)
+}
+
+// ForceLeave asks the agent to mark the failed member node as left.
+func (c *Client) ForceLeave(ctx context.Context, node string) (ForceLeaveResult, error) {
+	var out ForceLeaveResult
+	return out, c.post(ctx, "/v1/force-leave", ForceLeaveRequest{Node: node}, &out)
+}
+
+func (c *Client) post(ctx context.Context, path string, in, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	return c.doBody(ctx, http.MethodPost, path, bytes.NewReader(b), out)
+}
+
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	return c.doBody(ctx, method, path, nil, out)
 }
