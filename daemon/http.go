@@ -27,6 +27,7 @@ func (a *Agent) controlHandler() http.Handler {
 	mux.HandleFunc("POST /v1/leave", a.handleLeave)
 	mux.HandleFunc("POST /v1/join", a.handleJoin)
 	mux.HandleFunc("POST /v1/force-leave", a.handleForceLeave)
+	mux.HandleFunc("POST /v1/forget/{node}", a.handleForget)
 	mux.HandleFunc("POST /v1/rollout/artifacts", a.handleUpload)
 	mux.HandleFunc("POST /v1/rollout/trigger", a.handleTrigger)
 	mux.HandleFunc("POST /v1/rollout/control/{action}", a.handleControl)
@@ -183,6 +184,23 @@ func (a *Agent) unhealthy() string {
 		return fmt.Sprintf("isolated: none of the %d other members still in the cluster is alive in this node's view", others)
 	}
 	return ""
+}
+
+func (a *Agent) handleForget(w http.ResponseWriter, r *http.Request) {
+	node := r.PathValue("node")
+	if node == a.cfg.Node {
+		writeError(w, http.StatusBadRequest, errors.New("a node does not forget its own key; run 'peerd forget' on the other agents"))
+		return
+	}
+	key, err := a.cluster.Forget(node)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	if key != "" {
+		a.log.Warn("identity key forgotten; the next key this member shows is pinned on sight", "member", node, "key", key)
+	}
+	writeJSON(w, api.ForgetResult{Node: node, Forgotten: key != "", Key: key})
 }
 
 func (a *Agent) handleLeave(w http.ResponseWriter, r *http.Request) {

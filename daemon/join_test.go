@@ -42,3 +42,24 @@ func TestJoinAndForceLeaveAtRuntime(t *testing.T) {
 	assert.Equal(t, "left", fl.Status)
 	require.Eventually(t, func() bool { return agenttest.StatusOf(a, "b") == "left" }, 10*time.Second, 10*time.Millisecond)
 }
+
+// TestForget: peerd forget unpins a member's identity key once, says when
+// there was none to unpin, and refuses the agent's own name.
+func TestForget(t *testing.T) {
+	nodes := agenttest.StartCluster(t, 2, v1)
+	ctx := context.Background()
+	c := api.NewClient(nodes[0].Agent.SocketPath())
+	key := nodes[0].Agent.Cluster().PinnedKey("node2")
+	require.NotEmpty(t, key, "node1 pinned node2's key on sight")
+
+	res, err := c.Forget(ctx, "node2")
+	require.NoError(t, err)
+	assert.Equal(t, api.ForgetResult{Node: "node2", Forgotten: true, Key: key}, res)
+	// (Not node2 again: a periodic push-pull may have pinned it anew.)
+	res, err = c.Forget(ctx, "nobody")
+	require.NoError(t, err)
+	assert.Equal(t, api.ForgetResult{Node: "nobody"}, res, "no key pinned, nothing to forget")
+
+	_, err = c.Forget(ctx, "node1")
+	assert.ErrorContains(t, err, "a node does not forget its own key")
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/peerd/peerd/internal/durable"
 	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/peerd/peerd/upgrade/plan"
+	"github.com/peerd/peerd/upgrade/versions"
 )
 
 // errNoSource marks a fetch that found no source this time: peers restart
@@ -96,16 +97,22 @@ func (e *Engine) preparePatch(ctx context.Context, p *plan.Compiled, runningPath
 // it on is said as the origin prints it, true of this agent's settings.
 func (e *Engine) verifySignature(p *plan.Compiled, data []byte) (string, error) {
 	sig := p.Artifact.Signature
-	// A rollback may carry no signature: a node accepts the binary it ran
-	// before and kept, byte for byte, and nothing else unsigned.
-	if p.Rollback && sig == "" {
-		if kept, _, err := artifact.DigestFile(e.keptPath()); err == nil && kept == p.Artifact.SHA256 {
-			return "unsigned rollback: accepted as this node's own kept binary, byte for byte; every other node accepts it only as its own kept binary too, and refuses it before going offline otherwise", nil
-		}
+	// Going down in version needs the release key's consent, a rollback
+	// statement ('peerd sign --rollback'): a plain release signature, which
+	// anyone can replay from a public release, would let a member walk the
+	// fleet back to an old, vulnerable one.
+	running, _ := e.target.Running()
+	highest := e.State().Highest
+	if versions.Compare(running, highest) > 0 {
+		highest = running
 	}
+	down := versions.Compare(p.Version, highest) < 0
 	if len(e.cfg.TrustedKeys) == 0 {
 		if !e.cfg.AllowUnsigned {
 			return "", ErrUnsigned
+		}
+		if down && !p.Rollback {
+			return "", fmt.Errorf("%s is older than %s, which this node has run, and the plan is no rollback: refused", p.Version, highest)
 		}
 		if sig != "" {
 			return "signature not checked: this agent trusts no key (--trust-key) and accepts unsigned artifacts (--allow-unsigned); every agent checks by its own keys", nil
@@ -122,6 +129,13 @@ func (e *Engine) verifySignature(p *plan.Compiled, data []byte) (string, error) 
 	want := artifact.Manifest{Target: p.Target, Version: p.Version, OS: runtime.GOOS, Arch: runtime.GOARCH, SHA256: p.Artifact.SHA256}
 	if err := m.Check(want); err != nil {
 		return "", fmt.Errorf("signature vouches for another artifact: %w", err)
+	}
+	if down && !m.Rollback {
+		return "", fmt.Errorf("%s is older than %s, which this node has run: going back needs a rollback statement signed by a release key "+
+			"('peerd sign --rollback --version %s ARTIFACT', then pass it as --signature)", p.Version, highest, p.Version)
+	}
+	if m.Rollback {
+		return "minisign rollback statement by a key this agent trusts, over target, version, platform and sha256", nil
 	}
 	return "minisign signature by a key this agent trusts, over target, version, platform and sha256", nil
 }

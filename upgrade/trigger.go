@@ -121,7 +121,7 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 		}
 		// What the member runs of the target: what a rollback of this plan
 		// goes back to (rollbackVersion).
-		pm := plan.Member{Name: m.Name, Version: e.target.VersionOf(m)}
+		pm := plan.Member{Name: m.Name, Version: e.target.VersionOf(m), Key: m.Tags[cluster.TagKey]}
 		if req.Options.ByTag != "" {
 			pm.Tag = m.Tags[req.Options.ByTag]
 		}
@@ -231,6 +231,7 @@ func patchSHA(c *plan.Compiled) string {
 // announcePlan makes c, which holds the plan lock, this node's next plan
 // and tells the cluster.
 func (e *Engine) announcePlan(ctx context.Context, c *plan.Compiled, checks []string) (TriggerResult, error) {
+	c.Sig = e.id.Sign(domainPlan, []byte(c.ID))
 	res := TriggerResult{PlanID: c.ID, Plan: c.Plan, Waves: c.Waves, Checks: checks}
 	reply := make(chan error, 1)
 	e.m.mail.post(triggerMsg{p: c, reply: reply})

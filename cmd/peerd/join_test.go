@@ -55,3 +55,22 @@ func TestJoinAndForceLeave(t *testing.T) {
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr.String(), "member n1 is alive")
 }
+
+// TestForget: what peerd forget prints, whether or not a key was pinned.
+func TestForget(t *testing.T) {
+	agent := newFakeAgent(t, map[string]http.HandlerFunc{
+		"POST /v1/forget/n3": answer(api.ForgetResult{Node: "n3", Forgotten: true, Key: "ed25519:0123456789abcdef"}),
+		"POST /v1/forget/n9": answer(api.ForgetResult{Node: "n9"}),
+	})
+	code, out := runCLI(t, "forget", "--socket", agent.Socket, "n3")
+	require.Equal(t, 0, code)
+	assert.Equal(t, "forgot the identity key of n3 (ed25519:0123…): its next one will be pinned on sight\n", out)
+	code, out = runCLI(t, "forget", "--socket", agent.Socket, "n9")
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, `no identity key was pinned for "n9": nothing to forget`)
+	code, out = runCLI(t, "forget", "--socket", agent.Socket, "--json", "n3")
+	require.Equal(t, 0, code)
+	assert.JSONEq(t, `{"node": "n3", "forgotten": true, "key": "ed25519:0123456789abcdef"}`, out)
+	code, _ = runCLI(t, "forget", "--socket", agent.Socket)
+	assert.Equal(t, 2, code)
+}

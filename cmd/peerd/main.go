@@ -79,6 +79,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			leaveCommand(),
 			joinCommand(),
 			forceLeaveCommand(),
+			forgetCommand(),
 			upgradeCommand(),
 			installCommand(),
 			mkpatchCommand(),

@@ -33,6 +33,7 @@ func signCommand() *cli.Command {
 			&cli.StringFlag{Name: "os", Value: runtime.GOOS, Usage: "the artifact's `OS` (GOOS)"},
 			&cli.StringFlag{Name: "arch", Value: runtime.GOARCH, Usage: "the artifact's architecture, `ARCH` (GOARCH)"},
 			&cli.StringFlag{Name: "out", Usage: "signature `FILE` (default ARTIFACT.minisig)"},
+			&cli.BoolFlag{Name: "rollback", Usage: "make a rollback statement: consent that nodes at a newer version go back to this one (a plain release signature never allows that)"},
 			&cli.StringFlag{Name: "generate", Usage: "instead of signing, write a new unencrypted key pair `PREFIX`.key (mode 0600) and PREFIX.pub, as 'minisign -G -W' does"},
 			&cli.BoolFlag{Name: "force", Usage: "with --generate: replace an existing key pair"},
 		},
@@ -65,7 +66,8 @@ func signCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			m := artifact.Manifest{Target: c.String("target"), Version: c.String("version"), OS: c.String("os"), Arch: c.String("arch"), SHA256: sha, Size: size}
+			m := artifact.Manifest{Target: c.String("target"), Version: c.String("version"), OS: c.String("os"), Arch: c.String("arch"), SHA256: sha, Size: size,
+				Rollback: c.Bool("rollback")}
 			sig, err := artifact.Sign(key, data, m)
 			if err != nil {
 				return err

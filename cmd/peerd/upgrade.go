@@ -68,8 +68,11 @@ func upgradeSubcommands() []*cli.Command {
 			Usage: "roll the cluster back to the version the last plan upgraded it from, progressively, as a new plan",
 			Description: "The version is the one the last plan upgraded the cluster's nodes from, whichever node this\n" +
 				"runs on. The artifact is this node's kept binary of that version (DATA_DIR/versions/previous,\n" +
-				"or the launcher itself), and nodes accept it unsigned only if it is byte for byte the binary\n" +
-				"they kept themselves. Give --to, --artifact and --signature to roll back to another build.",
+				"or the launcher itself). Agents that trust release keys (--trust-key) go back only with a\n" +
+				"rollback statement signed by one: sign that release with\n" +
+				"  peerd sign --rollback --key KEY --version VERSION FILE\n" +
+				"and pass --signature FILE.minisig (a plain release signature never allows going back).\n" +
+				"Give --to, --artifact and --signature to roll back to another build.",
 			Flags:  upgradeFlags(),
 			Action: func(c *cli.Context) error { return startUpgrade(c, true) },
 		},

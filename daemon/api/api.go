@@ -99,6 +99,14 @@ type ForceLeaveResult struct {
 	Status string `json:"status"`
 }
 
+// ForgetResult is the identity key an agent unpinned for a member: Key is
+// "" (and Forgotten false) when it had pinned none for that name.
+type ForgetResult struct {
+	Node      string `json:"node"`
+	Forgotten bool   `json:"forgotten"`
+	Key       string `json:"key,omitempty"`
+}
+
 // Error is the body of a non-2xx answer.
 type Error struct {
 	Error string `json:"error"`

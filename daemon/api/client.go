@@ -112,6 +112,12 @@ func (c *Client) post(ctx context.Context, path string, in, out any) error {
 	return c.doBody(ctx, http.MethodPost, path, bytes.NewReader(b), out)
 }
 
+// Forget unpins a member's identity key on the local agent.
+func (c *Client) Forget(ctx context.Context, node string) (ForgetResult, error) {
+	var out ForgetResult
+	return out, c.do(ctx, http.MethodPost, "/v1/forget/"+url.PathEscape(node), &out)
+}
+
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	return c.doBody(ctx, method, path, nil, out)
 }
