@@ -42,6 +42,10 @@ type Options struct {
 	// AppHandovers are the applications the previous peerd image left
 	// running across its re-exec, for the supervisors to adopt.
 	AppHandovers []apps.Handover
+	// SocketGroup is the group whose members may use the control socket
+	// (mode 0660), when it exists; otherwise only the agent's user may
+	// (0600). Default: DefaultSocketGroup.
+	SocketGroup string
 }
 
 // ErrRestart is returned by Run when the agent must restart into a new
@@ -150,7 +154,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return err
 	}
 	a.httpAddr = a.peerLn.Addr().String()
-	a.controlLn, err = listenSocket(a.cfg.SocketPath())
+	a.controlLn, err = a.listenSocket(a.cfg.SocketPath())
 	if err != nil {
 		return err
 	}
@@ -271,33 +275,6 @@ func prepareDataDir(dir string) error {
 	}
 	f.Close()
 	return os.Remove(f.Name())
-}
-
-// listenSocket serves the control API on a unix socket only its owner can
-// use. A socket left behind by a dead agent is replaced; one that answers
-// belongs to a live agent and is an error.
-func listenSocket(path string) (net.Listener, error) {
-	if _, err := os.Stat(path); err == nil {
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("another agent is serving socket %s; stop it or choose another --socket", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("remove stale socket: %w", err)
-		}
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create socket dir: %w", err)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("restrict socket %s: %w", path, err)
-	}
-	return ln, nil
 }
 
 // retryJoin keeps trying the retry-join addresses with exponential backoff

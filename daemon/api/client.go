@@ -11,7 +11,9 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -139,6 +141,9 @@ func (c *Client) doBody(ctx context.Context, method, path string, body io.Reader
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
 			return fmt.Errorf("no agent answers at socket %s: is the agent running? (point --socket or PEERD_SOCKET at its socket)", c.socket)
 		}
+		if errors.Is(err, os.ErrPermission) {
+			return errors.New(permissionHint(c.socket))
+		}
 		return fmt.Errorf("call agent at %s: %w", c.socket, err)
 	}
 	defer resp.Body.Close()
@@ -160,6 +165,30 @@ func (c *Client) doBody(ctx context.Context, method, path string, body io.Reader
 		return fmt.Errorf("decode agent answer: %w", err)
 	}
 	return nil
+}
+
+// permissionHint says why this user may not use the socket and who may.
+func permissionHint(socket string) string {
+	fi, err := os.Stat(socket)
+	if err != nil {
+		return fmt.Sprintf("permission denied: cannot reach socket %s (its directory is closed to this user): run as the agent's user, root, "+
+			"or a member of group peerd when the data dir is open to it (packages make it 0750, group peerd)", socket)
+	}
+	owner, group := "its owner", "its group"
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if u, err := user.LookupId(strconv.Itoa(int(st.Uid))); err == nil {
+			owner = "user " + u.Username
+		}
+		if g, err := user.LookupGroupId(strconv.Itoa(int(st.Gid))); err == nil {
+			group = g.Name
+		}
+	}
+	if fi.Mode().Perm()&0o060 == 0o060 {
+		return fmt.Sprintf("permission denied on socket %s: only %s and members of group %s may use it; "+
+			"add yourself to the group (sudo usermod -aG %s $USER, then log in again) or run as root", socket, owner, group, group)
+	}
+	return fmt.Sprintf("permission denied on socket %s: only %s may use it (mode %04o); run as that user or root "+
+		"(an agent gives its socket to group peerd, mode 0660, when that group exists)", socket, owner, fi.Mode().Perm())
 }
 
 // UploadArtifact streams a local file to the agent's artifact store.
