@@ -62,6 +62,7 @@ type Agent struct {
 	cfg    Config
 	opts   Options
 	log    *slog.Logger
+	logs   *logHub
 	notify Notifier
 
 	// Set by Start, read-only after.
@@ -97,6 +98,9 @@ func New(cfg Config, opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	// Every component logs through the hub, which 'peerd monitor' taps.
+	logs := newLogHub()
+	opts.Logger = slog.New(logs.handler(opts.Logger.Handler()))
 	if opts.Notifier == nil {
 		opts.Notifier = SystemdNotifier{}
 	}
@@ -121,6 +125,7 @@ func New(cfg Config, opts Options) (*Agent, error) {
 		cfg:     cfg,
 		opts:    opts,
 		log:     opts.Logger.With("component", "agent"),
+		logs:    logs,
 		notify:  opts.Notifier,
 		fatal:   make(chan error, 1),
 		restart: make(chan struct{}, 1),
@@ -188,7 +193,10 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel
-	a.control = &http.Server{Handler: a.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
+	// Requests end when the agent closes: a monitor's stream would hold
+	// the control server's Shutdown for its whole timeout otherwise.
+	a.control = &http.Server{Handler: a.controlHandler(), ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return bg }}
 	a.peer = &http.Server{Handler: a.peerHandler(), ReadHeaderTimeout: 10 * time.Second}
 	a.serve(a.control, a.controlLn)
 	a.serve(a.peer, a.peerLn)

@@ -28,6 +28,7 @@ func (a *Agent) controlHandler() http.Handler {
 	mux.HandleFunc("POST /v1/join", a.handleJoin)
 	mux.HandleFunc("POST /v1/force-leave", a.handleForceLeave)
 	mux.HandleFunc("POST /v1/forget/{node}", a.handleForget)
+	mux.HandleFunc("GET /v1/monitor", a.handleMonitor)
 	mux.HandleFunc("POST /v1/rollout/artifacts", a.handleUpload)
 	mux.HandleFunc("POST /v1/rollout/trigger", a.handleTrigger)
 	mux.HandleFunc("POST /v1/rollout/control/{action}", a.handleControl)

@@ -80,6 +80,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			joinCommand(),
 			forceLeaveCommand(),
 			forgetCommand(),
+			monitorCommand(),
 			upgradeCommand(),
 			installCommand(),
 			mkpatchCommand(),

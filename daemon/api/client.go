@@ -138,13 +138,7 @@ func (c *Client) doBody(ctx context.Context, method, path string, body io.Reader
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("no agent answers at socket %s: is the agent running? (point --socket or PEERD_SOCKET at its socket)", c.socket)
-		}
-		if errors.Is(err, os.ErrPermission) {
-			return errors.New(permissionHint(c.socket))
-		}
-		return fmt.Errorf("call agent at %s: %w", c.socket, err)
+		return c.callError(err)
 	}
 	defer resp.Body.Close()
 	respBody, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
@@ -165,6 +159,59 @@ func (c *Client) doBody(ctx context.Context, method, path string, body io.Reader
 		return fmt.Errorf("decode agent answer: %w", err)
 	}
 	return nil
+}
+
+// callError says what to do about a call that reached no agent.
+func (c *Client) callError(err error) error {
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("no agent answers at socket %s: is the agent running? (point --socket or PEERD_SOCKET at its socket)", c.socket)
+	}
+	if errors.Is(err, os.ErrPermission) {
+		return errors.New(permissionHint(c.socket))
+	}
+	return fmt.Errorf("call agent at %s: %w", c.socket, err)
+}
+
+// Monitor copies the agent's log to w from now on, at level (debug, info,
+// warn or error; "" is info), as text lines or JSON lines, until ctx ends
+// (it returns nil) or the agent ends the stream (io.ErrUnexpectedEOF).
+func (c *Client) Monitor(ctx context.Context, level string, jsonLines bool, w io.Writer) error {
+	q := url.Values{}
+	if level != "" {
+		q.Set("level", level)
+	}
+	if jsonLines {
+		q.Set("format", "json")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://peerd/v1/monitor?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	hc := *c.hc
+	hc.Timeout = 0 // a stream, bounded by ctx
+	resp, err := hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return c.callError(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		var e Error
+		if json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("agent answered %s", resp.Status)
+	}
+	_, err = io.Copy(w, resp.Body)
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("the agent ended the log stream (it stopped or restarted): %w", err)
 }
 
 // permissionHint says why this user may not use the socket and who may.
