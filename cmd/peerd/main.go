@@ -100,6 +100,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			cmd.HideHelpCommand = true
 			if cmd.ArgsUsage == "" && len(cmd.Subcommands) == 0 && cmd.Action != nil {
 				cmd.Action = noArgs(cmd.Name, cmd.Action)
+			} else if cmd.ArgsUsage != "" && cmd.Action != nil {
+				cmd.Action = flagsFirst(cmd, cmd.Action)
 			}
 			prepare(cmd.Subcommands)
 		}
@@ -115,6 +117,27 @@ func noArgs(name string, action cli.ActionFunc) cli.ActionFunc {
 	return func(c *cli.Context) error {
 		if c.NArg() > 0 {
 			return usagef("%s takes no arguments, got %q (flags start with --)", name, c.Args().First())
+		}
+		return action(c)
+	}
+}
+
+// flagsFirst refuses one of the command's flags given after its
+// arguments: urfave/cli reads flags only before the first argument, so
+// 'peerd join 10.0.0.1 --socket S' would take "--socket" for an address.
+func flagsFirst(cmd *cli.Command, action cli.ActionFunc) cli.ActionFunc {
+	names := map[string]bool{}
+	for _, f := range cmd.Flags {
+		for _, n := range f.Names() {
+			names[n] = true
+		}
+	}
+	return func(c *cli.Context) error {
+		for _, a := range c.Args().Slice() {
+			name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+			if strings.HasPrefix(a, "-") && names[name] {
+				return usagef("%s: put %s before the arguments (peerd %s [options] %s)", cmd.Name, a, cmd.Name, cmd.ArgsUsage)
+			}
 		}
 		return action(c)
 	}
