@@ -58,8 +58,10 @@ func upgradeFlags() []cli.Flag {
 func upgradeSubcommands() []*cli.Command {
 	return []*cli.Command{
 		{
-			Name:   "status",
-			Usage:  "show the rollout's progress per wave, and what to do if it halted",
+			Name:  "status",
+			Usage: "show the rollout's progress per wave, and what to do if it halted",
+			Description: "One row per node: its wave (from 1), phase, version and Serf status, and for a\n" +
+				"failed node the reason. --json prints the same as one document (docs/json.md).\n\n" + phaseLegend,
 			Flags:  append(clientFlags(), appFlag(), &cli.BoolFlag{Name: "watch", Usage: "follow the rollout until it ends"}),
 			Action: runUpgradeStatus,
 		},
@@ -238,8 +240,9 @@ func runTrigger(c *cli.Context, req upgrade.TriggerRequest) error {
 // once, the rollout's final status, as one JSON document: a script reads
 // stdout with one json.Unmarshal (or jq) whatever happened in between.
 func printTriggerJSON(c *cli.Context, cl *api.Client, res upgrade.TriggerResult, now bool) error {
+	doc := newPlanDoc(res)
 	if now {
-		return printJSON(c, res)
+		return printJSON(c, doc)
 	}
 	st, err := follow(c, cl, res.PlanID, nil)
 	if st.State == "" {
@@ -247,10 +250,9 @@ func printTriggerJSON(c *cli.Context, cl *api.Client, res upgrade.TriggerResult,
 		// away): the document says what was started, the error why it ends.
 		st.State = upgrade.StateNone
 	}
-	if perr := printJSON(c, struct {
-		upgrade.TriggerResult
-		Status upgrade.Status `json:"status"`
-	}{res, st}); err == nil {
+	rs := newRolloutState(st)
+	doc.Status = &rs
+	if perr := printJSON(c, doc); err == nil {
 		err = perr
 	}
 	return err
@@ -266,7 +268,7 @@ func runUpgradeStatus(c *cli.Context) error {
 		return err
 	}
 	if c.Bool("json") {
-		return printJSON(c, st)
+		return printJSON(c, newRolloutState(st))
 	}
 	printStatus(c.App.Writer, st)
 	return nil
@@ -279,7 +281,7 @@ func watch(c *cli.Context, cl *api.Client, planID string) error {
 	if c.Bool("json") {
 		st, err := follow(c, cl, planID, nil)
 		if st.State != "" {
-			if perr := printJSON(c, st); err == nil {
+			if perr := printJSON(c, newRolloutState(st)); err == nil {
 				err = perr
 			}
 		}
@@ -368,7 +370,7 @@ func progressLine(st upgrade.Status) string {
 	for _, wv := range st.Waves {
 		for _, n := range wv.Nodes {
 			if n.Phase != upgrade.PhaseDone && n.Phase != upgrade.PhaseWait {
-				busy = append(busy, fmt.Sprintf("%s %s", n.Name, phaseWord(n.Phase)))
+				busy = append(busy, fmt.Sprintf("%s %s", n.Name, n.Phase))
 			}
 		}
 	}
@@ -380,23 +382,17 @@ func progressLine(st upgrade.Status) string {
 	return line
 }
 
-func phaseWord(p upgrade.Phase) string {
-	switch p {
-	case upgrade.PhasePrepare:
-		return "preparing"
-	case upgrade.PhaseReady:
-		return "waiting for lease"
-	case upgrade.PhaseApply, upgrade.PhaseRestart:
-		return "offline"
-	case upgrade.PhaseHealth:
-		return "verifying"
-	case upgrade.PhaseFailed:
-		return "FAILED"
-	case upgrade.PhaseAborted:
-		return "aborted"
-	}
-	return string(p)
-}
+// phaseLegend says what each phase name in status, JSON and logs means.
+const phaseLegend = "Phases (the same names in the table, --json and the agents' logs):\n" +
+	"  wait     the plan is known; earlier waves are not done yet\n" +
+	"  prep     fetching and verifying the artifact (the node is online)\n" +
+	"  ready    prepared; asking a majority for the wave's lease\n" +
+	"  apply    lease held; installing the new binary (offline)\n" +
+	"  restart  restarting into the new binary (offline)\n" +
+	"  health   the new version is up; its health gate is running\n" +
+	"  done     upgraded and healthy, or already at the target\n" +
+	"  fail     failed (and rolled back if it had gone offline)\n" +
+	"  abort    the rollout was aborted before this node started"
 
 func printStatus(w io.Writer, st upgrade.Status) {
 	if st.State == upgrade.StateNone {
@@ -415,7 +411,7 @@ func printStatus(w io.Writer, st upgrade.Status) {
 			label += " (joined late)"
 		}
 		for _, n := range wv.Nodes {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", label, n.Name, phaseWord(n.Phase), n.Version, n.Member, n.Reason)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", label, n.Name, n.Phase, n.Version, n.Member, n.Reason)
 		}
 	}
 	tw.Flush()
