@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -148,6 +149,10 @@ func generateSigningKey(c *cli.Context, prefix string) error {
 	pubFile := fmt.Sprintf("untrusted comment: minisign public key %016X\n%s\n", pub.ID(), lines[len(lines)-1])
 	// durable.WriteFile writes a new file and renames it over the old one,
 	// so the mode is the one given, not the replaced file's.
+	// minisign ends its key files with a newline; MarshalText does not.
+	if !bytes.HasSuffix(privText, []byte("\n")) {
+		privText = append(privText, '\n')
+	}
 	if err := durable.WriteFile(keyPath, privText, 0o600); err != nil {
 		return fmt.Errorf("write secret key: %w", err)
 	}

@@ -93,4 +93,24 @@ func TestSignKeysWorkWithMinisign(t *testing.T) {
 	got, err := artifact.VerifySignature(keys, data, sig)
 	require.NoError(t, err)
 	assert.NoError(t, got.Check(m))
+
+	// minisign's own key pair, unencrypted (-W): its files look as peerd's
+	// do, line for line, and peerd signs with its secret key.
+	gen := exec.Command(minisign, "-G", "-W", "-p", filepath.Join(dir, "m.pub"), "-s", filepath.Join(dir, "m.key"))
+	out, err = gen.CombinedOutput()
+	require.NoError(t, err, "minisign -G: %s", out)
+	for _, ext := range []string{".pub", ".key"} {
+		theirs, err := os.ReadFile(filepath.Join(dir, "m"+ext))
+		require.NoError(t, err)
+		ours, err := os.ReadFile(prefix + ext)
+		require.NoError(t, err)
+		tl, ol := strings.Split(string(theirs), "\n"), strings.Split(string(ours), "\n")
+		require.Len(t, ol, len(tl), "%s: as many lines as minisign's", ext)
+		assert.Equal(t, strings.TrimRight(tl[0], "0123456789ABCDEF"), strings.TrimRight(ol[0], "0123456789ABCDEF"), "%s: the same comment", ext)
+		assert.Equal(t, len(tl[1]), len(ol[1]), "%s: a key line of the same length", ext)
+	}
+	code, _ = runCLI(t, "sign", "--key", filepath.Join(dir, "m.key"), "--version", "2.0.0", "--out", art+".m.minisig", art)
+	require.Equal(t, 0, code, "peerd signs with minisign's unencrypted secret key")
+	out, err = exec.Command(minisign, "-V", "-p", filepath.Join(dir, "m.pub"), "-m", art, "-x", art+".m.minisig").CombinedOutput()
+	require.NoError(t, err, "minisign -V: %s", out)
 }
