@@ -40,7 +40,9 @@ GORELEASER_VERSION ?= v2.12.5
 .PHONY: help build test test-sim unit lint fmt demo demo-app bench bench-sim clean gen packages goreleaser-check test-systemd
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
+	  '{ name[NR] = $$1; text[NR] = $$2; if (length($$1) > w) w = length($$1) } \
+	  END { for (i = 1; i <= NR; i++) printf "  %-" w "s  %s\n", name[i], text[i] }'
 
 build: ## build OUT (bin/peerd) at VERSION with PROTOCOL_MIN..PROTOCOL_MAX
 	@case "$(PROTOCOL_MIN)$(PROTOCOL_MAX)" in *[!0-9]*|"") echo "PROTOCOL_MIN and PROTOCOL_MAX must be whole numbers" >&2; exit 2;; esac

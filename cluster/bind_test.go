@@ -90,3 +90,28 @@ func TestAdvertisePortWithBindPortZero(t *testing.T) {
 	assert.Equal(t, "10.0.0.1", sc.MemberlistConfig.AdvertiseAddr)
 	assert.Equal(t, 7946, sc.MemberlistConfig.AdvertisePort)
 }
+
+// TestJoinAddressDefaultPort: a join address without a port means the
+// default gossip port, not this node's own bind port (memberlist's
+// default), which with --bind HOST:0 is some port the cluster never used.
+func TestJoinAddressDefaultPort(t *testing.T) {
+	assert.Equal(t, []string{"10.0.0.1:7946", "10.0.0.2:8000", "[::1]:7946", "[fe80::1]:9", "node1.example:7946"},
+		WithDefaultPort([]string{"10.0.0.1", "10.0.0.2:8000", "::1", "[fe80::1]:9", "node1.example"}))
+}
+
+// TestBindHintBlamesOnlyTheCause: "stop the process using it" only for an
+// address in use.
+func TestBindHintBlamesOnlyTheCause(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	err = checkBindable(ln.Addr().String())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "stop the process using it")
+
+	// 192.0.2.1 (TEST-NET-1) is no address of this host: nothing is sent.
+	err = checkBindable("192.0.2.1:7946")
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "process using it")
+	assert.Contains(t, err.Error(), "not an address of this host")
+}

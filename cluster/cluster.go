@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/serf/serf"
@@ -111,10 +112,11 @@ func New(cfg Config) (*Cluster, error) {
 }
 
 // Forget unpins a member's identity key, so that it may come back with a
-// new one (its data dir was lost). Only an operator should ask this.
-func (c *Cluster) Forget(name string) error {
+// new one (its data dir was lost). Only an operator should ask this. It
+// returns the key it unpinned, "" if none was pinned for name.
+func (c *Cluster) Forget(name string) (string, error) {
 	if c.merge.pins == nil {
-		return errors.New("this node pins no identity keys")
+		return "", errors.New("this node pins no identity keys")
 	}
 	return c.merge.pins.forget(name)
 }
@@ -324,15 +326,29 @@ func checkBindable(addr string) error {
 	hp := net.JoinHostPort(host, strconv.Itoa(port))
 	l, err := net.Listen("tcp", hp)
 	if err != nil {
-		return fmt.Errorf("gossip address %s (TCP) is not available: %w; choose another port with --bind or stop the process using it", hp, err)
+		return fmt.Errorf("gossip address %s (TCP) is not available: %w; %s", hp, err, BindHint(err, "--bind"))
 	}
 	l.Close()
 	p, err := net.ListenPacket("udp", hp)
 	if err != nil {
-		return fmt.Errorf("gossip address %s (UDP) is not available: %w; choose another port with --bind or stop the process using it", hp, err)
+		return fmt.Errorf("gossip address %s (UDP) is not available: %w; %s", hp, err, BindHint(err, "--bind"))
 	}
 	p.Close()
 	return nil
+}
+
+// BindHint says what to do about a failed bind, by its cause: another
+// process is to blame only when the address is in use.
+func BindHint(err error, flag string) string {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return "stop the process using it, or choose another port with " + flag
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return "it is not an address of this host: give " + flag + " one of this host's addresses (ip addr), or 0.0.0.0"
+	case errors.Is(err, syscall.EACCES):
+		return "ports below 1024 need privileges: choose a port of 1024 or above with " + flag
+	}
+	return "check " + flag
 }
 
 // tagsLocked merges user, own and identity tags; identity wins.
@@ -353,6 +369,7 @@ func (c *Cluster) tagsLocked() map[string]string {
 // the error wraps ErrIncompatibleProtocol and names both ranges.
 func (c *Cluster) Join(addrs []string) (int, error) {
 	c.merge.clearRefusal()
+	addrs = WithDefaultPort(addrs)
 	n, err := c.serf.Join(addrs, true)
 	if n > 0 {
 		return n, nil
@@ -368,6 +385,47 @@ func (c *Cluster) Join(addrs []string) (int, error) {
 		hint = " (if the cluster is up and uses gossip encryption, give this node its key with --encrypt or --keyring-file)"
 	}
 	return 0, fmt.Errorf("join %s: %w%s", strings.Join(addrs, ", "), err, hint)
+}
+
+// DefaultPort is the gossip port of a join address that names none, and
+// of the default --bind.
+const DefaultPort = 7946
+
+// WithDefaultPort gives every address that names no port DefaultPort.
+// memberlist would use this node's own bind port instead, which with
+// --bind HOST:0 or a non-default port is not where the cluster listens.
+func WithDefaultPort(addrs []string) []string {
+	out := make([]string, len(addrs))
+	for i, a := range addrs {
+		out[i] = a
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			out[i] = net.JoinHostPort(strings.Trim(a, "[]"), strconv.Itoa(DefaultPort))
+		}
+	}
+	return out
+}
+
+// ForceLeave marks a failed member as left at once, as serf force-leave
+// does: the cluster stops trying to reach it, and a rollout or a lease
+// majority stops counting it. Only a failed member can be made to leave: an
+// alive one would refute it, and should leave by itself.
+func (c *Cluster) ForceLeave(name string) error {
+	for _, m := range c.serf.Members() {
+		if m.Name != name {
+			continue
+		}
+		switch m.Status {
+		case serf.StatusAlive:
+			return fmt.Errorf("member %s is alive: only a failed member can be forced to leave; make it leave with 'peerd leave' on that node", name)
+		case serf.StatusLeaving, serf.StatusLeft:
+			return nil
+		}
+		if err := c.serf.RemoveFailedNode(name); err != nil {
+			return fmt.Errorf("force %s to leave: %w", name, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("no member named %q: see 'peerd members' for the names", name)
 }
 
 // SetTags replaces this node's extra tags (TagVersion and TagProtocol stay).

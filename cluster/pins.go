@@ -84,13 +84,15 @@ func (p *pins) memberOf(key string) string {
 	return ""
 }
 
-// forget unpins name: its next key is pinned on sight.
-func (p *pins) forget(name string) error {
+// forget unpins name: its next key is pinned on sight. It returns the key
+// it unpinned, "" if none was pinned.
+func (p *pins) forget(name string) (string, error) {
 	p.mu.Lock()
+	key, ok := p.keys[name]
 	delete(p.keys, name)
-	p.dirty = true
+	p.dirty = p.dirty || ok
 	p.mu.Unlock()
-	return p.save()
+	return key, p.save()
 }
 
 // save writes the pins if they changed. It runs outside memberlist's lock

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/daemon/api"
 	"github.com/peerd/peerd/internal/durable"
 )
@@ -53,7 +54,7 @@ func listenHTTP(addr string, prefer int) (net.Listener, error) {
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("peer HTTP address %s is not available: %w; choose another --http-addr (port 0 picks a free one)", addr, err)
+		return nil, fmt.Errorf("peer HTTP address %s is not available: %w; %s (port 0 picks a free one)", addr, err, cluster.BindHint(err, "--http-addr"))
 	}
 	return ln, nil
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -44,6 +45,10 @@ type Options struct {
 	// AppHandovers are the applications the previous peerd image left
 	// running across its re-exec, for the supervisors to adopt.
 	AppHandovers []apps.Handover
+	// SocketGroup is the group whose members may use the control socket
+	// (mode 0660), when it exists; otherwise only the agent's user may
+	// (0600). Default: DefaultSocketGroup.
+	SocketGroup string
 }
 
 // ErrRestart is returned by Run when the agent must restart into a new
@@ -60,6 +65,7 @@ type Agent struct {
 	cfg    Config
 	opts   Options
 	log    *slog.Logger
+	logs   *logHub
 	notify Notifier
 
 	// Set by Start, read-only after.
@@ -99,6 +105,9 @@ func New(cfg Config, opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	// Every component logs through the hub, which 'peerd monitor' taps.
+	logs := newLogHub()
+	opts.Logger = slog.New(logs.handler(opts.Logger.Handler()))
 	if opts.Notifier == nil {
 		opts.Notifier = SystemdNotifier{}
 	}
@@ -123,6 +132,7 @@ func New(cfg Config, opts Options) (*Agent, error) {
 		cfg:     cfg,
 		opts:    opts,
 		log:     opts.Logger.With("component", "agent"),
+		logs:    logs,
 		notify:  opts.Notifier,
 		fatal:   make(chan error, 1),
 		restart: make(chan struct{}, 1),
@@ -169,7 +179,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return err
 	}
 	a.httpAddr = a.peerLn.Addr().String()
-	a.controlLn, err = listenSocket(a.cfg.SocketPath())
+	a.controlLn, err = a.listenSocket(a.cfg.SocketPath())
 	if err != nil {
 		return err
 	}
@@ -205,7 +215,10 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel
-	a.control = &http.Server{Handler: a.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
+	// Requests end when the agent closes: a monitor's stream would hold
+	// the control server's Shutdown for its whole timeout otherwise.
+	a.control = &http.Server{Handler: a.controlHandler(), ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return bg }}
 	a.peer = &http.Server{Handler: a.peerHandler(), ReadHeaderTimeout: 10 * time.Second}
 	a.peerTLS = &http.Server{Handler: a.peer.Handler, ReadHeaderTimeout: 10 * time.Second, TLSConfig: peertls.ServerConfig(a.peerCert)}
 	a.peerMux = peertls.Split(a.peerLn)
@@ -318,33 +331,6 @@ func prepareDataDir(dir string) error {
 	}
 	f.Close()
 	return os.Remove(f.Name())
-}
-
-// listenSocket serves the control API on a unix socket only its owner can
-// use. A socket left behind by a dead agent is replaced; one that answers
-// belongs to a live agent and is an error.
-func listenSocket(path string) (net.Listener, error) {
-	if _, err := os.Stat(path); err == nil {
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("another agent is serving socket %s; stop it or choose another --socket", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("remove stale socket: %w", err)
-		}
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create socket dir: %w", err)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("restrict socket %s: %w", path, err)
-	}
-	return ln, nil
 }
 
 // retryJoin keeps trying the retry-join addresses with exponential backoff
@@ -460,6 +446,11 @@ func (a *Agent) reload(reload func() (Config, error)) {
 		a.opts.Level.Set(lvl)
 	}
 	a.log.Info("reloaded", "tags", cfg.Tags, "log_level", cfg.LogLevel)
+	if keys := restartNeeded(a.cfg, cfg); len(keys) > 0 {
+		// Not an error: the file may be edited ahead of a planned restart.
+		a.log.Warn("the config changed settings that a reload cannot apply; they take effect when the agent restarts (systemctl restart peerd)",
+			"settings", strings.Join(keys, ", "))
+	}
 }
 
 // Leave tells the cluster this node is leaving and waits for the word to

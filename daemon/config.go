@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -101,8 +102,8 @@ type Config struct {
 	// checks an upgraded node must pass before its wave counts as done.
 	HealthCmd string
 	HealthURL string
-	// ConfigFile is where the config was read from, for reloads.
-	ConfigFile string
+	// ConfigFiles are the files the config was read from, in order.
+	ConfigFiles []string
 	// Apps are the applications the agent supervises on this node (HCL
 	// `app "NAME" { ... }` blocks; the config file only).
 	Apps []apps.Config
@@ -148,8 +149,10 @@ func (c Config) Validate() error {
 		add("--bind: %w", err)
 	}
 	if c.Advertise != "" {
-		if _, _, err := cluster.SplitHostPort(c.Advertise); err != nil {
+		if host, _, err := cluster.SplitHostPort(c.Advertise); err != nil {
 			add("--advertise: %w", err)
+		} else if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			add("--advertise %s: other nodes cannot reach an unspecified address; give the IP address they reach this node at (or leave --advertise out: memberlist then picks this host's address)", c.Advertise)
 		} else if _, bp, _ := cluster.SplitHostPort(c.Bind); bp == 0 {
 			// memberlist advertises the port it picks for 0 instead.
 			if _, ap, _ := cluster.SplitHostPort(c.Advertise); ap != 0 {
@@ -163,7 +166,7 @@ func (c Config) Validate() error {
 		}
 	}
 	for _, a := range append(append([]string{}, c.Join...), c.RetryJoin...) {
-		if err := validJoinAddr(a); err != nil {
+		if err := ValidateJoinAddr(a); err != nil {
 			add("join address: %w", err)
 		}
 	}
@@ -230,7 +233,9 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-func validJoinAddr(a string) error {
+// ValidateJoinAddr checks a --join address (HOST or HOST:PORT), as the
+// agent will read it; 'peerd join' checks its arguments with it too.
+func ValidateJoinAddr(a string) error {
 	if a == "" {
 		return errors.New("empty address")
 	}
@@ -263,6 +268,46 @@ func (c Config) KeyringPath() string {
 func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
+}
+
+// restartNeeded lists the config file keys whose values differ between the
+// running config and a reloaded one, other than those a reload applies
+// (tags and log_level): a SIGHUP must not let an operator believe that a
+// new bind address or trust key is in force.
+func restartNeeded(running, reloaded Config) []string {
+	var keys []string
+	for _, f := range []struct {
+		key      string
+		old, new any
+	}{
+		{"node", running.Node, reloaded.Node},
+		{"bind", running.Bind, reloaded.Bind},
+		{"advertise", running.Advertise, reloaded.Advertise},
+		{"join", running.Join, reloaded.Join},
+		{"retry_join", running.RetryJoin, reloaded.RetryJoin},
+		{"retry_join_interval", running.RetryJoinInterval, reloaded.RetryJoinInterval},
+		{"retry_join_max_interval", running.RetryJoinMaxInterval, reloaded.RetryJoinMaxInterval},
+		{"data_dir", running.DataDir, reloaded.DataDir},
+		{"encrypt", running.Encrypt, reloaded.Encrypt},
+		{"keyring_file", running.KeyringFile, reloaded.KeyringFile},
+		{"insecure_gossip", running.InsecureGossip, reloaded.InsecureGossip},
+		{"http_addr", running.HTTPAddr, reloaded.HTTPAddr},
+		{"socket", running.Socket, reloaded.Socket},
+		{"log_json", running.LogJSON, reloaded.LogJSON},
+		{"gossip_profile", running.GossipProfile, reloaded.GossipProfile},
+		{"trust_key", running.TrustKeys, reloaded.TrustKeys},
+		{"allow_unsigned", running.AllowUnsigned, reloaded.AllowUnsigned},
+		{"allow_outage", running.AllowOutage, reloaded.AllowOutage},
+		{"restart", running.Restart, reloaded.Restart},
+		{"health_cmd", running.HealthCmd, reloaded.HealthCmd},
+		{"health_url", running.HealthURL, reloaded.HealthURL},
+		{"app", running.Apps, reloaded.Apps},
+	} {
+		if !reflect.DeepEqual(f.old, f.new) {
+			keys = append(keys, f.key)
+		}
+	}
+	return keys
 }
 
 // SocketPath is the control socket's path.

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -101,14 +103,60 @@ func (f fileApp) appConfig(pos string) (apps.Config, error) {
 	return c, errors.Join(errs...)
 }
 
-// LoadFile applies the keys set in the HCL file at path on top of cfg.
-// Errors name the file and line, and for an unknown key the nearest valid one.
+// ConfigDirFiles lists the config files of a --config-dir in the order
+// they apply: its *.hcl and *.json files (HCL's JSON form), by name, as
+// Consul and Nomad read theirs; anything else in it is ignored.
+func ConfigDirFiles(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read config dir: %w", err)
+	}
+	var files []string
+	for _, e := range entries {
+		if e.Type().IsRegular() || e.Type()&os.ModeSymlink != 0 {
+			if ext := filepath.Ext(e.Name()); ext == ".hcl" || ext == ".json" {
+				files = append(files, filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+	sort.Strings(files)
+	return files, nil
+}
+
+// LoadPaths applies config files in order on top of cfg: each path a file,
+// or a directory whose files ConfigDirFiles lists.
+func LoadPaths(cfg *Config, paths ...string) error {
+	for _, p := range paths {
+		files := []string{p}
+		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+			if files, err = ConfigDirFiles(p); err != nil {
+				return err
+			}
+		}
+		for _, file := range files {
+			if err := LoadFile(file, cfg); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// LoadFile applies the keys set in the config file at path on top of cfg:
+// HCL, or HCL's JSON form for a name ending in .json. A key a later file
+// sets again wins; app blocks add up (one declared twice is an error of
+// Validate). Errors name the file and line, and for an unknown key the
+// nearest valid one.
 func LoadFile(path string, cfg *Config) error {
 	src, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("read config file: %w", err)
 	}
-	file, diags := hclparse.NewParser().ParseHCL(src, path)
+	parse := hclparse.NewParser().ParseHCL
+	if strings.HasSuffix(path, ".json") {
+		parse = hclparse.NewParser().ParseJSON
+	}
+	file, diags := parse(src, path)
 	if diags.HasErrors() {
 		return fmt.Errorf("config file %w", diagsError(diags, src))
 	}
@@ -177,7 +225,6 @@ func LoadFile(path string, cfg *Config) error {
 		*d.dst = v
 	}
 	if fc.Apps != nil {
-		cfg.Apps = nil
 		for _, fa := range fc.Apps {
 			pos := path
 			if body, ok := file.Body.(*hclsyntax.Body); ok {
@@ -194,7 +241,7 @@ func LoadFile(path string, cfg *Config) error {
 			cfg.Apps = append(cfg.Apps, ac)
 		}
 	}
-	cfg.ConfigFile = path
+	cfg.ConfigFiles = append(cfg.ConfigFiles, path)
 	return nil
 }
 

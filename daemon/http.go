@@ -27,9 +27,12 @@ func (a *Agent) controlHandler() http.Handler {
 	mux.HandleFunc("GET /v1/apps", a.handleApps)
 	mux.HandleFunc("GET /v1/info", a.handleLocalInfo)
 	mux.HandleFunc("POST /v1/leave", a.handleLeave)
+	mux.HandleFunc("POST /v1/join", a.handleJoin)
+	mux.HandleFunc("POST /v1/force-leave", a.handleForceLeave)
 	mux.HandleFunc("POST /v1/forget/{node}", a.handleForget)
 	mux.HandleFunc("GET /v1/keyring", a.handleKeyring)
 	mux.HandleFunc("POST /v1/keyring/{op}", a.handleKeyring)
+	mux.HandleFunc("GET /v1/monitor", a.handleMonitor)
 	mux.HandleFunc("POST /v1/rollout/artifacts", a.handleUpload)
 	mux.HandleFunc("POST /v1/rollout/trigger", a.handleTrigger)
 	mux.HandleFunc("POST /v1/rollout/control/{action}", a.handleControl)
@@ -242,12 +245,15 @@ func (a *Agent) handleForget(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, errors.New("a node does not forget its own key; run 'peerd forget' on the other agents"))
 		return
 	}
-	if err := a.cluster.Forget(node); err != nil {
+	key, err := a.cluster.Forget(node)
+	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return
 	}
-	a.log.Warn("identity key forgotten; the next key this member shows is pinned on sight", "member", node)
-	writeJSON(w, struct{}{})
+	if key != "" {
+		a.log.Warn("identity key forgotten; the next key this member shows is pinned on sight", "member", node, "key", key)
+	}
+	writeJSON(w, api.ForgetResult{Node: node, Forgotten: key != "", Key: key})
 }
 
 func (a *Agent) handleLeave(w http.ResponseWriter, r *http.Request) {
@@ -259,6 +265,45 @@ func (a *Agent) handleLeave(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, struct{}{})
 	a.requestExit()
+}
+
+func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
+	var req api.JoinRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("decode join request: %w", err))
+		return
+	}
+	if len(req.Addrs) == 0 {
+		writeError(w, http.StatusBadRequest, errors.New("join: no address given"))
+		return
+	}
+	for _, addr := range req.Addrs {
+		if err := ValidateJoinAddr(addr); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("join: %w", err))
+			return
+		}
+	}
+	n, err := a.cluster.Join(req.Addrs)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, err)
+		return
+	}
+	a.log.Info("joined cluster on request", "contacted", n, "addrs", req.Addrs)
+	writeJSON(w, api.JoinResult{Contacted: n})
+}
+
+func (a *Agent) handleForceLeave(w http.ResponseWriter, r *http.Request) {
+	var req api.ForceLeaveRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil || req.Node == "" {
+		writeError(w, http.StatusBadRequest, errors.New("force-leave: name the member, e.g. {\"node\": \"n3\"}"))
+		return
+	}
+	if err := a.cluster.ForceLeave(req.Node); err != nil {
+		writeError(w, http.StatusConflict, err)
+		return
+	}
+	a.log.Info("forced a failed member to leave", "member", req.Node)
+	writeJSON(w, api.ForceLeaveResult{Node: req.Node, Status: "left"})
 }
 
 func (a *Agent) info() api.Info {

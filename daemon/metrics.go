@@ -37,7 +37,7 @@ var (
 		"1 for this node's phase in its current or last rollout, 0 for the other phases (all 0 when the node has never had a rollout).",
 		[]string{"phase"}, nil)
 	descRolloutWave = prometheus.NewDesc("peerd_rollout_wave",
-		"This node's wave (0-based) in its current or last rollout; -1 when it has had none.",
+		"This node's wave (from 1, as peerd upgrade status numbers them) in its current or last rollout; 0 when it has had none.",
 		nil, nil)
 	descRolloutPlan = prometheus.NewDesc("peerd_rollout_plan_info",
 		"Always 1 while this node has a rollout plan (current or last); plan is the plan ID's short form, version its target.",
@@ -102,9 +102,9 @@ func (c agentCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		send(descRolloutPhase, prometheus.GaugeValue, v, string(ph))
 	}
-	wave := -1
+	wave := 0
 	if st.PlanID != "" {
-		wave = st.Wave
+		wave = st.Wave + 1
 		send(descRolloutPlan, prometheus.GaugeValue, 1, shortID(st.PlanID), st.ToVersion)
 	}
 	send(descRolloutWave, prometheus.GaugeValue, float64(wave))

@@ -99,7 +99,7 @@ func TestMetricsReportMembersBuildAndNoRollout(t *testing.T) {
 
 	assert.Equal(t, 1.0, s.value("peerd_build_info", "version", "1.0.0", "commit", v1.Commit, "protocol_min", "1", "protocol_max", "1"))
 	assert.Equal(t, 1.0, s.value("peerd_protocol_active"), "a 1.0.0 member keeps the cluster at protocol 1")
-	assert.Equal(t, -1.0, s.value("peerd_rollout_wave"), "no rollout yet")
+	assert.Equal(t, 0.0, s.value("peerd_rollout_wave"), "no rollout yet")
 	assert.Nil(t, s["peerd_rollout_plan_info"], "no plan, no plan info")
 	require.NotNil(t, s["peerd_rollout_phase"])
 	assert.Len(t, s["peerd_rollout_phase"].GetMetric(), len(upgrade.Phases()), "one series per phase")
@@ -214,7 +214,7 @@ func TestMetricsAfterARollout(t *testing.T) {
 				assert.Equal(t, 0.0, s.value("peerd_rollout_phase", "phase", string(ph)), "%s: phase %s", name, ph)
 			}
 		}
-		assert.Equal(t, float64(wave), s.value("peerd_rollout_wave"), name)
+		assert.Equal(t, float64(wave+1), s.value("peerd_rollout_wave"), name, "waves count from 1")
 		assert.Equal(t, 1.0, s.value("peerd_rollout_plan_info", "plan", res.PlanID[:8], "version", "2.0.0"), name)
 
 		done, ok := s.sample("peerd_upgrade_duration_seconds", "outcome", "done")

@@ -233,3 +233,45 @@ func TestUnhealthyNewVersionRollsBackOnlyTheFailingNodeAndHalts(t *testing.T) {
 		}
 	}
 }
+
+// TestDryRunPlanRunsAsPreviewed: the plan a dry run prints is the plan
+// --plan ID runs, same ID and same waves; a preview that another plan
+// overtook is refused rather than run with other waves.
+func TestDryRunPlanRunsAsPreviewed(t *testing.T) {
+	v15 := agenttest.Build("1.5.0", 1, 1)
+	nodes := fleet(t, 5, v1, nil)
+	art := agenttest.FakeBinary(t, t.TempDir(), v15)
+	opts := plan.Options{Batch: 2, MinHealthy: 100 * time.Millisecond, Deadline: 30 * time.Second}
+	preview, err := trigger(t, nodes[1], art, upgrade.TriggerRequest{Version: "1.5.0", Options: opts, DryRun: true})
+	require.NoError(t, err)
+	require.True(t, preview.DryRun)
+	stale, err := trigger(t, nodes[1], art, upgrade.TriggerRequest{Version: "1.5.0", Options: opts, DryRun: true})
+	require.NoError(t, err)
+	st, err := api.NewClient(nodes[1].Node().Agent.SocketPath()).RolloutStatus(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, upgrade.StateNone, st.State, "a dry run starts nothing")
+
+	c := api.NewClient(nodes[1].Node().Agent.SocketPath())
+	_, err = api.NewClient(nodes[2].Node().Agent.SocketPath()).Trigger(context.Background(), upgrade.TriggerRequest{PlanID: preview.PlanID})
+	require.ErrorContains(t, err, "was previewed on this node", "a preview is kept where it was made")
+
+	res, err := c.Trigger(context.Background(), upgrade.TriggerRequest{PlanID: preview.PlanID[:12]})
+	require.NoError(t, err)
+	assert.Equal(t, preview.PlanID, res.PlanID, "the plan run is the plan shown")
+	assert.Equal(t, preview.Waves, res.Waves, "with the waves shown")
+	done := waitState(t, nodes[0], upgrade.StateComplete)
+	assert.Equal(t, preview.PlanID, done.PlanID)
+	for i, w := range done.Waves {
+		var names []string
+		for _, n := range w.Nodes {
+			names = append(names, n.Name)
+		}
+		assert.Equal(t, preview.Waves[i].Nodes, names, "wave %d ran the nodes previewed", i+1)
+	}
+
+	// The second preview was numbered like the first: a plan ran since.
+	waitState(t, nodes[1], upgrade.StateComplete)
+	_, err = c.Trigger(context.Background(), upgrade.TriggerRequest{PlanID: stale.PlanID})
+	require.ErrorContains(t, err, "out of date")
+	require.ErrorContains(t, err, "run the dry run again")
+}

@@ -262,8 +262,22 @@ func rolloutStatus(t testing.TB, a *agent) upgrade.Status {
 	t.Helper()
 	out, stderr, err := a.cli("upgrade", "status", "--json")
 	require.NoError(t, err, stderr)
-	var st upgrade.Status
-	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	// The CLI's document (docs/json.md): waves from 1, under "wave".
+	var doc struct {
+		upgrade.Status
+		Waves []struct {
+			Wave int `json:"wave"`
+			upgrade.WaveStatus
+		} `json:"waves"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &doc))
+	st := doc.Status
+	st.Waves = nil
+	for _, w := range doc.Waves {
+		require.Positive(t, w.Wave, "waves are numbered from 1: %s", out)
+		w.WaveStatus.Index = w.Wave - 1
+		st.Waves = append(st.Waves, w.WaveStatus)
+	}
 	return st
 }
 

@@ -228,6 +228,7 @@ func TestUnitHasWhatTheServiceNeeds(t *testing.T) {
 	for _, line := range []string{
 		"Type=notify",
 		"ExecStart=/usr/bin/peerd agent --config /etc/peerd/peerd.hcl",
+		"EnvironmentFile=-/etc/peerd/peerd.env",
 		"ExecReload=/bin/kill -HUP $MAINPID",
 		"Restart=on-failure",
 		"User=peerd",
@@ -414,7 +415,7 @@ func TestDebInstallsAndPurges(t *testing.T) {
 	in(t, root, "getent", "group", "peerd")
 	assert.Equal(t, "root peerd 750\n", in(t, root, "stat", "-c", "%U %G %a", "/etc/peerd"))
 	assert.Equal(t, "root peerd 640\n", in(t, root, "stat", "-c", "%U %G %a", "/etc/peerd/peerd.hcl"))
-	assert.Equal(t, "peerd peerd 700\n", in(t, root, "stat", "-c", "%U %G %a", "/var/lib/peerd"))
+	assert.Equal(t, "peerd peerd 750\n", in(t, root, "stat", "-c", "%U %G %a", "/var/lib/peerd"))
 	assert.Empty(t, in(t, root, "dpkg", "--verify", "peerd"))
 	// The unit passes systemd's own checks, man page reference included.
 	out, err := inErr(root, "systemd-analyze", "verify", "/lib/systemd/system/peerd.service")
@@ -616,7 +617,7 @@ func TestRpmInstallsAndErases(t *testing.T) {
 	assert.Contains(t, in(t, root, "peerd", "version"), "peerd 1.0.0")
 	assert.Regexp(t, `^peerd:x:\d+:\d+:peerd agent:/var/lib/peerd:/usr/sbin/nologin`, in(t, root, "getent", "passwd", "peerd"))
 	assert.Equal(t, "root peerd 640\n", in(t, root, "stat", "-c", "%U %G %a", "/etc/peerd/peerd.hcl"))
-	assert.Equal(t, "peerd peerd 700\n", in(t, root, "stat", "-c", "%U %G %a", "/var/lib/peerd"))
+	assert.Equal(t, "peerd peerd 750\n", in(t, root, "stat", "-c", "%U %G %a", "/var/lib/peerd"))
 	assert.FileExists(t, filepath.Join(root, "usr/lib/systemd/system/peerd.service"))
 	verify, err := exec.Command("rpm", "--root", root, "-V", "peerd").CombinedOutput()
 	assert.NoError(t, err, "rpm -V:\n%s", verify)

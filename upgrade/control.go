@@ -43,14 +43,24 @@ func (st *NodeState) takeControl(c controlMsg, seen uint64) bool {
 }
 
 // Control broadcasts an operator action on the current plan to every node;
-// each node's state machine applies it (machine.go, applyControl).
-func (e *Engine) Control(_ context.Context, action string) (string, error) {
+// each node's state machine applies it (machine.go, applyControl). A resume
+// of an aborted plan is refused: an abort ends a plan for good.
+func (e *Engine) Control(ctx context.Context, action string) (string, error) {
 	if !slices.Contains([]string{ActionPause, ActionResume, ActionAbort}, action) {
 		return "", fmt.Errorf("unknown action %q: want pause, resume or abort", action)
 	}
 	st := e.State()
 	if st.PlanID == "" {
 		return "", errors.New("no rollout to " + action + ": this node has not seen one (see 'peerd upgrade status')")
+	}
+	if action == ActionResume {
+		aborted := st.Phase == PhaseAborted
+		if cs, err := e.Status(ctx); err == nil && cs.PlanID == st.PlanID && cs.State == StateAborted {
+			aborted = true
+		}
+		if aborted {
+			return "", fmt.Errorf("plan %s was aborted and cannot be resumed: start a new plan with 'peerd upgrade --to VERSION --artifact FILE|URL' (or 'peerd upgrade rollback')", short(st.PlanID))
+		}
 	}
 	c := controlMsg{PlanID: st.PlanID, Action: action, Sender: e.net.LocalMember().Name,
 		Seq: max(st.ControlSeq, e.seenLTime.Load()) + 1}

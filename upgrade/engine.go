@@ -141,6 +141,7 @@ type Engine struct {
 	id      identity.Key
 	lock    *planLock
 	plans   *planStore
+	drafts  *planStore // plans a dry run made, for --plan ID to run as they were shown
 	view    *view
 	m       *machine
 
@@ -164,7 +165,7 @@ func New(cfg Config, net Network) (*Engine, error) {
 		return nil, errors.New("rollout engine: data dir, target and its version store, and identity key are required")
 	}
 	dir := cfg.Dir
-	for _, d := range []string{dir, filepath.Join(dir, "plans"), filepath.Join(dir, "staged")} {
+	for _, d := range []string{dir, filepath.Join(dir, "plans"), filepath.Join(dir, "drafts"), filepath.Join(dir, "staged")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create rollout dir: %w", err)
 		}
@@ -191,11 +192,12 @@ func New(cfg Config, net Network) (*Engine, error) {
 	}
 	e := &Engine{
 		cfg: cfg, net: net, target: cfg.Target, clock: cfg.Clock, dir: dir, store: store, granter: granter, lock: lock, id: cfg.Identity,
-		log:   cfg.Logger.With("component", "rollout", "target", cfg.Target.Name()),
-		plans: newPlanStore(filepath.Join(dir, "plans")),
-		view:  newView(TagKey(cfg.Target.Name())),
-		state: st,
-		peers: cfg.Peers,
+		log:    cfg.Logger.With("component", "rollout", "target", cfg.Target.Name()),
+		plans:  newPlanStore(filepath.Join(dir, "plans")),
+		drafts: newPlanStore(filepath.Join(dir, "drafts")),
+		view:   newView(TagKey(cfg.Target.Name())),
+		state:  st,
+		peers:  cfg.Peers,
 	}
 	if e.peers == nil {
 		e.peers = HTTPPeers{Client: cfg.HTTPClient, Addr: cfg.PeerHTTPAddr, Target: cfg.Target.Name()}

@@ -116,7 +116,7 @@ func (q quorumLeases) ask(ctx context.Context, p *plan.Compiled, req lease.Reque
 		return tally, len(ask), err.Error(), lasts
 	}
 	if forged > 0 {
-		e.log.Warn("lease answers that do not verify were not counted", "plan", p.Short, "wave", req.Wave, "count", forged)
+		e.log.Warn("lease answers that do not verify were not counted", "plan", p.Short, "wave", req.Wave+1, "count", forged)
 		refusals = append(refusals, fmt.Sprintf("%d answer(s) did not verify", forged))
 	}
 	sort.Strings(refusals)
@@ -207,7 +207,7 @@ func (e *Engine) answerLease(payload []byte) []byte {
 	}
 	gr, err := e.granter.Decide(req, terms)
 	running, _ := e.target.Running()
-	e.log.Debug("lease vote", "plan", p.Short, "requester", req.Node, "wave", req.Wave,
+	e.log.Debug("lease vote", "plan", p.Short, "requester", req.Node, "wave", req.Wave+1,
 		"granted", err == nil, "voter_version", running, "err", err)
 	if err != nil {
 		return refuse("%v", err)

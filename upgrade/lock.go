@@ -108,6 +108,13 @@ func (l *planLock) seen(planID string, seq uint64, now time.Time) error {
 	return l.saveLocked(lockState{Seq: max(seq, l.st.Seq), PlanID: planID, PlanSeq: seq, At: now})
 }
 
+// highest is the highest plan sequence this member has seen.
+func (l *planLock) highest() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.st.Seq
+}
+
 func (l *planLock) saveLocked(st lockState) error {
 	b, _ := json.Marshal(st)
 	if err := durable.WriteFile(l.path, b, 0o600); err != nil {
@@ -209,44 +216,75 @@ func unreachable(all, alive []cluster.Member) error {
 // takeLock runs the plan lock's two rounds for p (whose Seq it sets) and
 // returns the compiled plan.
 func (e *Engine) takeLock(ctx context.Context, p plan.Plan) (*plan.Compiled, error) {
-	all, alive := e.lockMembers()
-	if err := unreachable(all, alive); err != nil {
+	seq, q, err := e.lockSeq(ctx)
+	if err != nil {
 		return nil, err
-	}
-	names := make([]string, len(alive))
-	for i, m := range alive {
-		names[i] = m.Name
-	}
-	self := e.net.LocalMember().Name
-	var seq uint64
-	for wait := 0; ; wait++ {
-		var running string
-		var err error
-		seq, running, err = e.lockRound(ctx, lockRequest{Origin: self}, names, len(all))
-		if err == nil {
-			break
-		}
-		// A member that has not yet heard that the last plan finished
-		// refuses; gossip tells it within seconds. Ask again for a while
-		// when this node sees that plan finished.
-		if !e.finished(running) || wait >= lockRetries {
-			return nil, err
-		}
-		select {
-		case <-e.clock.After(lockRetryEvery):
-		case <-ctx.Done():
-			return nil, err
-		}
 	}
 	p.Seq = seq + 1
 	c, err := plan.Compile(p)
 	if err != nil {
 		return nil, err
 	}
-	if _, _, err := e.lockRound(ctx, lockRequest{Commit: true, Origin: self, PlanID: c.ID, Seq: c.Seq}, names, len(all)); err != nil {
-		return nil, err
+	return c, e.commitLock(ctx, c, q)
+}
+
+// takeLockFor takes the lock for a plan numbered beforehand (by a dry
+// run): only while no plan took that sequence or a later one meanwhile, as
+// Nomad's job run -check-index runs a job plan only if the job did not
+// change. It leaves the plan, and so its ID and waves, as they were shown.
+func (e *Engine) takeLockFor(ctx context.Context, c *plan.Compiled) error {
+	seq, q, err := e.lockSeq(ctx)
+	if err != nil {
+		return err
 	}
-	return c, nil
+	if seq >= c.Seq {
+		return fmt.Errorf("plan %s is out of date: it was numbered %d when it was previewed, and the cluster has seen plans up to %d since; run the dry run again and run the plan it shows", c.Short, c.Seq, seq)
+	}
+	return e.commitLock(ctx, c, q)
+}
+
+// lockQuorum is who the lock's rounds ask (the alive members) and how
+// many members a majority is of.
+type lockQuorum struct {
+	names   []string
+	members int
+}
+
+// lockSeq runs the lock's first round: the highest plan sequence a
+// majority of the members answered. The commit asks the same members.
+func (e *Engine) lockSeq(ctx context.Context) (uint64, lockQuorum, error) {
+	all, alive := e.lockMembers()
+	if err := unreachable(all, alive); err != nil {
+		return 0, lockQuorum{}, err
+	}
+	q := lockQuorum{names: make([]string, len(alive)), members: len(all)}
+	for i, m := range alive {
+		q.names[i] = m.Name
+	}
+	self := e.net.LocalMember().Name
+	for wait := 0; ; wait++ {
+		seq, running, err := e.lockRound(ctx, lockRequest{Origin: self}, q.names, q.members)
+		if err == nil {
+			return seq, q, nil
+		}
+		// A member that has not yet heard that the last plan finished
+		// refuses; gossip tells it within seconds. Ask again for a while
+		// when this node sees that plan finished.
+		if !e.finished(running) || wait >= lockRetries {
+			return 0, lockQuorum{}, err
+		}
+		select {
+		case <-e.clock.After(lockRetryEvery):
+		case <-ctx.Done():
+			return 0, lockQuorum{}, err
+		}
+	}
+}
+
+// commitLock runs the lock's second round for c.
+func (e *Engine) commitLock(ctx context.Context, c *plan.Compiled, q lockQuorum) error {
+	_, _, err := e.lockRound(ctx, lockRequest{Commit: true, Origin: e.net.LocalMember().Name, PlanID: c.ID, Seq: c.Seq}, q.names, q.members)
+	return err
 }
 
 // How long a trigger waits for members to hear that the last plan

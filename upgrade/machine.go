@@ -445,7 +445,7 @@ func (m *machine) finish(r opResult) {
 		return // cancelled: the state it was for has moved on
 	}
 	m.op = nil
-	log := m.log.With("plan", short(m.st.PlanID), "wave", m.st.Wave)
+	log := m.log.With("plan", short(m.st.PlanID), "wave", m.st.Wave+1)
 	switch r.kind {
 	case opAdopt:
 		m.adopted(r)
@@ -614,7 +614,7 @@ func (m *machine) transition(st NodeState) error {
 	if m.e.cfg.Observe != nil {
 		m.e.cfg.Observe(st)
 	}
-	m.log.Info("rollout phase", "plan", short(st.PlanID), "wave", st.Wave, "phase", st.Phase, "from", st.FromVersion, "to", st.ToVersion)
+	m.log.Info("rollout phase", "plan", short(st.PlanID), "wave", st.Wave+1, "phase", st.Phase, "from", st.FromVersion, "to", st.ToVersion)
 	return nil
 }
 
@@ -633,7 +633,7 @@ func (m *machine) fail(reason string, rollback bool) {
 	if m.transition(st) != nil {
 		return
 	}
-	m.log.Error("rollout failed on this node; the rollout halts", "plan", short(st.PlanID), "wave", st.Wave, "reason", reason, "rolled_back", rollback)
+	m.log.Error("rollout failed on this node; the rollout halts", "plan", short(st.PlanID), "wave", st.Wave+1, "reason", reason, "rolled_back", rollback)
 	// Going back to the old version is a restart like any other: inside
 	// a live lease (revert).
 	m.revertPending = rollback
@@ -736,7 +736,7 @@ func (m *machine) renewed(r opResult) {
 		// Not fresh: no restart happens until it is. The hold itself
 		// lasts until leaseUntil; a node offline past it is what the
 		// deadline and its rollback are for.
-		m.log.Warn("lease not renewed; will retry", "plan", short(m.st.PlanID), "wave", m.st.Wave, "why", r.why)
+		m.log.Warn("lease not renewed; will retry", "plan", short(m.st.PlanID), "wave", m.st.Wave+1, "why", r.why)
 		m.renewAfter = r.ended.Add(prepareRetry)
 		return
 	}
@@ -983,9 +983,16 @@ func (m *machine) applyControl() {
 				st.Phase, st.Reason, st.Starts = PhaseWait, "", 0
 			}
 		case ActionAbort:
-			if st.Phase.Abortable() {
+			switch {
+			case st.Phase.Abortable():
 				st.Phase = PhaseAborted
 				st.Reason = "aborted by the operator"
+			case st.Phase == PhaseFailed:
+				// The plan ends for good: a failed node must not be sent
+				// back into the release it failed by a later resume. Its
+				// rollback, if one is under way, still happens (revert).
+				st.Phase = PhaseAborted
+				st.Reason = "aborted by the operator after this node failed: " + st.Reason
 			}
 		}
 		if m.transition(st) != nil {

@@ -2,11 +2,11 @@ package upgrade
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/peerd/peerd/cluster"
@@ -64,6 +64,41 @@ func (s *planStore) save(p *plan.Compiled) error {
 	}
 	s.remember(p)
 	return nil
+}
+
+// find returns the one plan whose ID starts with prefix (8 hex digits or
+// more, as logs and the CLI show IDs).
+func (s *planStore) find(prefix string) (*plan.Compiled, bool, error) {
+	prefix = strings.ToLower(prefix)
+	if len(prefix) < 8 || len(prefix) > 64 || !isHex(prefix) {
+		return nil, false, fmt.Errorf("plan ID %q: want the ID a dry run printed (8 to 64 hex digits)", prefix)
+	}
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, false, fmt.Errorf("list plans: %w", err)
+	}
+	var ids []string
+	for _, e := range entries {
+		if id, ok := strings.CutSuffix(e.Name(), ".json"); ok && isHexID(id) && strings.HasPrefix(id, prefix) {
+			ids = append(ids, id)
+		}
+	}
+	switch len(ids) {
+	case 0:
+		return nil, false, nil
+	case 1:
+		p, ok := s.local(ids[0])
+		return p, ok, nil
+	}
+	return nil, false, fmt.Errorf("plan ID %q is the start of %d plans: give more of it", prefix, len(ids))
+}
+
+// remove forgets a plan.
+func (s *planStore) remove(id string) {
+	s.mu.Lock()
+	delete(s.byID, id)
+	s.mu.Unlock()
+	_ = os.Remove(s.path(id))
 }
 
 func (s *planStore) remember(p *plan.Compiled) {
@@ -143,10 +178,13 @@ func (e *Engine) alivePeers() []cluster.Member {
 	return out
 }
 
-func isHexID(s string) bool {
-	if len(s) != 64 {
-		return false
+func isHexID(s string) bool { return len(s) == 64 && isHex(s) }
+
+func isHex(s string) bool {
+	for _, r := range s {
+		if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
+			return false
+		}
 	}
-	_, err := hex.DecodeString(s)
-	return err == nil
+	return true
 }

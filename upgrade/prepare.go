@@ -50,20 +50,23 @@ func (e *Engine) prepare(ctx context.Context, p *plan.Compiled, running, running
 
 // verify checks the stored artifact's signature, stages it as an
 // executable and runs the target's preflight. The origin (before
-// announcing) and every node (before its lease) go through it alike.
+// announcing) and every node (before its lease) go through it alike. It
+// returns what it checked, as the origin prints it.
 func (e *Engine) verify(ctx context.Context, p *plan.Compiled, active int) ([]string, error) {
 	data, err := os.ReadFile(e.store.Path(p.Artifact.SHA256))
 	if err != nil {
 		return nil, fmt.Errorf("read artifact: %w", err)
 	}
-	if err := e.verifySignature(p, data); err != nil {
+	signed, err := e.verifySignature(p, data)
+	if err != nil {
 		return nil, err
 	}
 	staged := e.stagedPath(p)
 	if err := durable.WriteFile(staged, data, 0o755); err != nil {
 		return nil, fmt.Errorf("stage artifact: %w", err)
 	}
-	return e.target.Check(ctx, Check{Staged: staged, Version: p.Version, Rollback: p.Rollback, ActiveProtocol: active})
+	checks, err := e.target.Check(ctx, Check{Staged: staged, Version: p.Version, Rollback: p.Rollback, ActiveProtocol: active})
+	return append([]string{signed}, checks...), err
 }
 
 // preparePatch fetches the plan's patch, applies it to the running binary
@@ -90,7 +93,9 @@ func (e *Engine) preparePatch(ctx context.Context, p *plan.Compiled, runningPath
 	return nil
 }
 
-func (e *Engine) verifySignature(p *plan.Compiled, data []byte) error {
+// verifySignature accepts the artifact or says why not; what it accepted
+// it on is said as the origin prints it, true of this agent's settings.
+func (e *Engine) verifySignature(p *plan.Compiled, data []byte) (string, error) {
 	sig := p.Artifact.Signature
 	// Going down in version needs the release key's consent, a rollback
 	// statement ('peerd sign --rollback'): a plain release signature, which
@@ -104,29 +109,35 @@ func (e *Engine) verifySignature(p *plan.Compiled, data []byte) error {
 	down := versions.Compare(p.Version, highest) < 0
 	if len(e.cfg.TrustedKeys) == 0 {
 		if !e.cfg.AllowUnsigned {
-			return ErrUnsigned
+			return "", ErrUnsigned
 		}
 		if down && !p.Rollback {
-			return fmt.Errorf("%s is older than %s, which this node has run, and the plan is no rollback: refused", p.Version, highest)
+			return "", fmt.Errorf("%s is older than %s, which this node has run, and the plan is no rollback: refused", p.Version, highest)
 		}
-		return nil
+		if sig != "" {
+			return "signature not checked: this agent trusts no key (--trust-key) and accepts unsigned artifacts (--allow-unsigned); every agent checks by its own keys", nil
+		}
+		return "unsigned: this agent accepts unsigned artifacts (--allow-unsigned); every agent decides by its own settings", nil
 	}
 	if sig == "" {
-		return fmt.Errorf("artifact %s is not signed and this agent trusts only signed artifacts: sign it (peerd sign) and pass --signature", short(p.Artifact.SHA256))
+		return "", fmt.Errorf("artifact %s is not signed and this agent trusts only signed artifacts: sign it (peerd sign) and pass --signature", short(p.Artifact.SHA256))
 	}
 	m, err := artifact.VerifySignature(e.cfg.TrustedKeys, data, []byte(sig))
 	if err != nil {
-		return err
+		return "", err
 	}
 	want := artifact.Manifest{Target: p.Target, Version: p.Version, OS: runtime.GOOS, Arch: runtime.GOARCH, SHA256: p.Artifact.SHA256}
 	if err := m.Check(want); err != nil {
-		return fmt.Errorf("signature vouches for another artifact: %w", err)
+		return "", fmt.Errorf("signature vouches for another artifact: %w", err)
 	}
 	if down && !m.Rollback {
-		return fmt.Errorf("%s is older than %s, which this node has run: going back needs a rollback statement signed by a release key "+
+		return "", fmt.Errorf("%s is older than %s, which this node has run: going back needs a rollback statement signed by a release key "+
 			"('peerd sign --rollback --version %s ARTIFACT', then pass it as --signature)", p.Version, highest, p.Version)
 	}
-	return nil
+	if m.Rollback {
+		return "minisign rollback statement by a key this agent trusts, over target, version, platform and sha256", nil
+	}
+	return "minisign signature by a key this agent trusts, over target, version, platform and sha256", nil
 }
 
 // keptPath is the binary a rollback of this node's current version brings

@@ -132,6 +132,13 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 		}
 	}
 	switch {
+	case aborted:
+		// Only an operator's abort puts a node in PhaseAborted, and it ends
+		// the plan however far it got, failed nodes included (a node that
+		// missed the abort may still show its failure).
+		out.State = StateAborted
+		out.Hint = "aborted: no further wave of this plan starts, and it cannot be resumed; nodes already upgraded stay upgraded. " +
+			"Start a new plan with 'peerd upgrade', or go back with 'peerd upgrade rollback'."
 	case len(out.Failed) > 0:
 		out.State = StateHalted
 		f := out.Failed[0]
@@ -139,8 +146,6 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 			"or stop here with 'peerd upgrade abort', or go back with 'peerd upgrade rollback'.", f.Name, f.Reason)
 	case out.Done == out.Total:
 		out.State = StateComplete
-	case aborted:
-		out.State = StateAborted
 	case st.Paused && st.PlanID == id:
 		out.State = StatePaused
 		out.Hint = "paused: no new wave starts; 'peerd upgrade resume' continues"

@@ -30,6 +30,10 @@ type TriggerRequest struct {
 	Options      plan.Options `json:"options"`
 	DryRun       bool         `json:"dry_run,omitempty"`
 	Rollback     bool         `json:"rollback,omitempty"`
+	// PlanID runs the plan a dry run on this node previewed (its ID, or 8
+	// or more of its first hex digits) exactly as it was shown: the other
+	// fields are then ignored.
+	PlanID string `json:"plan_id,omitempty"`
 }
 
 // TriggerResult describes the plan made (or, for a dry run, that would be).
@@ -52,7 +56,9 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	if id := e.busyWith(); id != "" {
 		return res, fmt.Errorf("a rollout is already running: plan %s; watch it with 'peerd upgrade status', or stop it with 'peerd upgrade abort'", id)
 	}
-	running, _ := e.target.Running()
+	if req.PlanID != "" {
+		return e.triggerPreviewed(ctx, req.PlanID)
+	}
 	if req.Rollback && req.ArtifactSHA256 == "" && req.URL == "" {
 		if err := e.previousBinary(ctx, &req); err != nil {
 			return res, err
@@ -61,11 +67,8 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	if req.Version == "" {
 		return res, errors.New("no target version: give --to VERSION")
 	}
-	if req.Rollback && versions.Compare(req.Version, running) >= 0 {
-		return res, fmt.Errorf("rollback to %s: that is not older than the running %s", req.Version, running)
-	}
-	if c := versions.Compare(req.Version, running); c < 0 && !req.Rollback {
-		return res, fmt.Errorf("version %s is older than the running %s: to go back, use 'peerd upgrade rollback'", req.Version, running)
+	if err := e.checkVersion(req.Version, req.Rollback); err != nil {
+		return res, err
 	}
 	sha := req.ArtifactSHA256
 	if sha == "" {
@@ -116,7 +119,9 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 		if m.Status == "alive" {
 			reachable = append(reachable, m)
 		}
-		pm := plan.Member{Name: m.Name, Version: m.Version, Key: m.Tags[cluster.TagKey]}
+		// What the member runs of the target: what a rollback of this plan
+		// goes back to (rollbackVersion).
+		pm := plan.Member{Name: m.Name, Version: e.target.VersionOf(m), Key: m.Tags[cluster.TagKey]}
 		if req.Options.ByTag != "" {
 			pm.Tag = m.Tags[req.Options.ByTag]
 		}
@@ -137,16 +142,97 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	if err != nil {
 		return res, fmt.Errorf("artifact refused before any node went offline: %w", err)
 	}
-	res = TriggerResult{PlanID: c.ID, Plan: c.Plan, Waves: c.Waves, Checks: checks, DryRun: req.DryRun}
 	if req.DryRun {
-		return res, nil
+		return e.preview(ctx, p, checks)
 	}
 	// Number the plan and make it the only one: the plan lock.
 	if c, err = e.takeLock(ctx, p); err != nil {
 		return res, err
 	}
+	return e.announcePlan(ctx, c, checks)
+}
+
+// checkVersion refuses a version older than the running one unless the
+// plan is a rollback, and a rollback that is not to an older version.
+func (e *Engine) checkVersion(version string, rollback bool) error {
+	running, _ := e.target.Running()
+	if rollback && versions.Compare(version, running) >= 0 {
+		return fmt.Errorf("rollback to %s: that is not older than the running %s", version, running)
+	}
+	if c := versions.Compare(version, running); c < 0 && !rollback {
+		return fmt.Errorf("version %s is older than the running %s: to go back, use 'peerd upgrade rollback'", version, running)
+	}
+	return nil
+}
+
+// preview numbers a dry run's plan as the plan lock would now and keeps
+// it, so that 'peerd upgrade --plan ID' runs this very plan: the waves
+// derive from the plan's ID, and a plan made afresh would have another
+// (its creation time and sequence differ), and so other waves.
+func (e *Engine) preview(ctx context.Context, p plan.Plan, checks []string) (TriggerResult, error) {
+	seq, _, err := e.lockSeq(ctx)
+	if err != nil {
+		// Still a preview, numbered by what this member has seen; the run
+		// refuses it if the cluster has seen more by then.
+		seq = e.lock.highest()
+		checks = append(checks, fmt.Sprintf("plan lock not asked (%v): running this plan may find it out of date", err))
+	}
+	p.Seq = seq + 1
+	c, err := plan.Compile(p)
+	if err != nil {
+		return TriggerResult{}, err
+	}
+	if err := e.drafts.save(c); err != nil {
+		return TriggerResult{}, fmt.Errorf("keep the previewed plan: %w", err)
+	}
+	return TriggerResult{PlanID: c.ID, Plan: c.Plan, Waves: c.Waves, Checks: checks, DryRun: true}, nil
+}
+
+// triggerPreviewed runs a plan a dry run on this node made, unchanged,
+// after checking its artifact again: only if no plan took its sequence
+// meanwhile (takeLockFor).
+func (e *Engine) triggerPreviewed(ctx context.Context, id string) (TriggerResult, error) {
+	c, ok, err := e.drafts.find(id)
+	if err != nil {
+		return TriggerResult{}, err
+	}
+	if !ok {
+		return TriggerResult{}, fmt.Errorf("no plan %s was previewed on this node: run the same 'peerd upgrade ... --dry-run' on this node, then --plan with the ID it prints", short(id))
+	}
+	if err := e.checkVersion(c.Version, c.Rollback); err != nil {
+		return TriggerResult{}, err
+	}
+	for _, sha := range []string{c.Artifact.SHA256, patchSHA(c)} {
+		if sha != "" && !e.store.Has(sha) {
+			return TriggerResult{}, fmt.Errorf("artifact %s of plan %s is no longer in this node's store: run the dry run again", short(sha), c.Short)
+		}
+	}
+	checks, err := e.originChecks(ctx, c)
+	if err != nil {
+		return TriggerResult{}, fmt.Errorf("artifact refused before any node went offline: %w", err)
+	}
+	if err := e.takeLockFor(ctx, c); err != nil {
+		return TriggerResult{}, err
+	}
+	res, err := e.announcePlan(ctx, c, checks)
+	if err == nil {
+		e.drafts.remove(c.ID)
+	}
+	return res, err
+}
+
+func patchSHA(c *plan.Compiled) string {
+	if c.Patch == nil {
+		return ""
+	}
+	return c.Patch.SHA256
+}
+
+// announcePlan makes c, which holds the plan lock, this node's next plan
+// and tells the cluster.
+func (e *Engine) announcePlan(ctx context.Context, c *plan.Compiled, checks []string) (TriggerResult, error) {
 	c.Sig = e.id.Sign(domainPlan, []byte(c.ID))
-	res = TriggerResult{PlanID: c.ID, Plan: c.Plan, Waves: c.Waves, Checks: checks}
+	res := TriggerResult{PlanID: c.ID, Plan: c.Plan, Waves: c.Waves, Checks: checks}
 	reply := make(chan error, 1)
 	e.m.mail.post(triggerMsg{p: c, reply: reply})
 	select {
@@ -164,31 +250,97 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	return res, nil
 }
 
-// previousBinary fills a rollback request from the binary this node kept
-// when it was last upgraded.
+// previousBinary fills a rollback request that names no artifact. Its
+// version, unless given, is the one the cluster's last plan upgraded its
+// nodes from, which is the same whichever node the rollback is run on;
+// its artifact is this node's kept binary, which must be that version.
 func (e *Engine) previousBinary(ctx context.Context, req *TriggerRequest) error {
+	if req.Version == "" {
+		v, err := e.rollbackVersion(ctx)
+		if err != nil {
+			return err
+		}
+		req.Version = v
+	}
 	kept := e.keptPath()
 	_, running := e.target.Running()
 	if ki, err := os.Stat(kept); err == nil {
 		if ri, err := os.Stat(running); err == nil && os.SameFile(ki, ri) {
-			return fmt.Errorf("this node runs the binary a rollback would bring back (%s), so it has nothing to roll back to: run 'peerd upgrade rollback' on a node that was upgraded, or give --to and --artifact", kept)
+			return fmt.Errorf("this node runs the binary a rollback would bring back (%s), so it has no binary of %s: run 'peerd upgrade rollback' on a node that was upgraded, or give --artifact FILE of %s (and --signature)", kept, req.Version, req.Version)
 		}
 	}
 	f, err := os.Open(kept)
 	if err != nil {
-		return fmt.Errorf("this node has no previous binary (%s): run 'peerd upgrade rollback' on a node that was upgraded, or give --to and --artifact", kept)
+		return fmt.Errorf("this node has no previous binary (%s): run 'peerd upgrade rollback' on a node that was upgraded, or give --artifact FILE of %s (and --signature)", kept, req.Version)
 	}
 	defer f.Close()
+	keptVersion, err := e.target.PreviousVersion(ctx, kept)
+	if err != nil {
+		return err
+	}
+	if keptVersion != req.Version {
+		return fmt.Errorf("this node kept %s, not %s, the version to roll back to: run 'peerd upgrade rollback' on a node that was upgraded from %s, or give --artifact FILE of %s (and --signature)",
+			keptVersion, req.Version, req.Version, req.Version)
+	}
 	sha, _, err := e.store.Put(f, "")
 	if err != nil {
 		return err
 	}
 	req.ArtifactSHA256 = sha
-	if req.Version != "" {
-		return nil
+	return nil
+}
+
+// rollbackVersion is what 'peerd upgrade rollback' goes back to: the
+// version the last plan upgraded the cluster's nodes from. Nodes agree on
+// the last plan (plans are ordered by their sequence), so every node gives
+// the same answer; the version each happens to keep does not matter.
+func (e *Engine) rollbackVersion(ctx context.Context) (string, error) {
+	p, err := e.lastPlan(ctx)
+	if err != nil {
+		return "", err
 	}
-	req.Version, err = e.target.PreviousVersion(ctx, kept)
-	return err
+	if p == nil {
+		return "", errors.New("no plan has run here for a rollback to undo: give --to VERSION and --artifact FILE (and --signature)")
+	}
+	if p.Rollback {
+		return "", fmt.Errorf("the last plan, %s, was a rollback to %s already: to go further back, give --to VERSION and --artifact FILE (and --signature)", p.Short, p.Version)
+	}
+	from := map[string][]string{}
+	for _, m := range p.Members {
+		if m.Version != p.Version && m.Version != "" {
+			from[m.Version] = append(from[m.Version], m.Name)
+		}
+	}
+	switch len(from) {
+	case 0:
+		return "", fmt.Errorf("the last plan, %s, upgraded no node from an earlier version of %s: nothing to roll back to; give --to VERSION and --artifact FILE", p.Short, p.Target)
+	case 1:
+		for v := range from {
+			return v, nil
+		}
+	}
+	var list []string
+	for v, names := range from {
+		list = append(list, fmt.Sprintf("%s (%s)", v, strings.Join(names, ", ")))
+	}
+	sort.Strings(list)
+	return "", fmt.Errorf("the last plan, %s, upgraded nodes from several versions: %s; choose one with --to VERSION and --artifact FILE (and --signature)", p.Short, strings.Join(list, ", "))
+}
+
+// lastPlan is the newest plan this node knows: its own, or one announced
+// since (Status shows the same one), or nil.
+func (e *Engine) lastPlan(ctx context.Context) (*plan.Compiled, error) {
+	id := e.State().PlanID
+	e.mu.Lock()
+	latest := e.latest
+	e.mu.Unlock()
+	if latest != "" && latest != id && e.newerPlan(ctx, latest, id) {
+		id = latest
+	}
+	if id == "" {
+		return nil, nil
+	}
+	return e.planByID(ctx, id)
 }
 
 // originChecks verifies on the origin what every node verifies again: the
@@ -199,13 +351,7 @@ func (e *Engine) originChecks(ctx context.Context, p *plan.Compiled) ([]string, 
 	if err != nil {
 		return nil, err
 	}
-	checks := []string{fmt.Sprintf("sha256 %s (%d bytes)", p.Artifact.SHA256, p.Artifact.Size)}
-	if p.Artifact.Signature != "" && len(e.cfg.TrustedKeys) > 0 {
-		checks = append(checks, "minisign signature over version, platform and digest")
-	} else {
-		checks = append(checks, "unsigned (the agents allow unsigned artifacts)")
-	}
-	checks = append(checks, target...)
+	checks := append([]string{fmt.Sprintf("sha256 %s (%d bytes)", p.Artifact.SHA256, p.Artifact.Size)}, target...)
 	if p.Patch != nil {
 		checks = append(checks, fmt.Sprintf("patch from %s: %d bytes; nodes at another version fetch the full artifact", p.Patch.FromVersion, p.Patch.Size))
 	}

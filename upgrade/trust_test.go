@@ -55,11 +55,19 @@ func TestDowngradeNeedsARollbackStatement(t *testing.T) {
 		return &plan.Compiled{Plan: plan.Plan{Target: TargetPeerd, Version: version, Rollback: rollback,
 			Artifact: plan.Artifact{SHA256: sha, Size: size, Signature: sig}}}
 	}
-	assert.ErrorContains(t, e.verifySignature(plan("1.5.0", sign("1.5.0", false), true), data),
-		"going back needs a rollback statement", "a plain release signature, even on a rollback plan")
-	assert.NoError(t, e.verifySignature(plan("1.5.0", sign("1.5.0", true), true), data), "a rollback statement")
-	assert.NoError(t, e.verifySignature(plan("2.1.0", sign("2.1.0", false), false), data), "moving up needs a release signature only")
-	assert.ErrorContains(t, e.verifySignature(plan("1.5.0", sign("1.6.0", true), true), data), "vouches for another artifact")
+	verify := func(version, sig string, rollback bool) (string, error) {
+		return e.verifySignature(plan(version, sig, rollback), data)
+	}
+	_, err = verify("1.5.0", sign("1.5.0", false), true)
+	assert.ErrorContains(t, err, "going back needs a rollback statement", "a plain release signature, even on a rollback plan")
+	checked, err := verify("1.5.0", sign("1.5.0", true), true)
+	assert.NoError(t, err, "a rollback statement")
+	assert.Contains(t, checked, "rollback statement by a key this agent trusts", "what the origin prints is the check made")
+	checked, err = verify("2.1.0", sign("2.1.0", false), false)
+	assert.NoError(t, err, "moving up needs a release signature only")
+	assert.Contains(t, checked, "minisign signature by a key this agent trusts")
+	_, err = verify("1.5.0", sign("1.6.0", true), true)
+	assert.ErrorContains(t, err, "vouches for another artifact")
 }
 
 // TestForgedStateDoesNotFinishAWave: a member's tag that says it is done

@@ -22,8 +22,8 @@ func agentCommand() *cli.Command {
 		Name:  "agent",
 		Usage: "run the peerd agent on this node",
 		Description: "Joins (or starts) a cluster and serves the local control API and the peer HTTP API.\n" +
-			"Settings come from, lowest first: defaults, the --config file (HCL), PEERD_* environment\n" +
-			"variables, and flags. SIGHUP reloads tags and log level from the config file; SIGINT or\n" +
+			"Settings come from, lowest first: defaults, the --config file (HCL), the files of --config-dir,\n" +
+			"PEERD_* environment variables, and flags. SIGHUP reloads tags and log level from the config file; SIGINT or\n" +
 			"SIGTERM leave the cluster gracefully and exit.\n\n" +
 			"Example:\n" +
 			"  peerd agent --data-dir /var/lib/peerd --join 10.0.0.1 --tag zone=a",
@@ -36,8 +36,9 @@ func agentFlags() []cli.Flag {
 	env := func(name string) []string { return []string{"PEERD_" + name} }
 	return []cli.Flag{
 		&cli.StringFlag{Name: "config", Usage: "read settings from this HCL `FILE` (keys are the flag names with '_' for '-')", EnvVars: env("CONFIG")},
+		&cli.StringFlag{Name: "config-dir", Usage: "then read every *.hcl and *.json (HCL's JSON form) file in `DIR`, in name order; a later file's keys win, app blocks add up", EnvVars: env("CONFIG_DIR")},
 		&cli.StringFlag{Name: "node", Usage: "this node's unique `NAME` (default: the hostname)", EnvVars: env("NODE")},
-		&cli.StringFlag{Name: "bind", Usage: "gossip address, TCP and UDP; port 0 picks a free one, kept across restarts while free (default 0.0.0.0:7946)", EnvVars: env("BIND")},
+		&cli.StringFlag{Name: "bind", Usage: "gossip `ADDR` (HOST:PORT), TCP and UDP; port 0 picks a free one, kept across restarts while free (default 0.0.0.0:7946)", EnvVars: env("BIND")},
 		&cli.StringFlag{Name: "advertise", Usage: "gossip `HOST:PORT` other nodes reach this one at, when not --bind (port 0: the bound port)", EnvVars: env("ADVERTISE")},
 		&cli.StringSliceFlag{Name: "join", Usage: "join the cluster at this gossip `ADDR` at start (repeatable); fail if none answers", EnvVars: env("JOIN")},
 		&cli.StringSliceFlag{Name: "retry-join", Usage: "keep trying to join this `ADDR` with backoff until it answers (repeatable)", EnvVars: env("RETRY_JOIN")},
@@ -49,16 +50,16 @@ func agentFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "insecure-gossip", Usage: "run without gossip encryption, so anyone who reaches the gossip port can join (throwaway test clusters only)", EnvVars: env("INSECURE_GOSSIP")},
 		&cli.StringSliceFlag{Name: "tag", Usage: "advertise a `KEY=VALUE` tag, e.g. zone=a (repeatable)", EnvVars: env("TAG")},
 		&cli.StringFlag{Name: "http-addr", Usage: "peer HTTP API `HOST:PORT`; port 0 picks a free one (default: the bind host, port 7947, or 0 with a --bind port of 0)", EnvVars: env("HTTP_ADDR")},
-		&cli.StringFlag{Name: "socket", Usage: "serve the control API on this unix socket `PATH` (default DATA_DIR/peerd.sock)", EnvVars: env("SOCKET")},
-		&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error (default info)", EnvVars: env("LOG_LEVEL")},
+		&cli.StringFlag{Name: "socket", Usage: "serve the control API on this unix socket `FILE` (default DATA_DIR/peerd.sock)", EnvVars: env("SOCKET")},
+		&cli.StringFlag{Name: "log-level", Usage: "log at this `LEVEL` and above: debug, info, warn or error (default info)", EnvVars: env("LOG_LEVEL")},
 		&cli.BoolFlag{Name: "log-json", Usage: "log JSON lines instead of text", EnvVars: env("LOG_JSON")},
 		&cli.StringSliceFlag{Name: "trust-key", Usage: "accept artifacts signed by this minisign public key `FILE` (repeatable)", EnvVars: env("TRUST_KEY")},
 		&cli.BoolFlag{Name: "allow-unsigned", Usage: "accept unsigned artifacts when no --trust-key is given (demos and tests only)", EnvVars: env("ALLOW_UNSIGNED")},
 		&cli.BoolFlag{Name: "allow-outage", Usage: "accept rollout plans made with --allow-outage, whose waves may take every member offline (e.g. a one-node cluster)", EnvVars: env("ALLOW_OUTAGE")},
-		&cli.StringFlag{Name: "restart", Usage: "after a self-upgrade: reexec (in place, same PID) or supervisor (exit 75 for systemd/Nomad to restart) (default reexec)", EnvVars: env("RESTART")},
+		&cli.StringFlag{Name: "restart", Usage: "how to start a self-upgrade's new binary, `MODE`: reexec (in place, same PID) or supervisor (exit 75 for systemd/Nomad to restart) (default reexec)", EnvVars: env("RESTART")},
 		&cli.StringFlag{Name: "health-cmd", Usage: "an upgraded node must also pass this shell `COMMAND` (exit 0) before its wave is done", EnvVars: env("HEALTH_CMD")},
 		&cli.StringFlag{Name: "health-url", Usage: "an upgraded node must also get a 2xx from this `URL` before its wave is done", EnvVars: env("HEALTH_URL")},
-		&cli.StringFlag{Name: "gossip-profile", Usage: "gossip timings: lan, wan, local, fast (loopback demos and tests), or local-large (many agents on one host: ~100 on two cores) (default lan)", EnvVars: env("GOSSIP_PROFILE")},
+		&cli.StringFlag{Name: "gossip-profile", Usage: "gossip timings, `PROFILE`: lan, wan, local, fast (loopback demos and tests), or local-large (many agents on one host: ~100 on two cores) (default lan)", EnvVars: env("GOSSIP_PROFILE")},
 	}
 }
 
@@ -68,10 +69,14 @@ func agentFlags() []cli.Flag {
 func agentConfig(c *cli.Context) (daemon.Config, error) {
 	cfg := daemon.DefaultConfig()
 	daemon.ApplyNomadEnv(&cfg, os.Getenv)
-	if path := c.String("config"); path != "" {
-		if err := daemon.LoadFile(path, &cfg); err != nil {
-			return cfg, err
+	var paths []string
+	for _, name := range []string{"config", "config-dir"} {
+		if p := c.String(name); p != "" {
+			paths = append(paths, p)
 		}
+	}
+	if err := daemon.LoadPaths(&cfg, paths...); err != nil {
+		return cfg, err
 	}
 	str := func(name string, dst *string) {
 		if c.IsSet(name) {

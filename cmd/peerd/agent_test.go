@@ -137,6 +137,8 @@ func TestAgentFlagValidation(t *testing.T) {
 		{"bind hostname", []string{"--data-dir", "/d", "--bind", "myhost:1"}, `host "myhost" is not an IP address`},
 		{"bad http addr", []string{"--data-dir", "/d", "--http-addr", "x"}, "--http-addr"},
 		{"bad join", []string{"--data-dir", "/d", "--join", "a:b:c"}, "is not HOST or HOST:PORT"},
+		{"unspecified advertise", []string{"--data-dir", "/d", "--advertise", "0.0.0.0:7946"}, "--advertise 0.0.0.0:7946: other nodes cannot reach an unspecified address"},
+		{"unspecified advertise v6", []string{"--data-dir", "/d", "--advertise", "[::]:7946"}, "cannot reach an unspecified address"},
 		{"short key", []string{"--data-dir", "/d", "--encrypt", "c2hvcnQ="}, "gossip key is 5 bytes, want 16, 24 or 32"},
 		{"key not base64", []string{"--data-dir", "/d", "--encrypt", "%%%"}, "not valid base64"},
 		{"no gossip key", []string{"--data-dir", "/d", "--no-test-key"}, "no gossip key: every agent of a cluster needs the same one. Make it once with 'peerd keygen'"},

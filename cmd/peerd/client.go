@@ -18,10 +18,10 @@ func clientFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{
 			Name:    "socket",
-			Usage:   "the agent's control socket (default: DATA_DIR/peerd.sock, with PEERD_DATA_DIR or " + defaultDataDir + ")",
+			Usage:   "the agent's control socket `FILE` (default: DATA_DIR/peerd.sock, with PEERD_DATA_DIR or " + defaultDataDir + ")",
 			EnvVars: []string{"PEERD_SOCKET"},
 		},
-		&cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"},
+		&cli.BoolFlag{Name: "json", Usage: "print the result as one JSON document"},
 	}
 }
 
@@ -33,9 +33,9 @@ func newClient(c *cli.Context) *api.Client {
 	return cl
 }
 
-// appFlag makes a rollout command act on a managed application.
+// appFlag makes a rollout command act on a managed application's rollouts.
 func appFlag() cli.Flag {
-	return &cli.StringFlag{Name: "app", Usage: "roll out the managed application `NAME` instead of peerd (also: peerd upgrade NAME ...)"}
+	return &cli.StringFlag{Name: "app", Usage: "the rollouts of the managed application `NAME`, not peerd's (also: peerd upgrade NAME ...)"}
 }
 
 func socketPath(c *cli.Context) string {

@@ -325,6 +325,10 @@ var manTrailer = `.SH FILES
 .B /etc/peerd/peerd.hcl
 the packaged agent's configuration (\fB\-\-config\fP, HCL); each key is an agent flag's name with \fB_\fP for \fB\-\fP.
 An unknown key is an error naming the file, the line and the key meant, or else the valid keys.
+Check files with \fBpeerd validate\fP; \fB\-\-config\-dir\fP adds a directory of \fB*.hcl\fP and \fB*.json\fP files.
+.TP
+.B /etc/peerd/peerd.env
+optional \fBPEERD_*\fP variables, one \fIVAR\fP=\fIvalue\fP a line, that the systemd unit passes to the agent.
 .TP
 .B /var/lib/peerd
 the packaged agent's data directory (\fB\-\-data\-dir\fP): cluster snapshot, known peers, rollout state,

@@ -244,7 +244,7 @@ func TestManPage(t *testing.T) {
 		assert.Regexp(t, `(?m)^\.SS peerd `+regexp.QuoteMeta(c.Name)+`\b`, page)
 	}
 	contains(".SS peerd upgrade status")
-	for _, f := range []string{`\-\-data\-dir\fP \fIDIR\fP`, `\-\-artifact\fP \fIPATH\fP`, `\-\-watch`, `\-\-restart`} {
+	for _, f := range []string{`\-\-data\-dir\fP \fIDIR\fP`, `\-\-artifact\fP \fIFILE|URL\fP`, `\-\-watch`, `\-\-restart`} {
 		contains(f)
 	}
 	for _, f := range agentFlags() {
@@ -289,7 +289,7 @@ func TestAgentFlagsInConfigFile(t *testing.T) {
 	require.NoError(t, err)
 	for _, f := range agentFlags() {
 		name := f.Names()[0]
-		if name == "config" {
+		if name == "config" || name == "config-dir" { // where the files are, not a key in one
 			continue
 		}
 		key := strings.ReplaceAll(name, "-", "_")
@@ -309,7 +309,7 @@ func TestAgentFlagsInConfigFile(t *testing.T) {
 			cfg := daemon.DefaultConfig()
 			require.NoError(t, daemon.LoadFile(path, &cfg), "fileConfig in daemon/configfile.go has no key %q for --%s", key, name)
 			unchanged := daemon.DefaultConfig()
-			unchanged.ConfigFile = path
+			unchanged.ConfigFiles = []string{path}
 			assert.NotEqual(t, unchanged, cfg, "daemon.LoadFile ignores %q", key)
 
 			assert.Regexp(t, `(?m)^#?\s*`+key+`\s*=`, string(shipped), "packaging/peerd.hcl documents %q (--%s)", key, name)

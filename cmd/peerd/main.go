@@ -9,8 +9,16 @@ import (
 	"os"
 	"strings"
 
+	"github.com/peerd/peerd/buildinfo"
 	"github.com/urfave/cli/v2"
 )
+
+func init() {
+	// --version prints what 'peerd version' does.
+	cli.VersionPrinter = func(c *cli.Context) {
+		_ = versionCommand().Action(c)
+	}
+}
 
 func main() {
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
@@ -43,21 +51,37 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Description: "Every node runs 'peerd agent'. The agents form a Serf cluster and refuse a node\n" +
 			"whose protocol range does not overlap the cluster's active protocol.\n" +
 			"The other commands talk to the local agent over its unix socket.",
-		Writer:               stdout,
-		ErrWriter:            stderr,
-		HideHelpCommand:      true,
+		Writer:    stdout,
+		ErrWriter: stderr,
+		// --version and -v, as consul, nomad and serf have them.
+		Version:              buildinfo.Version,
 		EnableBashCompletion: true,
+		// `peerd` alone is a mistake, as `consul` alone is: the usage, on
+		// stderr, and exit 2. An unknown command gets here too.
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usagef("unknown command %q; run 'peerd help' to list the commands", c.Args().First())
+			}
+			c.App.Writer = c.App.ErrWriter
+			defer func() { c.App.Writer = stdout }()
+			_ = cli.ShowAppHelp(c)
+			return cli.Exit("", 2)
+		},
 		// Errors are printed once, by run, on one line.
 		ExitErrHandler: func(*cli.Context, error) {},
 		OnUsageError:   onUsageError,
 		Commands: []*cli.Command{
 			agentCommand(),
+			validateCommand(),
 			membersCommand(),
 			appsCommand(),
 			infoCommand(),
 			leaveCommand(),
+			joinCommand(),
+			forceLeaveCommand(),
 			forgetCommand(),
 			keyringCommand(),
+			monitorCommand(),
 			upgradeCommand(),
 			installCommand(),
 			mkpatchCommand(),
@@ -68,17 +92,56 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			manCommand(),
 		},
 	}
-	app.CommandNotFound = func(c *cli.Context, name string) {
-		fmt.Fprintf(stderr, "peerd: unknown command %q; run 'peerd --help' to list the commands\n", name)
-		os.Exit(2)
+	var prepare func(cmds []*cli.Command)
+	prepare = func(cmds []*cli.Command) {
+		for _, cmd := range cmds {
+			cmd.OnUsageError = onUsageError
+			// No `help` subcommand under each command: --help is there, and
+			// completion would offer "help h" where files belong.
+			cmd.HideHelpCommand = true
+			if cmd.ArgsUsage == "" && len(cmd.Subcommands) == 0 && cmd.Action != nil {
+				cmd.Action = noArgs(cmd.Name, cmd.Action)
+			} else if cmd.ArgsUsage != "" && cmd.Action != nil {
+				cmd.Action = flagsFirst(cmd, cmd.Action)
+			}
+			prepare(cmd.Subcommands)
+		}
 	}
-	for _, cmd := range app.Commands {
-		cmd.OnUsageError = onUsageError
-		// No `help` subcommand under each command: --help is there, and
-		// completion would offer "help h" where files belong.
-		cmd.HideHelpCommand = true
-	}
+	prepare(app.Commands)
 	return app
+}
+
+// noArgs refuses arguments to a command that takes none (exit 2), rather
+// than ignoring them: 'peerd leave now' must not look as if "now" meant
+// something.
+func noArgs(name string, action cli.ActionFunc) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		if c.NArg() > 0 {
+			return usagef("%s takes no arguments, got %q (flags start with --)", name, c.Args().First())
+		}
+		return action(c)
+	}
+}
+
+// flagsFirst refuses one of the command's flags given after its
+// arguments: urfave/cli reads flags only before the first argument, so
+// 'peerd join 10.0.0.1 --socket S' would take "--socket" for an address.
+func flagsFirst(cmd *cli.Command, action cli.ActionFunc) cli.ActionFunc {
+	names := map[string]bool{}
+	for _, f := range cmd.Flags {
+		for _, n := range f.Names() {
+			names[n] = true
+		}
+	}
+	return func(c *cli.Context) error {
+		for _, a := range c.Args().Slice() {
+			name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+			if strings.HasPrefix(a, "-") && names[name] {
+				return usagef("%s: put %s before the arguments (peerd %s [options] %s)", cmd.Name, a, cmd.Name, cmd.ArgsUsage)
+			}
+		}
+		return action(c)
+	}
 }
 
 // appArgs turns `peerd upgrade APP [SUB] ...` and `peerd install APP ...`

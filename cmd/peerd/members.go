@@ -16,7 +16,7 @@ func membersCommand() *cli.Command {
 		Description: "One row per member: name, gossip address, status (alive, leaving, left, failed),\n" +
 			"version, protocol range and user tags.",
 		Flags: append(clientFlags(),
-			&cli.StringFlag{Name: "status", Usage: "show only members with this status: alive, leaving, left or failed"},
+			&cli.StringFlag{Name: "status", Usage: "show only members with this `STATUS`: alive, leaving, left or failed"},
 		),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {

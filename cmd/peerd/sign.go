@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 
 	"aead.dev/minisign"
+	"github.com/peerd/peerd/internal/durable"
 	"github.com/peerd/peerd/upgrade"
 	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/urfave/cli/v2"
@@ -26,16 +30,23 @@ func signCommand() *cli.Command {
 			&cli.StringFlag{Name: "key", Usage: "minisign secret key `FILE`"},
 			&cli.StringFlag{Name: "password-file", Usage: "`FILE` holding the key's password, for an encrypted key (or PEERD_SIGN_PASSWORD)", EnvVars: []string{"PEERD_SIGN_PASSWORD_FILE"}},
 			&cli.StringFlag{Name: "version", Usage: "the artifact's `VERSION` (what it reports in 'version --json')"},
-			&cli.StringFlag{Name: "target", Value: upgrade.TargetPeerd, Usage: "what the artifact is: peerd, or a managed application's name"},
-			&cli.StringFlag{Name: "os", Value: runtime.GOOS, Usage: "the artifact's OS"},
-			&cli.StringFlag{Name: "arch", Value: runtime.GOARCH, Usage: "the artifact's architecture"},
+			&cli.StringFlag{Name: "target", Value: upgrade.TargetPeerd, Usage: "what the artifact is, `NAME`: peerd, or a managed application's name"},
+			&cli.StringFlag{Name: "os", Value: runtime.GOOS, Usage: "the artifact's `OS` (GOOS)"},
+			&cli.StringFlag{Name: "arch", Value: runtime.GOARCH, Usage: "the artifact's architecture, `ARCH` (GOARCH)"},
 			&cli.StringFlag{Name: "out", Usage: "signature `FILE` (default ARTIFACT.minisig)"},
 			&cli.BoolFlag{Name: "rollback", Usage: "make a rollback statement: consent that nodes at a newer version go back to this one (a plain release signature never allows that)"},
-			&cli.StringFlag{Name: "generate", Usage: "instead of signing, write a new unencrypted key pair `PREFIX`.key and PREFIX.pub"},
+			&cli.StringFlag{Name: "generate", Usage: "instead of signing, write a new unencrypted key pair `PREFIX`.key (mode 0600) and PREFIX.pub, as 'minisign -G -W' does"},
+			&cli.BoolFlag{Name: "force", Usage: "with --generate: replace an existing key pair"},
 		},
 		Action: func(c *cli.Context) error {
 			if prefix := c.String("generate"); prefix != "" {
+				if c.NArg() > 0 {
+					return usagef("sign --generate takes no ARTIFACT, got %q", c.Args().First())
+				}
 				return generateSigningKey(c, prefix)
+			}
+			if c.Bool("force") {
+				return usagef("--force goes with --generate PREFIX")
 			}
 			if c.NArg() != 1 {
 				return usagef("sign takes one ARTIFACT, got %d arguments", c.NArg())
@@ -105,26 +116,49 @@ func loadSigningKey(path, passwordFile string) (minisign.PrivateKey, error) {
 	return k, nil
 }
 
+// generateSigningKey writes a new key pair in minisign's own formats:
+// PREFIX.key as `minisign -G -W` writes an unencrypted secret key, mode
+// 0600 even where it replaces a file that was readable by others, and
+// PREFIX.pub as minisign writes a public key (one comment line, one key
+// line), which `minisign -V -p` and every agent's --trust-key read.
 func generateSigningKey(c *cli.Context, prefix string) error {
+	keyPath, pubPath := prefix+".key", prefix+".pub"
+	if !c.Bool("force") {
+		for _, p := range []string{keyPath, pubPath} {
+			if _, err := os.Lstat(p); err == nil {
+				return fmt.Errorf("%s already exists: a new key pair would replace it, and agents that trust the old public key would refuse what the new one signs; choose another PREFIX, or pass --force to replace the pair", p)
+			} else if !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("check %s: %w", p, err)
+			}
+		}
+	}
 	pub, priv, err := minisign.GenerateKey(rand.Reader)
 	if err != nil {
-		return err
+		return fmt.Errorf("generate key pair: %w", err)
 	}
 	privText, err := priv.MarshalText()
 	if err != nil {
-		return err
+		return fmt.Errorf("encode secret key: %w", err)
 	}
 	pubText, err := pub.MarshalText()
 	if err != nil {
-		return err
+		return fmt.Errorf("encode public key: %w", err)
 	}
-	if err := os.WriteFile(prefix+".key", privText, 0o600); err != nil {
+	// MarshalText is a comment line of its own wording, then the key.
+	lines := strings.Split(strings.TrimSpace(string(pubText)), "\n")
+	pubFile := fmt.Sprintf("untrusted comment: minisign public key %016X\n%s\n", pub.ID(), lines[len(lines)-1])
+	// durable.WriteFile writes a new file and renames it over the old one,
+	// so the mode is the one given, not the replaced file's.
+	// minisign ends its key files with a newline; MarshalText does not.
+	if !bytes.HasSuffix(privText, []byte("\n")) {
+		privText = append(privText, '\n')
+	}
+	if err := durable.WriteFile(keyPath, privText, 0o600); err != nil {
 		return fmt.Errorf("write secret key: %w", err)
 	}
-	pubFile := fmt.Sprintf("untrusted comment: minisign public key %X\n%s\n", pub.ID(), pubText)
-	if err := os.WriteFile(prefix+".pub", []byte(pubFile), 0o644); err != nil {
+	if err := durable.WriteFile(pubPath, []byte(pubFile), 0o644); err != nil {
 		return fmt.Errorf("write public key: %w", err)
 	}
-	fmt.Fprintf(c.App.Writer, "wrote %s.key (keep it secret) and %s.pub (give it to agents with --trust-key)\n", prefix, prefix)
+	fmt.Fprintf(c.App.Writer, "wrote %s (keep it secret) and %s (give it to agents with --trust-key)\n", keyPath, pubPath)
 	return nil
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -19,7 +18,7 @@ func upgradeCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "upgrade",
 		Usage:     "upgrade the whole cluster to a new peerd version, one wave at a time",
-		UsageText: "peerd upgrade [APP] --to VERSION --artifact PATH|URL [options]\n   peerd upgrade [APP] status|pause|resume|abort|rollback",
+		UsageText: "peerd upgrade [APP] --to VERSION --artifact FILE|URL [options]\n   peerd upgrade [APP] --plan ID\n   peerd upgrade [APP] status|pause|resume|abort|rollback",
 		Description: "Every node computes the same waves from the plan; a wave goes offline only while it holds\n" +
 			"a lease granted by a majority of the cluster, so at most one wave is offline at a time.\n" +
 			"Each node fetches the artifact (from a peer that has it, or this node), verifies its sha256,\n" +
@@ -37,8 +36,8 @@ func upgradeCommand() *cli.Command {
 func upgradeFlags() []cli.Flag {
 	return append(clientFlags(), appFlag(),
 		&cli.StringFlag{Name: "to", Usage: "target `VERSION` (the new binary must report it)"},
-		&cli.StringFlag{Name: "artifact", Usage: "the new peerd binary: a local `PATH` or an http(s) URL"},
-		&cli.StringFlag{Name: "signature", Usage: "minisign signature `FILE` of the artifact (see 'peerd sign')"},
+		&cli.StringFlag{Name: "artifact", Usage: "the new release, `FILE|URL`: peerd's binary, or an application's executable or .tar.gz bundle; a local file or an http(s) URL"},
+		&cli.StringFlag{Name: "signature", Usage: "the artifact's minisign signature, `FILE|URL`: a local file or an http(s) URL (see 'peerd sign')"},
 		&cli.StringFlag{Name: "sha256", Usage: "refuse the artifact unless its sha256 is this `HEX` digest (e.g. from the release's checksums)"},
 		&cli.StringFlag{Name: "patch", Usage: "bsdiff patch `FILE` (from 'peerd mkpatch') for nodes at --patch-from"},
 		&cli.StringFlag{Name: "patch-from", Usage: "the `VERSION` the patch applies to; other nodes fetch the full artifact"},
@@ -50,7 +49,8 @@ func upgradeFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "min-healthy", Value: 10 * time.Second, Usage: "how long an upgraded node must stay healthy before the next wave"},
 		&cli.DurationFlag{Name: "deadline", Value: 5 * time.Minute, Usage: "per wave: a node not healthy by then rolls back"},
 		&cli.BoolFlag{Name: "allow-outage", Usage: "allow a wave that takes every node offline (e.g. a one-node cluster)"},
-		&cli.BoolFlag{Name: "dry-run", Usage: "print the waves and the checks; change nothing"},
+		&cli.BoolFlag{Name: "dry-run", Usage: "print the plan (its ID, waves and checks) and change nothing; --plan ID then runs it as shown"},
+		&cli.StringFlag{Name: "plan", Usage: "run the plan a --dry-run on this node printed, `ID`, exactly as it showed it (refused if another plan ran since)"},
 		&cli.BoolFlag{Name: "detach", Usage: "start the rollout and return; follow it with 'peerd upgrade status'"},
 	)
 }
@@ -58,23 +58,29 @@ func upgradeFlags() []cli.Flag {
 func upgradeSubcommands() []*cli.Command {
 	return []*cli.Command{
 		{
-			Name:   "status",
-			Usage:  "show the rollout's progress per wave, and what to do if it halted",
+			Name:  "status",
+			Usage: "show the rollout's progress per wave, and what to do if it halted",
+			Description: "One row per node: its wave (from 1), phase, version and Serf status, and for a\n" +
+				"failed node the reason. --json prints the same as one document (docs/json.md).\n\n" + phaseLegend,
 			Flags:  append(clientFlags(), appFlag(), &cli.BoolFlag{Name: "watch", Usage: "follow the rollout until it ends"}),
 			Action: runUpgradeStatus,
 		},
 		{
 			Name:  "rollback",
-			Usage: "roll the cluster back to the previous version, progressively, as a new plan",
-			Description: "By default the artifact is this node's kept previous binary (peerd.old), and nodes accept\n" +
-				"it unsigned only if it is byte for byte the binary they kept themselves. Give --to,\n" +
-				"--artifact and --signature to roll back to another build.",
+			Usage: "roll the cluster back to the version the last plan upgraded it from, progressively, as a new plan",
+			Description: "The version is the one the last plan upgraded the cluster's nodes from, whichever node this\n" +
+				"runs on. The artifact is this node's kept binary of that version (DATA_DIR/versions/previous,\n" +
+				"or the launcher itself). Agents that trust release keys (--trust-key) go back only with a\n" +
+				"rollback statement signed by one: sign that release with\n" +
+				"  peerd sign --rollback --key KEY --version VERSION FILE\n" +
+				"and pass --signature FILE.minisig (a plain release signature never allows going back).\n" +
+				"Give --to, --artifact and --signature to roll back to another build.",
 			Flags:  upgradeFlags(),
 			Action: func(c *cli.Context) error { return startUpgrade(c, true) },
 		},
 		controlCommand(upgrade.ActionPause, "finish the waves in flight, then start no new wave"),
-		controlCommand(upgrade.ActionResume, "continue a paused rollout, or retry a failed node after fixing the cause"),
-		controlCommand(upgrade.ActionAbort, "stop the rollout where it is: nodes that have not gone offline stay as they are"),
+		controlCommand(upgrade.ActionResume, "continue a paused rollout, or retry a failed node after fixing the cause (not an aborted rollout)"),
+		controlCommand(upgrade.ActionAbort, "end the rollout for good, halted or not: no further wave starts, and it cannot be resumed"),
 	}
 }
 
@@ -104,15 +110,32 @@ func runUpgrade(c *cli.Context) error {
 	return startUpgrade(c, false)
 }
 
+// planFlags make a plan; --plan runs one made before, and takes none.
+var planFlags = []string{"to", "version", "artifact", "signature", "sha256", "patch", "patch-from", "batch", "max-unavailable",
+	"canary", "by-tag", "where", "min-healthy", "deadline", "allow-outage", "dry-run"}
+
 func startUpgrade(c *cli.Context, rollback bool) error {
+	if id := c.String("plan"); id != "" {
+		for _, f := range planFlags {
+			if c.IsSet(f) {
+				return usagef("--plan runs the previewed plan as it was shown: leave out --%s", f)
+			}
+		}
+		return runTrigger(c, upgrade.TriggerRequest{PlanID: id})
+	}
 	if !rollback && c.String("to") == "" {
 		return usagef("--to VERSION is required")
 	}
 	if !rollback && c.String("artifact") == "" {
-		return usagef("--artifact PATH|URL is required")
+		return usagef("--artifact FILE|URL is required")
 	}
 	if c.IsSet("batch") && c.IsSet("max-unavailable") {
 		return usagef("give --batch or --max-unavailable, not both")
+	}
+	// In a plan a batch of 0 means the default, 1; said on the command
+	// line it is a mistake, not a request for the default.
+	if c.IsSet("batch") && c.Int("batch") < 1 {
+		return usagef("--batch %d: a wave needs at least one node; give --batch 1 or more, or leave it out (1)", c.Int("batch"))
 	}
 	if (c.String("patch") == "") != (c.String("patch-from") == "") {
 		return usagef("--patch and --patch-from go together")
@@ -128,14 +151,20 @@ func startUpgrade(c *cli.Context, rollback bool) error {
 	if len(where) == 0 {
 		where = nil
 	}
+	opts := plan.Options{
+		Batch: c.Int("batch"), MaxUnavailable: c.String("max-unavailable"), Canary: c.Int("canary"),
+		ByTag: c.String("by-tag"), MinHealthy: c.Duration("min-healthy"), Deadline: c.Duration("deadline"),
+		AllowOutage: c.Bool("allow-outage"), Where: where,
+	}
+	// The agent checks them again; here they are a mistake in the command
+	// line, found before anything is uploaded.
+	if err := opts.Validate(); err != nil {
+		return usageError{err}
+	}
 	cl := newClient(c)
 	req := upgrade.TriggerRequest{
-		Version: c.String("to"),
-		Options: plan.Options{
-			Batch: c.Int("batch"), MaxUnavailable: c.String("max-unavailable"), Canary: c.Int("canary"),
-			ByTag: c.String("by-tag"), MinHealthy: c.Duration("min-healthy"), Deadline: c.Duration("deadline"),
-			AllowOutage: c.Bool("allow-outage"), Where: where,
-		},
+		Version:      c.String("to"),
+		Options:      opts,
 		DryRun:       c.Bool("dry-run"),
 		ExpectSHA256: c.String("sha256"),
 		Rollback:     rollback,
@@ -153,9 +182,9 @@ func startUpgrade(c *cli.Context, rollback bool) error {
 		req.ArtifactSHA256 = up.SHA256
 	}
 	if sig := c.String("signature"); sig != "" {
-		b, err := os.ReadFile(sig)
+		b, err := readSignature(c.Context, sig)
 		if err != nil {
-			return fmt.Errorf("read signature: %w", err)
+			return err
 		}
 		req.Signature = string(b)
 	}
@@ -166,12 +195,19 @@ func startUpgrade(c *cli.Context, rollback bool) error {
 		}
 		req.PatchSHA256, req.PatchFrom = up.SHA256, c.String("patch-from")
 	}
+	return runTrigger(c, req)
+}
+
+// runTrigger asks the agent for the plan, prints it and, unless told
+// otherwise, follows the rollout.
+func runTrigger(c *cli.Context, req upgrade.TriggerRequest) error {
+	cl := newClient(c)
 	res, err := cl.Trigger(c.Context, req)
 	if err != nil {
 		return err
 	}
-	if c.Bool("json") && (req.DryRun || c.Bool("detach")) {
-		return printJSON(c, res)
+	if c.Bool("json") {
+		return printTriggerJSON(c, cl, res, req.DryRun || c.Bool("detach"))
 	}
 	w := c.App.Writer
 	if req.DryRun {
@@ -185,7 +221,12 @@ func startUpgrade(c *cli.Context, rollback bool) error {
 		fmt.Fprintf(w, "  - %s\n", ch)
 	}
 	if req.DryRun {
-		fmt.Fprintln(w, "nothing changed (dry run)")
+		fmt.Fprintln(w, "nothing changed (dry run); run this plan as shown with:")
+		app := ""
+		if a := c.String("app"); a != "" {
+			app = " " + a
+		}
+		fmt.Fprintf(w, "  peerd upgrade%s --plan %s\n", app, res.PlanID)
 		return nil
 	}
 	if c.Bool("detach") {
@@ -193,6 +234,28 @@ func startUpgrade(c *cli.Context, rollback bool) error {
 		return nil
 	}
 	return watch(c, cl, res.PlanID)
+}
+
+// printTriggerJSON prints the plan made, and unless the command returns at
+// once, the rollout's final status, as one JSON document: a script reads
+// stdout with one json.Unmarshal (or jq) whatever happened in between.
+func printTriggerJSON(c *cli.Context, cl *api.Client, res upgrade.TriggerResult, now bool) error {
+	doc := newPlanDoc(res)
+	if now {
+		return printJSON(c, doc)
+	}
+	st, err := follow(c, cl, res.PlanID, nil)
+	if st.State == "" {
+		// The rollout could not be followed to its end (the agent stayed
+		// away): the document says what was started, the error why it ends.
+		st.State = upgrade.StateNone
+	}
+	rs := newRolloutState(st)
+	doc.Status = &rs
+	if perr := printJSON(c, doc); err == nil {
+		err = perr
+	}
+	return err
 }
 
 func runUpgradeStatus(c *cli.Context) error {
@@ -205,17 +268,48 @@ func runUpgradeStatus(c *cli.Context) error {
 		return err
 	}
 	if c.Bool("json") {
-		return printJSON(c, st)
+		return printJSON(c, newRolloutState(st))
 	}
 	printStatus(c.App.Writer, st)
 	return nil
 }
 
 // watch follows a rollout until it ends: one line per change, then the
-// table. It exits 0 only when every node runs the target.
+// table (or, with --json, only the final status). It exits 0 only when
+// every node runs the target.
 func watch(c *cli.Context, cl *api.Client, planID string) error {
+	if c.Bool("json") {
+		st, err := follow(c, cl, planID, nil)
+		if st.State != "" {
+			if perr := printJSON(c, newRolloutState(st)); err == nil {
+				err = perr
+			}
+		}
+		return err
+	}
 	w := c.App.Writer
 	last := ""
+	st, err := follow(c, cl, planID, func(st upgrade.Status, agentDown bool) {
+		if agentDown {
+			fmt.Fprintln(w, "(the local agent is restarting; waiting for it)")
+			return
+		}
+		if line := progressLine(st); line != last {
+			fmt.Fprintln(w, line)
+			last = line
+		}
+	})
+	if st.State != "" {
+		printStatus(w, st)
+	}
+	return err
+}
+
+// follow polls the rollout's status until it ends and returns the last
+// status, with an error unless the rollout completed. onChange, when not
+// nil, sees every status polled, and is told when the agent stops
+// answering.
+func follow(c *cli.Context, cl *api.Client, planID string, onChange func(st upgrade.Status, agentDown bool)) (upgrade.Status, error) {
 	// The local agent is one of the nodes: when its wave comes it restarts,
 	// and the watch waits for it rather than giving up.
 	var downSince time.Time
@@ -225,43 +319,33 @@ func watch(c *cli.Context, cl *api.Client, planID string) error {
 		if err != nil {
 			if downSince.IsZero() {
 				downSince = time.Now()
-				if !c.Bool("json") {
-					fmt.Fprintln(w, "(the local agent is restarting; waiting for it)")
+				if onChange != nil {
+					onChange(upgrade.Status{}, true)
 				}
 			}
 			if time.Since(downSince) > maxDown {
-				return fmt.Errorf("the local agent has not answered for %s: %w", maxDown, err)
+				return upgrade.Status{}, fmt.Errorf("the local agent has not answered for %s: %w", maxDown, err)
 			}
 			if err := sleepCtx(c, 250*time.Millisecond); err != nil {
-				return err
+				return upgrade.Status{}, err
 			}
 			continue
 		}
 		downSince = time.Time{}
 		if planID != "" && st.PlanID != "" && st.PlanID != planID {
-			return fmt.Errorf("another plan (%s) replaced %s", st.PlanID[:8], planID[:8])
+			return upgrade.Status{}, fmt.Errorf("another plan (%s) replaced %s", st.PlanID[:8], planID[:8])
 		}
-		if line := progressLine(st); line != last && !c.Bool("json") {
-			fmt.Fprintln(w, line)
-			last = line
+		if onChange != nil {
+			onChange(st, false)
 		}
 		switch st.State {
 		case upgrade.StateComplete:
-			if c.Bool("json") {
-				return printJSON(c, st)
-			}
-			printStatus(w, st)
-			return nil
+			return st, nil
 		case upgrade.StateHalted, upgrade.StateAborted, upgrade.StateNone:
-			if c.Bool("json") {
-				_ = printJSON(c, st)
-			} else {
-				printStatus(w, st)
-			}
-			return fmt.Errorf("rollout %s", st.State)
+			return st, fmt.Errorf("rollout %s", st.State)
 		}
 		if err := sleepCtx(c, 250*time.Millisecond); err != nil {
-			return err
+			return st, err
 		}
 	}
 }
@@ -286,7 +370,7 @@ func progressLine(st upgrade.Status) string {
 	for _, wv := range st.Waves {
 		for _, n := range wv.Nodes {
 			if n.Phase != upgrade.PhaseDone && n.Phase != upgrade.PhaseWait {
-				busy = append(busy, fmt.Sprintf("%s %s", n.Name, phaseWord(n.Phase)))
+				busy = append(busy, fmt.Sprintf("%s %s", n.Name, n.Phase))
 			}
 		}
 	}
@@ -298,23 +382,17 @@ func progressLine(st upgrade.Status) string {
 	return line
 }
 
-func phaseWord(p upgrade.Phase) string {
-	switch p {
-	case upgrade.PhasePrepare:
-		return "preparing"
-	case upgrade.PhaseReady:
-		return "waiting for lease"
-	case upgrade.PhaseApply, upgrade.PhaseRestart:
-		return "offline"
-	case upgrade.PhaseHealth:
-		return "verifying"
-	case upgrade.PhaseFailed:
-		return "FAILED"
-	case upgrade.PhaseAborted:
-		return "aborted"
-	}
-	return string(p)
-}
+// phaseLegend says what each phase name in status, JSON and logs means.
+const phaseLegend = "Phases (the same names in the table, --json and the agents' logs):\n" +
+	"  wait     the plan is known; earlier waves are not done yet\n" +
+	"  prep     fetching and verifying the artifact (the node is online)\n" +
+	"  ready    prepared; asking a majority for the wave's lease\n" +
+	"  apply    lease held; installing the new binary (offline)\n" +
+	"  restart  restarting into the new binary (offline)\n" +
+	"  health   the new version is up; its health gate is running\n" +
+	"  done     upgraded and healthy, or already at the target\n" +
+	"  fail     failed (and rolled back if it had gone offline)\n" +
+	"  abort    the rollout was aborted before this node started"
 
 func printStatus(w io.Writer, st upgrade.Status) {
 	if st.State == upgrade.StateNone {
@@ -333,7 +411,7 @@ func printStatus(w io.Writer, st upgrade.Status) {
 			label += " (joined late)"
 		}
 		for _, n := range wv.Nodes {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", label, n.Name, phaseWord(n.Phase), n.Version, n.Member, n.Reason)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", label, n.Name, n.Phase, n.Version, n.Member, n.Reason)
 		}
 	}
 	tw.Flush()
@@ -345,15 +423,21 @@ func printStatus(w io.Writer, st upgrade.Status) {
 func installCommand() *cli.Command {
 	var flags []cli.Flag
 	for _, f := range upgradeFlags() {
-		if f.Names()[0] == "to" {
+		switch f.Names()[0] {
+		case "to":
 			f = &cli.StringFlag{Name: "version", Aliases: []string{"to"}, Usage: "the `VERSION` the artifact is"}
+		case "artifact":
+			f = &cli.StringFlag{Name: "artifact", Usage: "the application's release, `FILE|URL`: its executable or a .tar.gz bundle; a local file or an http(s) URL"}
+		case "app":
+			// Named first: peerd install APP.
+			f = &cli.StringFlag{Name: "app", Usage: "the managed application `NAME` to install (also: peerd install NAME ...)"}
 		}
 		flags = append(flags, f)
 	}
 	return &cli.Command{
 		Name:      "install",
 		Usage:     "install a managed application on the nodes that declare it, one wave at a time",
-		UsageText: "peerd install APP --artifact PATH|URL --version VERSION [options]",
+		UsageText: "peerd install APP --artifact FILE|URL --version VERSION [options]",
 		Description: "The nodes that declare app \"APP\" { ... } in their config and do not run VERSION yet\n" +
 			"install it wave by wave, as 'peerd upgrade APP' does: fetch, verify, install into the app's\n" +
 			"version store, start it, and pass its health check before the next wave starts.\n\n" +
@@ -362,7 +446,7 @@ func installCommand() *cli.Command {
 		Flags: flags,
 		Action: func(c *cli.Context) error {
 			if c.String("app") == "" {
-				return usagef("name the application: peerd install APP --artifact PATH --version VERSION")
+				return usagef("name the application: peerd install APP --artifact FILE|URL --version VERSION")
 			}
 			if c.String("to") == "" {
 				return usagef("--version VERSION is required")

@@ -93,6 +93,36 @@ type Keyring struct {
 	Error string `json:"error,omitempty"`
 }
 
+// JoinRequest asks the agent to join the cluster at these gossip addresses
+// (a bare host means port 7946).
+type JoinRequest struct {
+	Addrs []string `json:"addrs"`
+}
+
+// JoinResult is how many of the addresses answered.
+type JoinResult struct {
+	Contacted int `json:"contacted"`
+}
+
+// ForceLeaveRequest asks the agent to mark a failed member as left.
+type ForceLeaveRequest struct {
+	Node string `json:"node"`
+}
+
+// ForceLeaveResult is the member forced out, and its status now.
+type ForceLeaveResult struct {
+	Node   string `json:"node"`
+	Status string `json:"status"`
+}
+
+// ForgetResult is the identity key an agent unpinned for a member: Key is
+// "" (and Forgotten false) when it had pinned none for that name.
+type ForgetResult struct {
+	Node      string `json:"node"`
+	Forgotten bool   `json:"forgotten"`
+	Key       string `json:"key,omitempty"`
+}
+
 // Error is the body of a non-2xx answer.
 type Error struct {
 	Error string `json:"error"`

@@ -11,7 +11,9 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -92,9 +94,30 @@ func (c *Client) Leave(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/leave", nil)
 }
 
+// Join asks the agent to join the cluster at addrs; it returns how many answered.
+func (c *Client) Join(ctx context.Context, addrs []string) (JoinResult, error) {
+	var out JoinResult
+	return out, c.post(ctx, "/v1/join", JoinRequest{Addrs: addrs}, &out)
+}
+
+// ForceLeave asks the agent to mark the failed member node as left.
+func (c *Client) ForceLeave(ctx context.Context, node string) (ForceLeaveResult, error) {
+	var out ForceLeaveResult
+	return out, c.post(ctx, "/v1/force-leave", ForceLeaveRequest{Node: node}, &out)
+}
+
+func (c *Client) post(ctx context.Context, path string, in, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	return c.doBody(ctx, http.MethodPost, path, bytes.NewReader(b), out)
+}
+
 // Forget unpins a member's identity key on the local agent.
-func (c *Client) Forget(ctx context.Context, node string) error {
-	return c.do(ctx, http.MethodPost, "/v1/forget/"+url.PathEscape(node), nil)
+func (c *Client) Forget(ctx context.Context, node string) (ForgetResult, error) {
+	var out ForgetResult
+	return out, c.do(ctx, http.MethodPost, "/v1/forget/"+url.PathEscape(node), &out)
 }
 
 // Keyring lists (op "list") or changes (install, use, remove) the gossip
@@ -126,10 +149,7 @@ func (c *Client) doBody(ctx context.Context, method, path string, body io.Reader
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("no agent answers at socket %s: is the agent running? (point --socket or PEERD_SOCKET at its socket)", c.socket)
-		}
-		return fmt.Errorf("call agent at %s: %w", c.socket, err)
+		return c.callError(err)
 	}
 	defer resp.Body.Close()
 	respBody, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
@@ -150,6 +170,83 @@ func (c *Client) doBody(ctx context.Context, method, path string, body io.Reader
 		return fmt.Errorf("decode agent answer: %w", err)
 	}
 	return nil
+}
+
+// callError says what to do about a call that reached no agent.
+func (c *Client) callError(err error) error {
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("no agent answers at socket %s: is the agent running? (point --socket or PEERD_SOCKET at its socket)", c.socket)
+	}
+	if errors.Is(err, os.ErrPermission) {
+		return errors.New(permissionHint(c.socket))
+	}
+	return fmt.Errorf("call agent at %s: %w", c.socket, err)
+}
+
+// Monitor copies the agent's log to w from now on, at level (debug, info,
+// warn or error; "" is info), as text lines or JSON lines, until ctx ends
+// (it returns nil) or the agent ends the stream (io.ErrUnexpectedEOF).
+func (c *Client) Monitor(ctx context.Context, level string, jsonLines bool, w io.Writer) error {
+	q := url.Values{}
+	if level != "" {
+		q.Set("level", level)
+	}
+	if jsonLines {
+		q.Set("format", "json")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://peerd/v1/monitor?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	hc := *c.hc
+	hc.Timeout = 0 // a stream, bounded by ctx
+	resp, err := hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return c.callError(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		var e Error
+		if json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("agent answered %s", resp.Status)
+	}
+	_, err = io.Copy(w, resp.Body)
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("the agent ended the log stream (it stopped or restarted): %w", err)
+}
+
+// permissionHint says why this user may not use the socket and who may.
+func permissionHint(socket string) string {
+	fi, err := os.Stat(socket)
+	if err != nil {
+		return fmt.Sprintf("permission denied: cannot reach socket %s (its directory is closed to this user): run as the agent's user, root, "+
+			"or a member of group peerd when the data dir is open to it (packages make it 0750, group peerd)", socket)
+	}
+	owner, group := "its owner", "its group"
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if u, err := user.LookupId(strconv.Itoa(int(st.Uid))); err == nil {
+			owner = "user " + u.Username
+		}
+		if g, err := user.LookupGroupId(strconv.Itoa(int(st.Gid))); err == nil {
+			group = g.Name
+		}
+	}
+	if fi.Mode().Perm()&0o060 == 0o060 {
+		return fmt.Sprintf("permission denied on socket %s: only %s and members of group %s may use it; "+
+			"add yourself to the group (sudo usermod -aG %s $USER, then log in again) or run as root", socket, owner, group, group)
+	}
+	return fmt.Sprintf("permission denied on socket %s: only %s may use it (mode %04o); run as that user or root "+
+		"(an agent gives its socket to group peerd, mode 0660, when that group exists)", socket, owner, fi.Mode().Perm())
 }
 
 // UploadArtifact streams a local file to the agent's artifact store.

@@ -30,7 +30,7 @@ fi
 
 # The data dir: systemd's StateDirectory= makes it too, but an agent started
 # by hand (or by another supervisor) as user peerd needs it as well.
-install -d -m 0700 -o peerd -g peerd /var/lib/peerd
+install -d -m 0750 -o peerd -g peerd /var/lib/peerd
 
 if [ -d /run/systemd/system ]; then
 	systemctl daemon-reload >/dev/null 2>&1 || true

@@ -204,13 +204,8 @@ func (p Plan) Validate() error {
 	if len(p.Members) == 0 && len(p.Options.Where) > 0 {
 		add("no alive member has the tags --where %s: check them with 'peerd members'", formatWhere(p.Options.Where))
 	}
-	errs = append(errs, p.waveProblems()...)
-	if p.Options.MinHealthy < 0 {
-		add("--min-healthy %s: want 0 or more", p.Options.MinHealthy)
-	}
-	if p.Options.Deadline <= 0 {
-		add("--deadline %s: want a positive duration", p.Options.Deadline)
-	}
+	errs = append(errs, p.Options.problems()...)
+	errs = append(errs, p.memberProblems()...)
 	if _, err := p.Encode(); err != nil {
 		// Only a Created time outside years 0-9999 gets here; without an
 		// encoding the plan has no ID and cannot be announced.
@@ -219,27 +214,69 @@ func (p Plan) Validate() error {
 	return errors.Join(errs...)
 }
 
-// waveProblems are the problems that would stop Waves from computing the
-// waves every node agrees on. Waves checks them too, so that a plan that
-// skipped Validate fails loudly rather than falling back to some default.
-func (p Plan) waveProblems() []error {
+// MinRestart is the least time Options.Deadline must leave beyond
+// MinHealthy: a node's deadline runs from when its wave goes offline, and
+// the install and restart come before the health gate's dwell.
+const MinRestart = time.Second
+
+// Validate reports every problem of the options at once, each naming the
+// flag that fixes it and how: values that cannot work (a deadline shorter
+// than the dwell it must contain) are refused when the plan is made, not
+// found out by an outage and a rollback. A Batch of 0 means the default,
+// one node; a command line that says --batch 0 is refused before it gets
+// here.
+func (o Options) Validate() error { return errors.Join(o.problems()...) }
+
+func (o Options) problems() []error {
+	errs := o.waveProblems()
+	add := func(f string, a ...any) { errs = append(errs, fmt.Errorf(f, a...)) }
+	if o.MinHealthy < 0 {
+		add("--min-healthy %s: want 0 or more (e.g. 10s)", o.MinHealthy)
+	}
+	switch {
+	case o.Deadline <= 0:
+		add("--deadline %s: want a positive duration (e.g. 5m)", o.Deadline)
+	case o.MinHealthy >= 0 && o.Deadline < o.MinHealthy+MinRestart:
+		add("--deadline %s leaves no time for --min-healthy %s: a node must install, restart and then stay healthy for --min-healthy within --deadline of going offline, or it rolls back; "+
+			"give --deadline at least %s (the default, 5m, leaves minutes for the restart), or a shorter --min-healthy", o.Deadline, o.MinHealthy, o.MinHealthy+MinRestart)
+	}
+	return errs
+}
+
+// waveProblems are the options' problems that would stop Waves from
+// computing the waves every node agrees on.
+func (o Options) waveProblems() []error {
 	var errs []error
 	add := func(f string, a ...any) { errs = append(errs, fmt.Errorf(f, a...)) }
-	o := p.Options
 	if o.Batch < 0 {
-		add("--batch %d: want a positive number", o.Batch)
+		add("--batch %d: want 1 or more nodes per wave", o.Batch)
 	}
 	if o.Batch > 0 && o.MaxUnavailable != "" {
 		add("give --batch or --max-unavailable, not both")
 	}
 	if o.MaxUnavailable != "" {
-		if _, err := ParseMaxUnavailable(o.MaxUnavailable, len(p.Members)); err != nil {
+		// Whether it parses does not depend on the member count.
+		if _, err := ParseMaxUnavailable(o.MaxUnavailable, 1); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if o.Canary < 0 {
-		add("--canary %d: want 0 or more", o.Canary)
+		add("--canary %d: want 0 (no canary wave) or more nodes", o.Canary)
 	}
+	return errs
+}
+
+// waveProblems are the problems that would stop Waves from computing the
+// waves every node agrees on. Waves checks them too, so that a plan that
+// skipped Validate fails loudly rather than falling back to some default.
+func (p Plan) waveProblems() []error {
+	return append(p.Options.waveProblems(), p.memberProblems()...)
+}
+
+// memberProblems are the snapshot's problems.
+func (p Plan) memberProblems() []error {
+	var errs []error
+	add := func(f string, a ...any) { errs = append(errs, fmt.Errorf(f, a...)) }
 	if len(p.Members) == 0 {
 		add("plan has no members")
 	}
