@@ -83,6 +83,10 @@ type Config struct {
 	// ReconnectTimeout is how long a member that failed is kept, and tried
 	// again, by Serf and in the peers file; zero is Serf's default, 24 h.
 	ReconnectTimeout time.Duration
+	// NodeKey is this node's public identity key (identity.PublicKey's
+	// String), advertised in TagKey; empty advertises none. Other members'
+	// keys are pinned in a file beside the snapshot.
+	NodeKey string
 	// Profile is one of the Profile* gossip timings.
 	Profile string
 	Logger  *slog.Logger
@@ -136,7 +140,7 @@ func (c Config) Validate() error {
 	if err := c.Protocol.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	for _, k := range []string{TagVersion, TagProtocol, TagLeaving} {
+	for _, k := range []string{TagVersion, TagProtocol, TagLeaving, TagKey} {
 		if _, ok := c.Tags[k]; ok {
 			errs = append(errs, fmt.Errorf("tag %q is reserved for peerd", k))
 		}

@@ -163,10 +163,9 @@ func (r *Recorder) observe(node string, st upgrade.NodeState) {
 	r.Changes++
 	r.last[node] = st
 	if st.PlanID != "" && st.Phase.Offline() {
-		s, was := r.offline[node]
-		if !was {
+		if _, was := r.offline[node]; !was {
 			r.Offline++
-			s = span{wave: waveKey{st.PlanID, st.Wave}, since: now}
+			s := span{wave: waveKey{st.PlanID, st.Wave}, since: now}
 			r.offline[node] = s
 			r.checkC2Locked(node, s, now)
 		}
