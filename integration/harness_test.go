@@ -92,19 +92,19 @@ func TestMain(m *testing.M) {
 // same ones back (the agent tries its last ports first), as a node keeps
 // its address.
 type agent struct {
-	t       testing.TB
-	name    string
-	dir     string // holds the binary copy, data dir and log
-	bin     string
-	args    []string // extra agent flags
-	env     []string
+	t    testing.TB
+	name string
+	dir  string // holds the binary copy, data dir and log
+	bin  string
+	args []string // extra agent flags
+	env  []string
 	// host is the address the agent binds gossip and HTTP on (port 0):
 	// loopback unless the test gave it a network namespace of its own.
 	host string
 	// netns is that namespace: the agent and every client command the test
 	// runs against it start inside it (ip netns exec), so nothing of theirs
 	// reaches an address from the root namespace.
-	netns string
+	netns   string
 	logPath string
 	// supervised agents are started again when they exit with 75 (the
 	// agent's request to be restarted into a new binary), as systemd would.
