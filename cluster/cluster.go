@@ -133,6 +133,14 @@ func (c *Cluster) PinnedKey(name string) string {
 	return c.merge.pins.key(name)
 }
 
+// MemberOfKey is the member this node pinned identity key for, or "".
+func (c *Cluster) MemberOfKey(key string) string {
+	if c.merge.pins == nil || key == "" {
+		return ""
+	}
+	return c.merge.pins.memberOf(key)
+}
+
 // Start binds the gossip address and starts Serf. If a snapshot from an
 // earlier run exists, Serf rejoins the members it lists by itself.
 func (c *Cluster) Start(ctx context.Context) error {

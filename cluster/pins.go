@@ -72,6 +72,18 @@ func (p *pins) key(name string) string {
 	return p.keys[name]
 }
 
+// memberOf is the member key was pinned for, or "".
+func (p *pins) memberOf(key string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for name, k := range p.keys {
+		if k == key {
+			return name
+		}
+	}
+	return ""
+}
+
 // forget unpins name: its next key is pinned on sight.
 func (p *pins) forget(name string) error {
 	p.mu.Lock()

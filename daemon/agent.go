@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,10 +14,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/peerd/peerd/apps"
 	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/internal/identity"
+	"github.com/peerd/peerd/internal/peertls"
 	"github.com/peerd/peerd/upgrade"
 )
 
@@ -67,7 +70,11 @@ type Agent struct {
 	controlLn net.Listener
 	peerLn    net.Listener
 	control   *http.Server
-	peer      *http.Server
+	peer      *http.Server // plain HTTP: health, info, metrics
+	peerTLS   *http.Server // mutual TLS: the same, and the members-only routes
+	peerMux   *peertls.Demux
+	peerCert  tls.Certificate
+	peerHC    *http.Client // calls members by name over mutual TLS
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 
@@ -136,13 +143,26 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if err := prepareDataDir(a.cfg.DataDir); err != nil {
 		return err
 	}
-	keyring, err := cluster.LoadKeyring(a.cfg.Encrypt, a.cfg.KeyringFile)
-	if err != nil {
-		return err
+	var keyring *memberlist.Keyring
+	if !a.cfg.InsecureGossip {
+		var seedIgnored bool
+		if keyring, seedIgnored, err = cluster.LoadKeyring(a.cfg.Encrypt, a.cfg.KeyringPath()); err != nil {
+			return err
+		}
+		if seedIgnored {
+			a.log.Warn("the --encrypt key is not in the keyring file, which wins once it exists (keys are rotated with 'peerd keyring'); "+
+				"remove the file to start over from --encrypt", "keyring_file", a.cfg.KeyringPath())
+		}
+	} else {
+		a.log.Warn("gossip is not encrypted (--insecure-gossip): anyone who reaches the gossip port can join this cluster")
 	}
 	if a.id, err = identity.LoadOrCreate(filepath.Join(a.cfg.DataDir, identity.FileName)); err != nil {
 		return err
 	}
+	if a.peerCert, err = a.id.Certificate(a.cfg.Node); err != nil {
+		return err
+	}
+	a.peerHC = peertls.Client(a.peerCert, a.memberHTTPAddr, a.pinnedKey, 5*time.Minute)
 	// Ports given as 0 are picked afresh only when the last run's are taken.
 	prev := previousAddrs(a.addrsPath())
 	if a.peerLn, err = listenHTTP(a.cfg.HTTPAddress(), portOf(prev.HTTP)); err != nil {
@@ -164,7 +184,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	ccfg.Tags = a.cfg.Tags
 	ccfg.OwnTags = map[string]string{TagHTTP: a.httpTag()}
 	ccfg.Keyring = keyring
-	ccfg.KeyringFile = a.cfg.KeyringFile
+	if keyring != nil {
+		ccfg.KeyringFile = a.cfg.KeyringPath()
+	}
 	ccfg.SnapshotPath = filepath.Join(a.cfg.DataDir, "serf.snapshot")
 	ccfg.NodeKey = a.id.Public.String()
 
@@ -185,8 +207,11 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	a.cancel = cancel
 	a.control = &http.Server{Handler: a.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
 	a.peer = &http.Server{Handler: a.peerHandler(), ReadHeaderTimeout: 10 * time.Second}
+	a.peerTLS = &http.Server{Handler: a.peer.Handler, ReadHeaderTimeout: 10 * time.Second, TLSConfig: peertls.ServerConfig(a.peerCert)}
+	a.peerMux = peertls.Split(a.peerLn)
 	a.serve(a.control, a.controlLn)
-	a.serve(a.peer, a.peerLn)
+	a.serve(a.peer, a.peerMux.Plain())
+	a.serve(a.peerTLS, tls.NewListener(a.peerMux.TLS(), a.peerTLS.TLSConfig))
 
 	// A node that knew peers when it last ran rejoins them by itself, and
 	// an unreachable --join is then no reason to stop (its seed may be
@@ -247,6 +272,29 @@ func (a *Agent) serve(srv *http.Server, ln net.Listener) {
 			a.log.Error("http server stopped", "addr", ln.Addr().String(), "err", err)
 		}
 	}()
+}
+
+// memberHTTPAddr is where member name serves its peer API, for the TLS
+// client that calls members by name.
+func (a *Agent) memberHTTPAddr(name string) (string, error) {
+	for _, m := range a.cluster.Members() {
+		if m.Name == name {
+			if addr := memberRow(m).HTTPAddr; addr != "" {
+				return addr, nil
+			}
+			return "", fmt.Errorf("member %s advertises no peer HTTP address", name)
+		}
+	}
+	return "", fmt.Errorf("%s is not a member this node knows", name)
+}
+
+// pinnedKey is the identity key pinned for member name, nil for none.
+func (a *Agent) pinnedKey(name string) identity.PublicKey {
+	k, err := identity.Parse(a.cluster.PinnedKey(name))
+	if err != nil {
+		return nil
+	}
+	return k
 }
 
 // httpTag is the peer HTTP address as advertised: just the port when it is
@@ -431,7 +479,7 @@ func (a *Agent) Close() error {
 		a.closeApps()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		for _, srv := range []*http.Server{a.control, a.peer} {
+		for _, srv := range []*http.Server{a.control, a.peer, a.peerTLS} {
 			if srv != nil {
 				_ = srv.Shutdown(ctx)
 			}
@@ -440,6 +488,9 @@ func (a *Agent) Close() error {
 			if ln != nil {
 				ln.Close()
 			}
+		}
+		if a.peerMux != nil {
+			a.peerMux.Close()
 		}
 		if a.engine != nil {
 			a.engine.Close()

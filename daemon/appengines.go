@@ -142,6 +142,7 @@ func (a *Agent) newAppEngine(sup *apps.Supervisor) (*upgrade.Engine, error) {
 		AllowOutage:   a.cfg.AllowOutage,
 		Identity:      a.id,
 		PeerHTTPAddr:  func(m cluster.Member) string { return memberRow(m).HTTPAddr },
+		PeerClient:    a.peerHC,
 		Logger:        a.opts.Logger,
 	}, appNetwork{Cluster: a.cluster, tag: TagAppPrefix + sup.Name()})
 }

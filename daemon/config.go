@@ -62,10 +62,16 @@ type Config struct {
 	RetryJoinMaxInterval time.Duration
 	// DataDir holds the Serf snapshot, the control socket and, later, state.
 	DataDir string
-	// Encrypt is a base64 gossip key; KeyringFile a JSON keyring. Either
-	// turns gossip encryption on.
+	// Encrypt is a base64 gossip key; KeyringFile a JSON keyring (default
+	// DataDir/keyring.json). Gossip is always encrypted unless
+	// InsecureGossip: Encrypt seeds the keyring file at the first start and
+	// the file wins after that, so keys rotated at runtime (peerd keyring)
+	// survive a restart, as Consul's agent does.
 	Encrypt     string
 	KeyringFile string
+	// InsecureGossip runs without gossip encryption: anyone who reaches the
+	// gossip port can join. For throwaway test clusters only.
+	InsecureGossip bool
 	// Tags are user tags advertised to the cluster, e.g. zone=a.
 	Tags map[string]string
 	// HTTPAddr is the peer HTTP API address; empty means the bind host with
@@ -172,6 +178,14 @@ func (c Config) Validate() error {
 			add("--encrypt: %w", err)
 		}
 	}
+	switch {
+	case c.InsecureGossip && (c.Encrypt != "" || c.KeyringFile != ""):
+		add("--insecure-gossip turns gossip encryption off, but --encrypt or --keyring-file is given: choose one")
+	case !c.InsecureGossip && c.Encrypt == "" && c.KeyringFile == "" && c.DataDir != "" && !fileExists(c.KeyringPath()):
+		add("no gossip key: every agent of a cluster needs the same one. Make it once with 'peerd keygen' and give it to each agent " +
+			"with --encrypt KEY, PEERD_ENCRYPT or encrypt in the config file (or a keyring_file); --insecure-gossip runs without one, " +
+			"for a throwaway test cluster only")
+	}
 	for k := range c.Tags {
 		switch {
 		case k == "":
@@ -235,6 +249,20 @@ func validJoinAddr(a string) error {
 		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", a, port)
 	}
 	return nil
+}
+
+// KeyringPath is the gossip keyring file: KeyringFile, or keyring.json in
+// the data dir. Serf rewrites it on every key change.
+func (c Config) KeyringPath() string {
+	if c.KeyringFile != "" {
+		return c.KeyringFile
+	}
+	return filepath.Join(c.DataDir, "keyring.json")
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // SocketPath is the control socket's path.

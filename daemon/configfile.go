@@ -29,6 +29,7 @@ type fileConfig struct {
 	DataDir              *string           `hcl:"data_dir,optional"`
 	Encrypt              *string           `hcl:"encrypt,optional"`
 	KeyringFile          *string           `hcl:"keyring_file,optional"`
+	InsecureGossip       *bool             `hcl:"insecure_gossip,optional"`
 	Tags                 map[string]string `hcl:"tags,optional"`
 	HTTPAddr             *string           `hcl:"http_addr,optional"`
 	Socket               *string           `hcl:"socket,optional"`
@@ -139,6 +140,9 @@ func LoadFile(path string, cfg *Config) error {
 	}
 	if fc.AllowUnsigned != nil {
 		cfg.AllowUnsigned = *fc.AllowUnsigned
+	}
+	if fc.InsecureGossip != nil {
+		cfg.InsecureGossip = *fc.InsecureGossip
 	}
 	if fc.AllowOutage != nil {
 		cfg.AllowOutage = *fc.AllowOutage

@@ -14,6 +14,8 @@ import (
 
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/daemon/api"
+	"github.com/peerd/peerd/internal/identity"
+	"github.com/peerd/peerd/internal/peertls"
 	"github.com/peerd/peerd/upgrade"
 )
 
@@ -26,6 +28,8 @@ func (a *Agent) controlHandler() http.Handler {
 	mux.HandleFunc("GET /v1/info", a.handleLocalInfo)
 	mux.HandleFunc("POST /v1/leave", a.handleLeave)
 	mux.HandleFunc("POST /v1/forget/{node}", a.handleForget)
+	mux.HandleFunc("GET /v1/keyring", a.handleKeyring)
+	mux.HandleFunc("POST /v1/keyring/{op}", a.handleKeyring)
 	mux.HandleFunc("POST /v1/rollout/artifacts", a.handleUpload)
 	mux.HandleFunc("POST /v1/rollout/trigger", a.handleTrigger)
 	mux.HandleFunc("POST /v1/rollout/control/{action}", a.handleControl)
@@ -34,13 +38,20 @@ func (a *Agent) controlHandler() http.Handler {
 }
 
 // peerHandler serves the peer HTTP API other nodes and health checks call.
-// It must only ever read: anyone on the network can reach it.
+// It must only ever read. Health, info and metrics are for anyone who
+// reaches the port (load balancers, Prometheus); plans, artifacts and
+// rollout state only for members, over mutual TLS with a node key this
+// node pinned.
 func (a *Agent) peerHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", a.handleHealth)
 	mux.HandleFunc("GET /v1/info", a.handleInfo)
 	mux.Handle("GET /metrics", a.metricsHandler())
-	upgrade.PeerRoutes(mux, a.engineFor)
+	members := http.NewServeMux()
+	upgrade.PeerRoutes(members, a.engineFor)
+	mux.Handle("/v1/rollout/", peertls.Member(func(k identity.PublicKey) string {
+		return a.cluster.MemberOfKey(k.String())
+	}, members))
 	return mux
 }
 
@@ -182,6 +193,47 @@ func (a *Agent) unhealthy() string {
 		return fmt.Sprintf("isolated: none of the %d other members still in the cluster is alive in this node's view", others)
 	}
 	return ""
+}
+
+// handleKeyring lists or changes the gossip keyring on every member. The
+// answer is 200 with the members' answers even when some failed (Error says
+// so): the operator needs both to decide what to do next.
+func (a *Agent) handleKeyring(w http.ResponseWriter, r *http.Request) {
+	op := r.PathValue("op")
+	if r.Method == http.MethodGet {
+		op = cluster.KeyringList
+	}
+	var req struct {
+		Key string `json:"key"`
+	}
+	if op != cluster.KeyringList {
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("keyring %s: want a JSON body {\"key\": \"BASE64\"}: %w", op, err))
+			return
+		}
+	}
+	res, err := a.cluster.Keyring(op, req.Key)
+	if err != nil && res.Nodes == 0 {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	out := api.Keyring{Nodes: res.Nodes, Responses: res.Responses, Errors: res.Errors,
+		Keys: res.Keys, Primary: res.PrimaryKeys}
+	for name, msg := range res.Messages {
+		if msg != "" {
+			if out.Failed == nil {
+				out.Failed = map[string]string{}
+			}
+			out.Failed[name] = msg
+		}
+	}
+	if err != nil {
+		out.Error = err.Error()
+	}
+	if op != cluster.KeyringList {
+		a.log.Warn("gossip keyring changed on the cluster's members", "op", op, "answered", res.Responses, "failed", res.Errors, "members", res.Nodes)
+	}
+	writeJSON(w, out)
 }
 
 func (a *Agent) handleForget(w http.ResponseWriter, r *http.Request) {

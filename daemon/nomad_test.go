@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/peerd/peerd/daemon"
+	"github.com/peerd/peerd/daemon/agenttest"
 	"github.com/stretchr/testify/assert"
 )
 
@@ -100,6 +101,7 @@ func TestApplyNomadEnv(t *testing.T) {
 func TestApplyNomadEnvLeavesOtherFields(t *testing.T) {
 	cfg := daemon.DefaultConfig()
 	cfg.DataDir = "/var/lib/peerd"
+	cfg.Encrypt = agenttest.GossipKey
 	want := cfg
 	want.Node, want.Bind, want.HTTPAddr = "client-1", "10.0.0.5:7946", "10.0.0.5:7947"
 	env := map[string]string{

@@ -42,6 +42,7 @@ func (a *Agent) newEngine() (*upgrade.Engine, error) {
 		AllowOutage:   a.cfg.AllowOutage,
 		Identity:      a.id,
 		PeerHTTPAddr:  func(m cluster.Member) string { return memberRow(m).HTTPAddr },
+		PeerClient:    a.peerHC,
 		Logger:        a.opts.Logger,
 		HookDir:       a.opts.HookDir,
 	}, a.cluster)

@@ -12,12 +12,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/peerd/peerd/daemon/agenttest"
 	"github.com/peerd/peerd/daemon/api"
 	"github.com/stretchr/testify/require"
 )
@@ -179,6 +181,11 @@ func (a *agent) start(extra ...string) {
 	args := append([]string{"agent", "--node", a.name, "--bind", host + ":0", "--http-addr", host + ":0",
 		"--data-dir", a.dataDir(), "--gossip-profile", "fast", "--log-level", "debug"}, a.args...)
 	args = append(args, extra...)
+	if !slices.ContainsFunc(args, func(s string) bool {
+		return s == "--encrypt" || s == "--keyring-file" || s == "--insecure-gossip"
+	}) {
+		args = append(args, "--encrypt", agenttest.GossipKey)
+	}
 	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	require.NoError(a.t, err)
 	cmd := a.command(args...)

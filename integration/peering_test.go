@@ -151,6 +151,22 @@ func TestClusterLifecycle(t *testing.T) {
 		assertNotMember(t, agents, "node7")
 	})
 
+	t.Run("agent without a gossip key refused", func(t *testing.T) {
+		outsider := newAgent(t, "node8", bins["v1"], "--insecure-gossip")
+		code := launchRefused(outsider, "--join", agents[0].gossip())
+		assert.NotEqual(t, 0, code)
+		log, _ := os.ReadFile(outsider.logPath)
+		assert.Contains(t, string(log), "gossip is not encrypted", "it was warned")
+		assertNotMember(t, agents, "node8")
+	})
+
+	t.Run("plain serf agent without the key refused", func(t *testing.T) {
+		// An outsider who reaches the gossip port speaks Serf itself.
+		err := joinAsPlainSerf(t, "outsider", agents[0].gossip())
+		require.Error(t, err, "an unencrypted serf agent joined the cluster")
+		assertNotMember(t, agents, "outsider")
+	})
+
 	t.Run("kill -9 then rejoin from the snapshot", func(t *testing.T) {
 		victim, others := agents[4], agents[:4]
 		victim.signal(syscall.SIGKILL)

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/peerd/peerd/daemon/agenttest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
@@ -473,7 +474,7 @@ func startAgent(t *testing.T, root string) *agentProc {
 		"--config", "/etc/peerd/peerd.hcl", "--node", "pkg-node",
 		"--bind", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
 		"--gossip-profile", "fast", "--allow-unsigned", "--allow-outage")
-	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/var/lib/peerd"}
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/var/lib/peerd", "PEERD_ENCRYPT=" + agenttest.GossipKey}
 	cmd.Stdout, cmd.Stderr = out, out
 	require.NoError(t, cmd.Start())
 	a := &agentProc{cmd: cmd, out: out, done: make(chan struct{})}
@@ -548,6 +549,15 @@ func TestVersionStoreUnderThePackageManager(t *testing.T) {
 	copyInto(t, root, deb3, "/tmp/peerd-3.deb")
 	copyInto(t, root, v2, "/tmp/peerd-2.0.0")
 	in(t, root, "dpkg", "-i", "/tmp/peerd-1.deb")
+
+	// The packaged config has no gossip key: the agent says how to make one
+	// instead of starting a cluster anyone could join.
+	nokey := exec.Command("chroot", "--userspec=peerd:peerd", root, "/usr/bin/peerd", "agent", "--config", "/etc/peerd/peerd.hcl")
+	nokey.Env = []string{"PATH=/usr/bin:/bin", "HOME=/var/lib/peerd"}
+	out, err = nokey.CombinedOutput()
+	require.Error(t, err, "an agent without a gossip key started:\n%s", out)
+	assert.Contains(t, string(out), "no gossip key")
+	assert.Contains(t, string(out), "peerd keygen")
 
 	a := startAgent(t, root)
 	waitVersion(t, root, a, "1.0.0")

@@ -22,9 +22,14 @@ data_dir = "/var/lib/peerd"
 # retry_join_interval     = "1s"
 # retry_join_max_interval = "30s"
 
-# Gossip encryption: one key for every node (make one with `peerd keygen`).
+# Gossip encryption (required): one key for every node of the cluster. Make
+# it once with `peerd keygen` and set it here on each node (or PEERD_ENCRYPT
+# in the environment file); the agent refuses to start without one. It seeds
+# the keyring file at the first start; after that the file wins, and keys are
+# rotated at runtime with `peerd keyring install|use|remove`.
 # encrypt = "..."
 # keyring_file = "/var/lib/peerd/keyring.json"
+# insecure_gossip = false   # true: no encryption, anyone can join (tests only)
 
 # Tags other nodes see, e.g. for `peerd upgrade --by-tag zone`.
 # tags = { zone = "a" }

@@ -51,6 +51,10 @@ type Config struct {
 	Peers        Peers
 	PeerHTTPAddr func(cluster.Member) string
 	HTTPClient   *http.Client
+	// PeerClient, when set, calls members by name over mutual TLS
+	// (peertls.Client) for plans, artifacts and node states; HTTPClient
+	// then only fetches the origin's artifact URLs.
+	PeerClient *http.Client
 	// Leases asks for a wave's lease; default a quorum of the plan's
 	// snapshot over Network.Query.
 	Leases LeaseRequester
@@ -195,6 +199,9 @@ func New(cfg Config, net Network) (*Engine, error) {
 	}
 	if e.peers == nil {
 		e.peers = HTTPPeers{Client: cfg.HTTPClient, Addr: cfg.PeerHTTPAddr, Target: cfg.Target.Name()}
+		if cfg.PeerClient != nil {
+			e.peers = HTTPPeers{Client: cfg.PeerClient, ByName: true, Target: cfg.Target.Name()}
+		}
 	}
 	e.leases = cfg.Leases
 	if e.leases == nil {

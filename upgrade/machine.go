@@ -993,7 +993,7 @@ func (m *machine) applyControl() {
 			m.ctlRetryAt = m.e.clock.Now().Add(persistRetry)
 			return
 		}
-		m.log.Info("operator action applied", "plan", short(st.PlanID), "action", c.Action)
+		m.log.Info("operator action applied", "plan", short(st.PlanID), "action", c.Action, "from", c.Sender)
 		// What was in flight for the old state must not act on the new
 		// one: an abort stops a fetch or a lease request at once, and a
 		// pause a lease request (no new wave starts).

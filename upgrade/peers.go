@@ -33,6 +33,10 @@ const (
 // HTTPPeers fetches from other nodes' peer HTTP APIs.
 type HTTPPeers struct {
 	Client *http.Client
+	// ByName makes the URL https://MEMBER/path: Client resolves the name
+	// and checks the member's pinned key (peertls.Client). Without it the
+	// URL is http:// to Addr (tests).
+	ByName bool
 	// Addr is the peer HTTP address a member advertises ("" for none).
 	Addr func(cluster.Member) string
 	// Target is the engine's target; an application's routes carry it as
@@ -92,11 +96,14 @@ func (h HTTPPeers) get(ctx context.Context, m cluster.Member, path string, limit
 }
 
 func (h HTTPPeers) open(ctx context.Context, m cluster.Member, path string) (*http.Response, error) {
-	addr := h.Addr(m)
-	if addr == "" {
-		return nil, fmt.Errorf("node %s advertises no peer HTTP address", m.Name)
+	u := url.URL{Scheme: "https", Host: m.Name, Path: path}
+	if !h.ByName {
+		addr := h.Addr(m)
+		if addr == "" {
+			return nil, fmt.Errorf("node %s advertises no peer HTTP address", m.Name)
+		}
+		u = url.URL{Scheme: "http", Host: addr, Path: path}
 	}
-	u := url.URL{Scheme: "http", Host: addr, Path: path}
 	if h.Target != "" && h.Target != TargetPeerd {
 		u.RawQuery = url.Values{"target": {h.Target}}.Encode()
 	}
@@ -119,9 +126,9 @@ func (h HTTPPeers) open(ctx context.Context, m cluster.Member, path string) (*ht
 // for peerd); it returns an error that says what to do when there is none.
 type EngineLookup func(target string) (*Engine, error)
 
-// PeerRoutes registers the read-only rollout routes other nodes and
-// operators call: plans, artifacts, this node's state and the rollout's
-// status. Anyone who reaches the peer HTTP API can call them.
+// PeerRoutes registers the read-only rollout routes other nodes call:
+// plans, artifacts, this node's state and the rollout's status, all under
+// /v1/rollout/. The caller serves them to members only (peertls.Member).
 func PeerRoutes(mux *http.ServeMux, lookup EngineLookup) {
 	mux.HandleFunc("GET "+routePlan+"{id}", withEngine(lookup, func(e *Engine, w http.ResponseWriter, r *http.Request) {
 		b, sig, err := e.PlanBytes(r.PathValue("id"))

@@ -45,7 +45,8 @@ func agentFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "retry-join-max-interval", Usage: "longest wait between retry-join attempts", DefaultText: "30s", EnvVars: env("RETRY_JOIN_MAX_INTERVAL")},
 		&cli.StringFlag{Name: "data-dir", Usage: "`DIR` for the cluster snapshot, socket and state (required; created 0700)", EnvVars: env("DATA_DIR")},
 		&cli.StringFlag{Name: "encrypt", Usage: "base64 gossip encryption `KEY` (make one with 'peerd keygen')", EnvVars: env("ENCRYPT")},
-		&cli.StringFlag{Name: "keyring-file", Usage: "gossip keyring `FILE` (JSON array of base64 keys, first is primary)", EnvVars: env("KEYRING_FILE")},
+		&cli.StringFlag{Name: "keyring-file", Usage: "gossip keyring `FILE`: a JSON array of base64 keys, primary first; --encrypt seeds it at the first start, then it wins (default DATA_DIR/keyring.json)", EnvVars: env("KEYRING_FILE")},
+		&cli.BoolFlag{Name: "insecure-gossip", Usage: "run without gossip encryption, so anyone who reaches the gossip port can join (throwaway test clusters only)", EnvVars: env("INSECURE_GOSSIP")},
 		&cli.StringSliceFlag{Name: "tag", Usage: "advertise a `KEY=VALUE` tag, e.g. zone=a (repeatable)", EnvVars: env("TAG")},
 		&cli.StringFlag{Name: "http-addr", Usage: "peer HTTP API `HOST:PORT`; port 0 picks a free one (default: the bind host, port 7947, or 0 with a --bind port of 0)", EnvVars: env("HTTP_ADDR")},
 		&cli.StringFlag{Name: "socket", Usage: "serve the control API on this unix socket `PATH` (default DATA_DIR/peerd.sock)", EnvVars: env("SOCKET")},
@@ -95,6 +96,9 @@ func agentConfig(c *cli.Context) (daemon.Config, error) {
 	}
 	if c.IsSet("allow-unsigned") {
 		cfg.AllowUnsigned = c.Bool("allow-unsigned")
+	}
+	if c.IsSet("insecure-gossip") {
+		cfg.InsecureGossip = c.Bool("insecure-gossip")
 	}
 	if c.IsSet("allow-outage") {
 		cfg.AllowOutage = c.Bool("allow-outage")

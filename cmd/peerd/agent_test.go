@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/peerd/peerd/daemon"
+	"github.com/peerd/peerd/daemon/agenttest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/urfave/cli/v2"
@@ -18,6 +20,13 @@ import (
 // starting an agent.
 func parseAgent(t *testing.T, args ...string) (daemon.Config, error) {
 	t.Helper()
+	// Every agent needs a gossip key; these tests are about other settings.
+	if os.Getenv("PEERD_ENCRYPT") == "" && !slices.ContainsFunc(args, func(a string) bool {
+		return a == "--encrypt" || a == "--keyring-file" || a == "--insecure-gossip" || a == "--no-test-key"
+	}) {
+		args = append(args, "--encrypt", agenttest.GossipKey)
+	}
+	args = slices.DeleteFunc(args, func(a string) bool { return a == "--no-test-key" })
 	var cfg daemon.Config
 	var cfgErr error
 	app := newApp(&bytes.Buffer{}, &bytes.Buffer{})
@@ -130,6 +139,8 @@ func TestAgentFlagValidation(t *testing.T) {
 		{"bad join", []string{"--data-dir", "/d", "--join", "a:b:c"}, "is not HOST or HOST:PORT"},
 		{"short key", []string{"--data-dir", "/d", "--encrypt", "c2hvcnQ="}, "gossip key is 5 bytes, want 16, 24 or 32"},
 		{"key not base64", []string{"--data-dir", "/d", "--encrypt", "%%%"}, "not valid base64"},
+		{"no gossip key", []string{"--data-dir", "/d", "--no-test-key"}, "no gossip key: every agent of a cluster needs the same one. Make it once with 'peerd keygen'"},
+		{"insecure and a key", []string{"--data-dir", "/d", "--insecure-gossip", "--encrypt", agenttest.GossipKey}, "--insecure-gossip turns gossip encryption off, but --encrypt"},
 		{"tag without value", []string{"--data-dir", "/d", "--tag", "zone"}, `--tag "zone": want KEY=VALUE`},
 		{"reserved tag", []string{"--data-dir", "/d", "--tag", "v=9"}, `tag "v" is reserved`},
 		{"leaving tag", []string{"--data-dir", "/d", "--tag", "l=1"}, `tag "l" is reserved`},

@@ -24,6 +24,10 @@ sock() { echo "$work/node$1/data/peerd.sock"; }
 # Where node N's kv reports the address it bound (each start may bind another).
 kvaddr_file() { echo "$work/node$1/data/apps/kv/addr"; }
 
+# One gossip key for every agent: without one an agent refuses to start.
+export PEERD_ENCRYPT
+PEERD_ENCRYPT=$("$peerd" keygen)
+
 start() { # index [join address]
 	local i=$1 node="node$1"
 	mkdir -p "$work/$node"

@@ -14,6 +14,9 @@ make -s build OUT="$work/v1/peerd" VERSION=1.0.0 PROTOCOL_MIN=1 PROTOCOL_MAX=1 &
 make -s build OUT="$work/v2/peerd" VERSION=2.0.0 PROTOCOL_MIN=1 PROTOCOL_MAX=2 &
 wait
 peerd="$work/v1/peerd"
+# One gossip key for every agent: without one an agent refuses to start.
+export PEERD_ENCRYPT
+PEERD_ENCRYPT=$("$peerd" keygen)
 
 start() { # index [join address]
 	local i=$1 node="node$1"

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/daemon"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -213,6 +214,7 @@ func TestJobEnvMatchesAgent(t *testing.T) {
 		"NOMAD_PORT_" + daemon.NomadHTTPPort: port(daemon.NomadHTTPPort),
 	}
 	cfg := daemon.DefaultConfig()
+	cfg.Encrypt, _ = cluster.GenerateKey() // the config template's (TestJobConfigFile)
 	daemon.ApplyNomadEnv(&cfg, func(k string) string { return nomad[k] })
 	cfg.DataDir = strings.ReplaceAll(env["PEERD_DATA_DIR"], "${NOMAD_ALLOC_DIR}", nomad["NOMAD_ALLOC_DIR"])
 	assert.Equal(t, "client-1", cfg.Node)
@@ -260,6 +262,13 @@ func TestJobConfigFile(t *testing.T) {
 		assert.True(t, ok, "template reads %s", name)
 		return val
 	})
+	// The gossip key is a Nomad variable the operator puts once:
+	//   nomad var put nomad/jobs/peerd gossip_key=$(peerd keygen)
+	gossipKey, err := cluster.GenerateKey()
+	require.NoError(t, err)
+	nomadVar := regexp.MustCompile(`\{\{\s*with nomadVar "nomad/jobs/peerd"\s*\}\}\{\{\s*\.gossip_key\s*\}\}\{\{\s*end\s*\}\}`)
+	require.Regexp(t, nomadVar, data, "the gossip key comes from the job's Nomad variable")
+	data = nomadVar.ReplaceAllLiteralString(data, gossipKey)
 	require.NotContains(t, data, "{{")
 	file := filepath.Join(taskDir, "peerd.hcl")
 	require.NoError(t, os.WriteFile(file, []byte(data), 0o600))
@@ -274,6 +283,7 @@ func TestJobConfigFile(t *testing.T) {
 	assert.Equal(t, daemon.RestartReexec, cfg.Restart, "a self-upgrade re-execs in place: Nomad sees no restart")
 	assert.Equal(t, []string{filepath.Join(taskDir, "peerd.pub")}, cfg.TrustKeys)
 	assert.Equal(t, map[string]string{"dc": "dc1"}, cfg.Tags)
+	assert.Equal(t, gossipKey, cfg.Encrypt)
 	cfg.DataDir = t.TempDir()
 	assert.NoError(t, cfg.Validate())
 }

@@ -187,6 +187,7 @@ job "peerd" {
         change_signal = "SIGHUP"
         data          = <<-EOT
           retry_join = ${jsonencode(var.retry_join)}
+          encrypt    = "{{ with nomadVar "nomad/jobs/peerd" }}{{ .gossip_key }}{{ end }}"
           restart    = "reexec"
           trust_key  = ["{{ env "NOMAD_TASK_DIR" }}/peerd.pub"]
           tags       = { dc = "{{ env "NOMAD_DC" }}" }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/peerd/peerd/buildinfo"
+	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/daemon"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -33,6 +34,17 @@ func Build(version string, pmin, pmax int) buildinfo.Info {
 	return b
 }
 
+// GossipKey is the gossip key of every test agent in this process: the
+// clusters of different tests never meet anyway (each binds its own ports),
+// and tests run with encryption on, as production does.
+var GossipKey = func() string {
+	k, err := cluster.GenerateKey()
+	if err != nil {
+		panic(err)
+	}
+	return k
+}()
+
 // Config is an agent config for a test node on loopback with free ports, a
 // fresh data dir, and the fast gossip profile.
 func Config(t testing.TB, name string) daemon.Config {
@@ -46,6 +58,7 @@ func Config(t testing.TB, name string) daemon.Config {
 	cfg.HTTPAddr = "127.0.0.1:0"
 	cfg.DataDir = filepath.Join(dir, "data")
 	cfg.GossipProfile = "fast"
+	cfg.Encrypt = GossipKey
 	cfg.RetryJoinInterval = 20 * time.Millisecond
 	cfg.RetryJoinMaxInterval = 200 * time.Millisecond
 	return cfg

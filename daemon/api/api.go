@@ -77,6 +77,22 @@ type Health struct {
 	Version string `json:"version"`
 }
 
+// Keyring is what the members answered to a gossip keyring operation.
+type Keyring struct {
+	// Nodes the cluster has, how many answered and how many failed.
+	Nodes     int `json:"nodes"`
+	Responses int `json:"responses"`
+	Errors    int `json:"errors"`
+	// Failed maps each failed member to its reason.
+	Failed map[string]string `json:"failed,omitempty"`
+	// Keys maps each base64 key to the number of members that have it
+	// installed; Primary to the number that use it as primary (list).
+	Keys    map[string]int `json:"keys,omitempty"`
+	Primary map[string]int `json:"primary,omitempty"`
+	// Error is set when some member failed or did not answer.
+	Error string `json:"error,omitempty"`
+}
+
 // Error is the body of a non-2xx answer.
 type Error struct {
 	Error string `json:"error"`

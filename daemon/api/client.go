@@ -97,6 +97,17 @@ func (c *Client) Forget(ctx context.Context, node string) error {
 	return c.do(ctx, http.MethodPost, "/v1/forget/"+url.PathEscape(node), nil)
 }
 
+// Keyring lists (op "list") or changes (install, use, remove) the gossip
+// keyring of every member. Members' failures are in the answer's Error.
+func (c *Client) Keyring(ctx context.Context, op, key string) (Keyring, error) {
+	var out Keyring
+	if op == "list" {
+		return out, c.do(ctx, http.MethodGet, "/v1/keyring", &out)
+	}
+	body, _ := json.Marshal(map[string]string{"key": key})
+	return out, c.doBody(ctx, http.MethodPost, "/v1/keyring/"+url.PathEscape(op), bytes.NewReader(body), &out)
+}
+
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	return c.doBody(ctx, method, path, nil, out)
 }

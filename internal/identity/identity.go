@@ -10,12 +10,17 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/peerd/peerd/internal/durable"
 )
@@ -188,4 +193,36 @@ func (c *sigCache) check(pub PublicKey, msg, sig []byte) bool {
 	c.ok[k] = ok
 	c.mu.Unlock()
 	return ok
+}
+
+// Certificate is a self-signed TLS certificate for this key, for the peer
+// HTTP API. Peers trust it because its key is the one they pinned for the
+// node, not because of who signed it, so it names the node only for logs
+// and never expires on its own: the key's life is the certificate's.
+func (k Key) Certificate(node string) (tls.Certificate, error) {
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: node},
+		NotBefore:    time.Unix(0, 0),
+		NotAfter:     time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, ed25519.PublicKey(k.Public), k.private)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("make the node's TLS certificate: %w", err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k.private}, nil
+}
+
+// KeyOfCertificate is the identity key a peer's TLS certificate carries.
+func KeyOfCertificate(certs []*x509.Certificate) (PublicKey, error) {
+	if len(certs) == 0 {
+		return nil, errors.New("no certificate")
+	}
+	pub, ok := certs[0].PublicKey.(ed25519.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("certificate key is %T, not a node's ed25519 key", certs[0].PublicKey)
+	}
+	return PublicKey(pub), nil
 }
