@@ -961,7 +961,7 @@ func TestFaultsStoppedProcesses(t *testing.T) {
 
 // TestFaultsConcurrentTriggers: two nodes of five are asked for the same
 // upgrade, the second 0-500 ms after the first (three trials, each on a
-// fleet of its own: skew 0 and two seeded random skews). Exactly one
+// fleet of its own: skew 0 and seeded random skews in 0-250 and 250-500 ms). Exactly one
 // trigger makes a plan, which runs to the end; the other gets an error
 // naming that plan; no node ever reports another plan.
 //
@@ -977,7 +977,8 @@ func TestFaultsConcurrentTriggers(t *testing.T) {
 	}
 	t.Logf("seed %d (replay with PEERD_TEST_SEED=%d)", seed, seed)
 	rng := rand.New(rand.NewPCG(seed, 11))
-	skews := []time.Duration{0, time.Duration(rng.IntN(500)) * time.Millisecond, time.Duration(rng.IntN(500)) * time.Millisecond}
+	// Skew 0, one below 250 ms and one above.
+	skews := []time.Duration{0, time.Duration(rng.IntN(250)) * time.Millisecond, time.Duration(250+rng.IntN(250)) * time.Millisecond}
 	for _, skew := range skews {
 		first, second := rng.IntN(5), rng.IntN(4)
 		if second >= first {

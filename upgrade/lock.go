@@ -204,7 +204,7 @@ func unreachable(all, alive []cluster.Member) error {
 	}
 	sort.Strings(down)
 	return fmt.Errorf("only %d of the %d members are reachable, and a rollout needs a majority (%d): %s; "+
-		"a partitioned minority must not start a plan: heal the network, or remove members gone for good with 'peerd force-leave NODE'",
+		"a partitioned minority must not start a plan: heal the network or bring those members back (one gone for good counts until the cluster reaps it, 24 h after it failed)",
 		len(alive), len(all), need, strings.Join(down, ", "))
 }
 
