@@ -37,7 +37,7 @@ NFPM         := $(GO) tool nfpm
 # Newer goreleaser releases need modules the proxy refuses, or a newer Go.
 GORELEASER_VERSION ?= v2.12.5
 
-.PHONY: help build test test-sim unit lint fmt demo demo-app bench bench-sim clean gen packages goreleaser-check test-systemd
+.PHONY: help build test test-faults test-sim unit lint fmt demo demo-app bench bench-sim clean gen packages goreleaser-check test-systemd
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
@@ -53,6 +53,9 @@ test: lint ## vet, staticcheck, every test (integration included) under the race
 	$(GO) test -race -count=1 -timeout 30m ./...
 	@# Under -race the fault schedules run 20 seeds; without it, 200.
 	$(GO) test -count=1 -timeout 20m -run '^TestFaultSchedules$$' ./upgrade/upgradetest/
+
+test-faults: ## real faults, as root: agents in network namespaces under partitions, SIGSTOP, kill -9, concurrent triggers, late joiners (~4 min)
+	PEERD_TEST_FAULTS=1 $(GO) test -count=1 -v -timeout 15m -run '^TestFaults' ./integration/
 
 # SEEDS is how many fault schedules test-sim runs.
 SEEDS        ?= 1000

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,11 +12,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/serf/serf"
-	"github.com/peerd/peerd/internal/durable"
 )
 
 // Member is one node as this node sees it.
@@ -47,12 +46,19 @@ type Cluster struct {
 
 	handler Handler // set before Start
 
+	// rejoinEvery paces the rejoin loop: the profile's reconnect interval.
+	rejoinEvery time.Duration
+	// book is the peers file's content: every peer this node knew and
+	// did not see leave. Start reads it; the event loop owns it after.
+	book *peerBook
 	// previousPeers are the gossip addresses of the members this node knew
 	// when it last ran (from its peers file), read once by Start.
 	previousPeers []string
-	// written is the peers file's content (name -> address) as last
-	// written or read; the event loop owns it once Start returns.
-	written map[string]string
+	// rejoinMu is held while the rejoin loop joins a peer, and leaving
+	// stops it: a join that completes during a graceful leave would
+	// announce this node as rejoined.
+	rejoinMu sync.Mutex
+	leaving  atomic.Bool
 
 	// localMu keeps a query from starting while a tag update is applied:
 	// serf.Query reads the local node through a pointer that memberlist
@@ -146,16 +152,17 @@ func (c *Cluster) Start(ctx context.Context) error {
 	}
 	sc := c.cfg.serfConfig(port)
 	sc.Tags = c.tagsLocked()
+	c.rejoinEvery = sc.ReconnectInterval
+	c.book = newPeerBook(c.cfg.NodeName, c.reconnectTimeout())
 	if c.cfg.SnapshotPath != "" {
 		known := snapshotMembers(c.cfg.SnapshotPath)
-		c.written = map[string]string{}
-		for _, p := range readPeers(c.peersPath()) {
-			c.written[p.Name] = p.Addr
-			if p.Name != c.cfg.NodeName {
-				known[p.Name] = true
-				c.previousPeers = append(c.previousPeers, p.Addr)
+		c.loadPeers()
+		for name := range c.book.peers {
+			if name != c.cfg.NodeName {
+				known[name] = true
 			}
 		}
+		c.previousPeers = c.book.others()
 		c.merge.setPrevious(known)
 	}
 	c.events = make(chan serf.Event, 256)
@@ -196,81 +203,6 @@ func (c *Cluster) Start(ctx context.Context) error {
 // PreviousPeers are the gossip addresses of the members this node knew when
 // it last ran. A restarted node rejoins them by itself.
 func (c *Cluster) PreviousPeers() []string { return c.previousPeers }
-
-// peer is one entry of the peers file.
-type peer struct {
-	Name string `json:"name"`
-	Addr string `json:"addr"`
-}
-
-// peersPath is the peers file beside the Serf snapshot. Serf buffers its
-// snapshot and may never flush a quiet cluster's members before a crash, so
-// peerd keeps its own list, written durably on every membership change.
-func (c *Cluster) peersPath() string {
-	return filepath.Join(filepath.Dir(c.cfg.SnapshotPath), "peers.json")
-}
-
-func readPeers(path string) []peer {
-	var out []peer
-	if b, err := os.ReadFile(path); err == nil {
-		_ = json.Unmarshal(b, &out)
-	}
-	return out
-}
-
-// peersSaveDelay bounds how long a membership change that adds nobody
-// to the peers file waits to be written.
-const peersSaveDelay = time.Second
-
-// notePeers records the members still in the cluster after a membership
-// change: at once when one of them is not in the peers file (a newcomer,
-// or a member at a new address), so that a node killed right after
-// joining still finds its way back. A change that adds nobody (a member
-// failed or left; a restarted node hearing again of the members it had
-// listed, one join event each) reports that it wants writing later: at
-// 100 members a restart made 99 durable writes of the whole list, 2.5% of
-// a rollout's CPU in perf, and held up the event loop behind them.
-//
-// Only the event's members can be new to the file, so that is all it
-// reads: reading the whole list for each event made a restart's burst of
-// join events O(members^2), and the event loop fell behind.
-func (c *Cluster) notePeers(e serf.MemberEvent) (later bool) {
-	if c.cfg.SnapshotPath == "" {
-		return false
-	}
-	for _, m := range e.Members {
-		mm := toMember(m)
-		if (mm.Status == "alive" || mm.Status == "failed") && c.written[mm.Name] != mm.Addr {
-			c.writePeers(c.livePeers())
-			return false
-		}
-	}
-	return true
-}
-
-func (c *Cluster) livePeers() []peer {
-	var peers []peer
-	for _, m := range c.Members() {
-		if m.Status == "alive" || m.Status == "failed" {
-			peers = append(peers, peer{Name: m.Name, Addr: m.Addr})
-		}
-	}
-	return peers
-}
-
-// writePeers writes the peers file. Only the event loop calls it (and
-// Start, before the loop runs, sets what it last wrote).
-func (c *Cluster) writePeers(peers []peer) {
-	b, _ := json.Marshal(peers)
-	if err := durable.WriteFile(c.peersPath(), b, 0o600); err != nil {
-		c.log.Warn("save peers file", "err", err)
-		return
-	}
-	c.written = make(map[string]string, len(peers))
-	for _, p := range peers {
-		c.written[p.Name] = p.Addr
-	}
-}
 
 // snapshotMembers lists the members a Serf snapshot file records as alive
 // ("alive: NAME ADDR" and "not-alive: NAME" lines, in order).
@@ -641,6 +573,11 @@ func ranges(members []Member, skip string) []ProtocolRange {
 func (c *Cluster) Leave(ctx context.Context) error {
 	done := make(chan error, 1)
 	go func() {
+		// No rejoin of a missing peer from now on, and none running while
+		// this node leaves: its join would announce the node as back.
+		c.leaving.Store(true)
+		c.rejoinMu.Lock()
+		defer c.rejoinMu.Unlock()
 		// Say so first: SetTag returns once the update went out, ahead of
 		// the leave intent (see TagLeaving). Leaving goes on without it.
 		if err := c.SetTag(TagLeaving, "1"); err != nil {
@@ -693,39 +630,68 @@ func (c *Cluster) savePins() {
 // ShutdownCh is closed when Serf stops, whatever the reason.
 func (c *Cluster) ShutdownCh() <-chan struct{} { return c.serf.ShutdownCh() }
 
+// peersSaveDelay bounds how long a membership change that adds nobody
+// to the peers file waits to be written.
+const peersSaveDelay = time.Second
+
 func (c *Cluster) eventLoop(ctx context.Context) {
 	var save <-chan time.Time // a peers file write is due
+	refresh := time.NewTicker(c.peersRefresh())
+	defer refresh.Stop()
+	rejoin := time.NewTicker(c.rejoinEvery)
+	defer rejoin.Stop()
+	var rejoining chan struct{} // closed when the running rejoin ends; nil: none runs
 	for {
 		select {
 		case <-ctx.Done():
 			if save != nil {
-				c.writePeers(c.livePeers())
+				c.savePeers()
 			}
 			c.savePins()
 			return
 		case <-save:
 			save = nil
-			c.writePeers(c.livePeers())
+			c.savePeers()
+		case <-refresh.C:
+			c.savePeers()
+		case <-rejoin.C:
+			if rejoining == nil && c.cfg.SnapshotPath != "" {
+				rejoining = c.startRejoin(ctx)
+			}
+		case <-rejoining:
+			rejoining = nil
 		case e := <-c.events:
 			switch e := e.(type) {
 			case serf.MemberEvent:
 				c.index.update(e)
 				c.savePins()
-				if c.handler != nil {
-					ms := make([]Member, len(e.Members))
-					for i, m := range e.Members {
-						ms[i] = toMember(m)
-						if e.EventType() == serf.EventMemberReap {
-							ms[i].Status = StatusReaped
-						}
+				ms := make([]Member, len(e.Members))
+				for i, m := range e.Members {
+					ms[i] = toMember(m)
+					if e.EventType() == serf.EventMemberReap {
+						ms[i].Status = StatusReaped
 					}
+				}
+				if c.handler != nil {
 					c.handler.HandleMembers(ms)
+				}
+				if c.cfg.SnapshotPath != "" {
+					urgent, later := false, false
+					now := time.Now()
+					for _, m := range ms {
+						u, l := c.book.note(m, now)
+						urgent, later = urgent || u, later || l
+					}
+					switch {
+					case urgent:
+						c.savePeers()
+						save = nil
+					case later && save == nil:
+						save = time.After(peersSaveDelay)
+					}
 				}
 				if e.EventType() == serf.EventMemberUpdate {
 					continue // tag changes (rollout progress) are too frequent to log
-				}
-				if c.notePeers(e) && save == nil {
-					save = time.After(peersSaveDelay)
 				}
 				for _, m := range e.Members {
 					c.log.Info("member "+strings.TrimPrefix(e.EventType().String(), "member-"),

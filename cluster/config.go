@@ -75,8 +75,14 @@ type Config struct {
 	Keyring *memberlist.Keyring
 	// KeyringFile is where Serf persists key rotations (optional).
 	KeyringFile string
-	// SnapshotPath lets a restarted node rejoin the members it last knew.
+	// SnapshotPath lets a restarted node rejoin the members it last knew,
+	// from Serf's snapshot and the peers file beside it. With it, the node
+	// also keeps trying, every reconnect interval of the profile, the peers
+	// it knew and does not see alive (see peers.go).
 	SnapshotPath string
+	// ReconnectTimeout is how long a member that failed is kept, and tried
+	// again, by Serf and in the peers file; zero is Serf's default, 24 h.
+	ReconnectTimeout time.Duration
 	// NodeKey is this node's public identity key (identity.PublicKey's
 	// String), advertised in TagKey; empty advertises none. Other members'
 	// keys are pinned in a file beside the snapshot.
@@ -124,6 +130,9 @@ func (c Config) Validate() error {
 		} else if err := checkAdvertisePort(c.BindAddr, c.AdvertiseAddr); err != nil {
 			errs = append(errs, fmt.Errorf("advertise address %s: %w", c.AdvertiseAddr, err))
 		}
+	}
+	if c.ReconnectTimeout < 0 {
+		errs = append(errs, fmt.Errorf("reconnect timeout %s: want 0 (the default) or more", c.ReconnectTimeout))
 	}
 	if c.PreferPort < 0 || c.PreferPort > 65535 {
 		errs = append(errs, fmt.Errorf("preferred port %d: want 0 to 65535", c.PreferPort))
@@ -233,6 +242,9 @@ func (c Config) serfConfig(port int) *serf.Config {
 	sc.KeyringFile = c.KeyringFile
 	sc.SnapshotPath = c.SnapshotPath
 	sc.RejoinAfterLeave = false
+	if c.ReconnectTimeout > 0 {
+		sc.ReconnectTimeout = c.ReconnectTimeout
+	}
 	return sc
 }
 

@@ -94,12 +94,19 @@ func TestMain(m *testing.M) {
 // same ones back (the agent tries its last ports first), as a node keeps
 // its address.
 type agent struct {
-	t       testing.TB
-	name    string
-	dir     string // holds the binary copy, data dir and log
-	bin     string
-	args    []string // extra agent flags
-	env     []string
+	t    testing.TB
+	name string
+	dir  string // holds the binary copy, data dir and log
+	bin  string
+	args []string // extra agent flags
+	env  []string
+	// host is the address the agent binds gossip and HTTP on (port 0):
+	// loopback unless the test gave it a network namespace of its own.
+	host string
+	// netns is that namespace: the agent and every client command the test
+	// runs against it start inside it (ip netns exec), so nothing of theirs
+	// reaches an address from the root namespace.
+	netns   string
 	logPath string
 	// supervised agents are started again when they exit with 75 (the
 	// agent's request to be restarted into a new binary), as systemd would.
@@ -111,6 +118,7 @@ type agent struct {
 	done  chan struct{}
 	code  int
 	addrs api.Addrs // what the agent reported once ready (run)
+	cl    *api.Client
 	// exitedCPU is the CPU time of this agent's processes that have
 	// exited (a supervised restart starts a new one), with their waited
 	// children; cpu adds the running process's.
@@ -166,7 +174,11 @@ func (a *agent) dataDir() string { return filepath.Join(a.dir, "data") }
 // start runs the agent; it returns once the process is running (not ready).
 func (a *agent) start(extra ...string) {
 	a.t.Helper()
-	args := append([]string{"agent", "--node", a.name, "--bind", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+	host := a.host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	args := append([]string{"agent", "--node", a.name, "--bind", host + ":0", "--http-addr", host + ":0",
 		"--data-dir", a.dataDir(), "--gossip-profile", "fast", "--log-level", "debug"}, a.args...)
 	args = append(args, extra...)
 	if !slices.ContainsFunc(args, func(s string) bool {
@@ -176,7 +188,7 @@ func (a *agent) start(extra ...string) {
 	}
 	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	require.NoError(a.t, err)
-	cmd := exec.Command(a.bin, args...)
+	cmd := a.command(args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), a.env...)
 	require.NoError(a.t, cmd.Start())
@@ -308,7 +320,17 @@ func (a *agent) kill() {
 	_, _ = a.wait(10 * time.Second)
 }
 
-func (a *agent) client() *api.Client { return api.NewClient(a.socket()) }
+// client is the agent's control API client, one per agent: each client has
+// its own pool of connections, and a client made per call left its idle
+// connection open (an observer polling every 20 ms ran out of descriptors).
+func (a *agent) client() *api.Client {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cl == nil {
+		a.cl = api.NewClient(a.socket())
+	}
+	return a.cl
+}
 
 func (a *agent) members() ([]api.Member, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -338,9 +360,19 @@ func (a *agent) statusOf(name string) (string, error) {
 	return "", nil
 }
 
+// command is the agent's binary run with args, inside its network
+// namespace if it has one (ip netns exec execs in place: the PID is the
+// agent's).
+func (a *agent) command(args ...string) *exec.Cmd {
+	if a.netns != "" {
+		return exec.Command("ip", append([]string{"netns", "exec", a.netns, a.bin}, args...)...)
+	}
+	return exec.Command(a.bin, args...)
+}
+
 // cli runs a peerd client command against this agent's socket.
 func (a *agent) cli(args ...string) (string, string, error) {
-	cmd := exec.Command(a.bin, args...)
+	cmd := a.command(args...)
 	cmd.Env = append(os.Environ(), "PEERD_SOCKET="+a.socket())
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -102,7 +102,9 @@ func openPlanLock(path string) (*planLock, error) {
 func (l *planLock) seen(planID string, seq uint64, now time.Time) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if seq <= l.st.PlanSeq {
+	// The same sequence with another plan: this member took the commit of
+	// a trigger that lost the race for it; the plan that runs has it.
+	if seq < l.st.PlanSeq || seq == l.st.PlanSeq && planID == l.st.PlanID {
 		return nil
 	}
 	return l.saveLocked(lockState{Seq: max(seq, l.st.Seq), PlanID: planID, PlanSeq: seq, At: now})
@@ -209,7 +211,8 @@ func unreachable(all, alive []cluster.Member) error {
 	}
 	sort.Strings(down)
 	return fmt.Errorf("only %d of the %d members are reachable, and a rollout needs a majority (%d): %s; "+
-		"a partitioned minority must not start a plan: heal the network, or remove members gone for good with 'peerd force-leave NODE'",
+		"a partitioned minority must not start a plan: heal the network or bring those members back; "+
+			"only for a member gone for good, 'peerd force-leave NODE' stops counting it (never for members merely cut off: that lets a minority roll out)",
 		len(alive), len(all), need, strings.Join(down, ", "))
 }
 
@@ -336,7 +339,8 @@ func (e *Engine) lockRound(ctx context.Context, req lockRequest, names []string,
 				answers[from] = a
 			}
 		}
-		if ok, refused := tallyLock(answers); refused || ok >= need {
+		ok, refused := tallyLock(answers)
+		if ok >= need || ok+len(names)-len(answers) < need || refused && !req.Commit {
 			break
 		}
 	}
@@ -357,6 +361,12 @@ func (e *Engine) lockRound(ctx context.Context, req lockRequest, names []string,
 	}
 	sort.Strings(refusals)
 	switch {
+	case req.Commit && ok >= need:
+		// Members that took a racing trigger's commit first refuse this
+		// one, naming it; but a majority took this plan, so the other can
+		// have none, and it is the one to give way. Failing here too would
+		// leave two triggers that both lost, each naming a plan that never
+		// runs, and the lock held for neither until its grace passed.
 	case running != "":
 		return 0, running, fmt.Errorf("a rollout is already running: plan %s (%s); watch it with 'peerd upgrade status', or stop it with 'peerd upgrade abort'",
 			short(running), strings.Join(refusals, "; "))

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -428,14 +429,22 @@ func TestTally(t *testing.T) {
 }
 
 // TestNeverTwoWavesAtOnce drives 5 granters with random requests from the
-// waves of two plans over the same snapshot: random partitions (each
-// request reaches a random subset), divergent views of earlier waves (each
-// granter answers on its own, as with empty or stale tags), a member that
-// never answers (it left), TTLs the requester names (ignored), renewals by
-// several holders, releases, restarts and clock jumps. After every step no
-// two (plan, wave) hold a majority of live grants. The truth it checks
-// against is its own record of every grant the granters answered with, so
-// a granter that forgot a grant (say, across a restart) is caught.
+// waves of two plans over the same snapshot (the same node names in both,
+// two a wave): random partitions (each request reaches a random subset),
+// divergent views of earlier waves (each granter answers on its own, as
+// with empty or stale tags), a member that never answers (it left), TTLs
+// the requester names (ignored: no grant outlasts the plan's TTL),
+// renewals by several holders, releases, restarts and clock jumps. Nodes
+// finish (their health gate passed: they never go offline for that plan
+// again), and each granter learns of it on its own, late or never (a tag
+// lost, empty, or naming another plan): a grant whose holders it sees
+// finished it may drop, and no other.
+//
+// After every step no two (plan, wave) that still have a node not finished
+// hold a majority of live grants. The truth it checks against is its own
+// record of every grant the granters answered with, so a granter that
+// forgot a grant (say, across a restart), or dropped one for a holder that
+// is not finished, is caught.
 func TestNeverTwoWavesAtOnce(t *testing.T) {
 	const (
 		voters = 5
@@ -446,38 +455,69 @@ func TestNeverTwoWavesAtOnce(t *testing.T) {
 		plan string
 		wave int
 	}
+	type node struct {
+		plan string
+		name string
+	}
 	plans := []string{planID, "another-plan"}
-	majorities := 0
+	nodeName := func(w, k int) string { return fmt.Sprintf("n-%d-%d", w, k) }
+	majorities, finishes, dropped := 0, 0, 0
 	for seed := range uint64(seeds) {
 		rng := rand.New(rand.NewPCG(seed, 42))
 		dir := t.TempDir()
 		clk := clock.NewFake(t0)
+		// finished is the truth: the node is back online for good in that
+		// plan. seen[i] is what granter i's view says, which may lag, and
+		// for the nodes blind[i] holds never catches up; it never says
+		// finished of a node that is not.
+		finished := map[node]bool{}
+		seen, blind := make([]map[node]bool, voters), make([]map[node]bool, voters)
 		granters := make([]*lease.Granter, voters)
 		open := func(i int) {
 			g, err := lease.NewGranter(filepath.Join(dir, fmt.Sprintf("grants-%d.json", i)), clk)
 			require.NoError(t, err)
+			g.OnFinished(func(planID, name string) bool { return seen[i][node{planID, name}] })
 			granters[i] = lease.WithoutFsync(g)
 		}
 		for i := range granters {
+			seen[i], blind[i] = map[node]bool{}, map[node]bool{}
 			open(i)
 		}
 		left := rng.IntN(voters) // one member left: it never answers
+		// Each plan's TTL, which its granters derive from it.
+		ttl := map[string]time.Duration{}
+		for _, p := range plans {
+			ttl[p] = time.Duration(1+rng.IntN(3)) * time.Minute
+		}
 		// answered[i][w] is the latest expiry granter i answered for wave
 		// w: until then the requester counts on it.
 		answered := make([]map[wave]time.Time, voters)
 		for i := range answered {
 			answered[i] = map[wave]time.Time{}
 		}
-		// liveCount is how many granters hold a live grant for each wave,
-		// counting every grant a requester was told of until it expires
-		// (a release may end it sooner, never later).
+		// asked are the nodes that asked for their wave's lease.
+		asked := map[node]int{}
+		// active reports whether a node of w that asked may still be offline.
+		active := func(w wave) bool {
+			for k := range 2 {
+				n := node{w.plan, nodeName(w.wave, k)}
+				if _, ok := asked[n]; ok && asked[n] == w.wave && !finished[n] {
+					return true
+				}
+			}
+			return false
+		}
+		// liveCount is how many granters hold a live grant for each wave
+		// that may still have a node offline, counting every grant a
+		// requester was told of until it expires (a release may end it
+		// sooner, never later).
 		liveCount := func(step int) map[wave]int {
 			c := map[wave]int{}
 			now := clk.Now()
 			for i := range granters {
 				held := 0
 				for w, exp := range answered[i] {
-					if now.Before(exp) {
+					if now.Before(exp) && active(w) {
 						c[w]++
 						held++
 					}
@@ -491,29 +531,46 @@ func TestNeverTwoWavesAtOnce(t *testing.T) {
 			return c
 		}
 		for step := range steps {
-			switch op := rng.IntN(12); {
+			switch op := rng.IntN(14); {
 			case op < 6: // a request round from a node of one wave to a random subset
 				w := wave{plans[rng.IntN(2)], rng.IntN(3)}
-				node := fmt.Sprintf("%.1s-%d-%d", w.plan, w.wave, rng.IntN(2))
-				r := lease.Request{PlanID: w.plan, Wave: w.wave, Node: node, TTL: time.Duration(rng.IntN(1000)) * time.Hour}
-				tm := lease.Terms{TTL: time.Duration(1+rng.IntN(3)) * time.Minute, MaxHold: 5 * time.Minute}
+				n := node{w.plan, nodeName(w.wave, rng.IntN(2))}
+				if finished[n] {
+					continue // done with this plan: it never asks again
+				}
+				asked[n] = w.wave
+				r := lease.Request{PlanID: w.plan, Wave: w.wave, Node: n.name, TTL: time.Duration(rng.IntN(1000)) * time.Hour}
+				tm := lease.Terms{TTL: ttl[w.plan], MaxHold: 5 * time.Minute}
 				tally := lease.NewTally(voters)
 				for i, g := range granters {
 					if i == left || rng.IntN(4) == 0 {
 						continue // left, or partitioned away
 					}
 					tm.EarlierDone = func() bool { return rng.IntN(3) > 0 }
+					tm.Holders = func() []string {
+						var hs []string
+						for k := range 2 {
+							if mate := nodeName(w.wave, k); !seen[i][node{w.plan, mate}] {
+								hs = append(hs, mate)
+							}
+						}
+						return hs
+					}
 					gr, err := g.Decide(r, tm)
-					if err == nil && gr.Expires.After(answered[i][w]) {
-						answered[i][w] = gr.Expires
+					if err == nil {
+						require.False(t, gr.Expires.After(clk.Now().Add(tm.TTL)),
+							"seed %d step %d: a grant until %s outlasts the plan's TTL %s (the request asked for %s)", seed, step, gr.Expires, tm.TTL, r.TTL)
+						if gr.Expires.After(answered[i][w]) {
+							answered[i][w] = gr.Expires
+						}
 					}
 					tally.Add(fmt.Sprint("voter", i), err == nil)
 				}
 				if tally.Granted() {
 					majorities++
-					for other, n := range liveCount(step) {
+					for other, c := range liveCount(step) {
 						if other != w {
-							require.Less(t, n, lease.Quorum(voters),
+							require.Less(t, c, lease.Quorum(voters),
 								"seed %d step %d: %v reached a majority while %v holds one", seed, step, w, other)
 						}
 					}
@@ -522,10 +579,50 @@ func TestNeverTwoWavesAtOnce(t *testing.T) {
 				clk.Advance(time.Duration(rng.IntN(150)) * time.Second)
 			case op < 10: // a holder releases (its health gate passed)
 				i, w := rng.IntN(voters), wave{plans[rng.IntN(2)], rng.IntN(3)}
-				node := fmt.Sprintf("%.1s-%d-%d", w.plan, w.wave, rng.IntN(2))
-				require.NoError(t, granters[i].Release(w.plan, w.wave, node))
+				name := nodeName(w.wave, rng.IntN(2))
+				require.NoError(t, granters[i].Release(w.plan, w.wave, name))
 				if !slices.ContainsFunc(granters[i].Live(), func(gr lease.Grant) bool { return gr.PlanID == w.plan && gr.Wave == w.wave }) {
 					delete(answered[i], w) // its last holder let go, and knows it
+				}
+			case op < 11: // a node of a wave that asked finishes (a mate may be done without going offline)
+				var cand []node
+				for n, w := range asked {
+					for k := range 2 {
+						if m := (node{n.plan, nodeName(w, k)}); !finished[m] && !slices.Contains(cand, m) {
+							cand = append(cand, m)
+						}
+					}
+				}
+				if len(cand) == 0 {
+					continue
+				}
+				slices.SortFunc(cand, func(a, b node) int { return strings.Compare(a.plan+a.name, b.plan+b.name) })
+				n := cand[rng.IntN(len(cand))]
+				finished[n] = true
+				finishes++
+				for i := range voters {
+					if rng.IntN(4) == 0 {
+						blind[i][n] = true // its tag never reaches granter i intact
+					}
+				}
+			case op < 12: // one granter's view catches up with one finished node, or never does
+				if len(finished) == 0 {
+					continue
+				}
+				var done []node
+				for n := range finished {
+					done = append(done, n)
+				}
+				slices.SortFunc(done, func(a, b node) int { return strings.Compare(a.plan+a.name, b.plan+b.name) })
+				i := rng.IntN(voters)
+				before := len(granters[i].Live())
+				for _, n := range done {
+					if !blind[i][n] && rng.IntN(2) == 0 {
+						seen[i][n] = true
+					}
+				}
+				if len(granters[i].Live()) < before {
+					dropped++
 				}
 			default: // a granter restarts, as an upgraded node does
 				open(rng.IntN(voters))
@@ -539,9 +636,11 @@ func TestNeverTwoWavesAtOnce(t *testing.T) {
 			require.LessOrEqual(t, n, 1, "seed %d step %d: two waves hold a majority of live grants", seed, step)
 		}
 	}
-	// The property is vacuous if no wave ever got its lease.
-	t.Logf("%d majorities", majorities)
+	// The property is vacuous if no wave ever got its lease, or no granter
+	// ever let a finished holder go.
+	t.Logf("%d majorities, %d finishes, %d grants dropped for finished holders", majorities, finishes, dropped)
 	assert.Greater(t, majorities, seeds, "too few majorities to mean anything")
+	assert.Positive(t, dropped, "no granter dropped a grant of finished holders")
 }
 
 // TestConcurrentRequests races requests for different waves against one
