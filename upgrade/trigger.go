@@ -206,7 +206,11 @@ func (e *Engine) originChecks(ctx context.Context, p *plan.Compiled) ([]string, 
 	}
 	checks = append(checks, target...)
 	if p.Patch != nil {
-		checks = append(checks, fmt.Sprintf("patch from %s: %d bytes; nodes at another version fetch the full artifact", p.Patch.FromVersion, p.Patch.Size))
+		line, err := e.checkPatch(p)
+		if err != nil {
+			return nil, err
+		}
+		checks = append(checks, line)
 	}
 	return checks, nil
 }
