@@ -54,6 +54,7 @@ type machine struct {
 	retryAt    time.Time // no step before then (a backoff)
 	backoff    time.Duration
 	prepSince  time.Time
+	prepNoted  string // the plan whose prepare this process counted (prepattempts.go)
 	health     healthGate
 	pub        publication
 	restarting bool
@@ -349,6 +350,9 @@ func (m *machine) step() bool {
 		st.Phase = PhasePrepare
 		return m.transition(st) == nil
 	case PhasePrepare:
+		if !m.countPrepareAttempt() {
+			return false
+		}
 		running, path := m.e.target.Running()
 		active := m.e.net.ProtocolRange().Max
 		m.startOp(opPrepare, func(ctx context.Context) opResult {
@@ -599,6 +603,7 @@ func (m *machine) observed(r opResult, log *slog.Logger) {
 // reconcile.
 func (m *machine) transition(st NodeState) error {
 	st.Updated = m.e.clock.Now().UTC()
+	st.PrepareAttempts = m.prepareAttemptsIn(st)
 	if err := SaveState(m.e.statePath(), st); err != nil {
 		m.log.Error("persist rollout state; the step waits until it can be saved", "plan", short(st.PlanID), "phase", st.Phase, "err", err)
 		m.retryIn(persistRetry)

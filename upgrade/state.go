@@ -67,6 +67,10 @@ type NodeState struct {
 	// Starts counts how often the new binary started in PhaseRestart or
 	// PhaseHealth; a binary that keeps crashing is rolled back.
 	Starts int `json:"starts,omitempty"`
+	// PrepareAttempts counts the agent processes that began to prepare
+	// this plan and did not finish (see countPrepareAttempt): input that
+	// crashes the agent in prepare fails the node instead of looping.
+	PrepareAttempts int `json:"prepare_attempts,omitempty"`
 	// Lease is set from the node's first lease request of its plan until
 	// it gave its hold back: a node that finished (or restarted into its
 	// old version) releases it, so the next wave need not wait for expiry.
