@@ -458,6 +458,9 @@ func (a *Agent) HTTPAddr() string { return a.httpAddr }
 func (a *Agent) SocketPath() string { return a.cfg.SocketPath() }
 
 func (a *Agent) statusLine() string {
+	if s := a.safeMode(); s != "" {
+		return s
+	}
 	if a.engine != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/peerd/peerd/buildinfo"
+	"github.com/peerd/peerd/internal/durable"
 	"github.com/peerd/peerd/upgrade/versions"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -24,11 +25,22 @@ func TestStateFileRoundTripAndCorruption(t *testing.T) {
 	assert.Equal(t, want, got)
 	entries, _ := os.ReadDir(filepath.Dir(path))
 	assert.Len(t, entries, 1, "no temp file left behind")
+	require.NoError(t, SaveState(path, want))
 
+	entries, _ = os.ReadDir(filepath.Dir(path))
+	assert.Len(t, entries, 2, "and its previous generation")
+
+	// A torn file is read from its previous generation; when that is torn
+	// too, the error says so (the engine starts in safe mode).
 	require.NoError(t, os.WriteFile(path, []byte("{not json"), 0o600))
+	got, err = LoadState(path)
+	require.NoError(t, err)
+	assert.Equal(t, want, got)
+	require.NoError(t, os.WriteFile(path+".prev", []byte(`{"phase":"what"}`), 0o600))
 	_, err = LoadState(path)
-	assert.ErrorContains(t, err, "is corrupt")
-	assert.ErrorContains(t, err, "move it aside")
+	assert.ErrorIs(t, err, durable.ErrCorrupt)
+	assert.ErrorContains(t, err, "state.json is not usable")
+	assert.ErrorContains(t, err, `unknown phase "what"`)
 }
 
 func TestPhases(t *testing.T) {

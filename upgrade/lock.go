@@ -3,10 +3,8 @@ package upgrade
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -78,15 +76,8 @@ type lockState struct {
 
 func openPlanLock(path string) (*planLock, error) {
 	l := &planLock{path: path}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return l, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read plan lock: %w", err)
-	}
-	if err := json.Unmarshal(b, &l.st); err != nil {
-		return nil, fmt.Errorf("plan lock file %s is corrupt: %w; remove it only when no rollout is running", path, err)
+	if _, err := durable.ReadGenerations(path, l.decode); err != nil {
+		return nil, fmt.Errorf("plan lock: %w", err)
 	}
 	return l, nil
 }
@@ -106,7 +97,7 @@ func (l *planLock) seen(planID string, seq uint64, now time.Time) error {
 
 func (l *planLock) saveLocked(st lockState) error {
 	b, _ := json.Marshal(st)
-	if err := durable.WriteFile(l.path, b, 0o600); err != nil {
+	if err := durable.WriteGenerations(l.path, b, 0o600); err != nil {
 		return fmt.Errorf("persist plan lock: %w", err)
 	}
 	l.st = st

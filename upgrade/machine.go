@@ -308,7 +308,7 @@ func (m *machine) noteChanges() {
 // step advances the machine by one decision. It reports whether it
 // changed state and should be called again.
 func (m *machine) step() bool {
-	if m.op != nil || m.e.clock.Now().Before(m.retryAt) {
+	if m.op != nil || m.e.clock.Now().Before(m.retryAt) || m.e.inSafeMode() {
 		return false
 	}
 	if m.revertPending {

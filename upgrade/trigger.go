@@ -49,6 +49,9 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	var res TriggerResult
 	e.triggerMu.Lock()
 	defer e.triggerMu.Unlock()
+	if err := e.refuseInSafeMode(); err != nil {
+		return res, err
+	}
 	if id := e.busyWith(); id != "" {
 		return res, fmt.Errorf("a rollout is already running: plan %s; watch it with 'peerd upgrade status', or stop it with 'peerd upgrade abort'", id)
 	}

@@ -317,6 +317,9 @@ func phaseWord(p upgrade.Phase) string {
 }
 
 func printStatus(w io.Writer, st upgrade.Status) {
+	if st.SafeMode != "" {
+		fmt.Fprintf(w, "this node is in %s\n", st.SafeMode)
+	}
 	if st.State == upgrade.StateNone {
 		fmt.Fprintln(w, "no rollout")
 		return

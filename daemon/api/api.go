@@ -75,6 +75,10 @@ type Health struct {
 	Status  string `json:"status"`
 	Node    string `json:"node"`
 	Version string `json:"version"`
+	// SafeMode says why a rollout engine of the node is in safe mode (it
+	// takes no rollout step and grants no lease for a while); the node
+	// still serves, so the status stays ok.
+	SafeMode string `json:"safe_mode,omitempty"`
 }
 
 // Error is the body of a non-2xx answer.
