@@ -96,7 +96,35 @@ func New(cfg Config) (*Cluster, error) {
 		ownTags:  maps.Clone(cfg.OwnTags),
 	}
 	c.merge = newMergeDelegate(cfg.NodeName, cfg.Protocol, c.log)
+	if cfg.NodeKey != "" {
+		path := ""
+		if cfg.SnapshotPath != "" {
+			path = filepath.Join(filepath.Dir(cfg.SnapshotPath), "pins.json")
+		}
+		p, err := loadPins(path)
+		if err != nil {
+			return nil, err
+		}
+		c.merge.pins = p
+	}
 	return c, nil
+}
+
+// Forget unpins a member's identity key, so that it may come back with a
+// new one (its data dir was lost). Only an operator should ask this.
+func (c *Cluster) Forget(name string) error {
+	if c.merge.pins == nil {
+		return errors.New("this node pins no identity keys")
+	}
+	return c.merge.pins.forget(name)
+}
+
+// PinnedKey is the identity key this node pinned for member name, or "".
+func (c *Cluster) PinnedKey(name string) string {
+	if c.merge.pins == nil {
+		return ""
+	}
+	return c.merge.pins.key(name)
 }
 
 // Start binds the gossip address and starts Serf. If a snapshot from an
@@ -306,6 +334,9 @@ func (c *Cluster) tagsLocked() map[string]string {
 	maps.Copy(t, c.ownTags)
 	t[TagVersion] = c.cfg.Version
 	t[TagProtocol] = c.cfg.Protocol.String()
+	if c.cfg.NodeKey != "" {
+		t[TagKey] = c.cfg.NodeKey
+	}
 	return t
 }
 
@@ -333,7 +364,7 @@ func (c *Cluster) Join(addrs []string) (int, error) {
 
 // SetTags replaces this node's extra tags (TagVersion and TagProtocol stay).
 func (c *Cluster) SetTags(tags map[string]string) error {
-	for _, k := range []string{TagVersion, TagProtocol, TagLeaving} {
+	for _, k := range []string{TagVersion, TagProtocol, TagLeaving, TagKey} {
 		if _, ok := tags[k]; ok {
 			return fmt.Errorf("tag %q is reserved for peerd", k)
 		}
@@ -582,6 +613,17 @@ func (c *Cluster) Close() error {
 	return nil
 }
 
+// savePins writes newly pinned keys (the merge delegate pins them under
+// memberlist's lock, where no file is written).
+func (c *Cluster) savePins() {
+	if c.merge.pins == nil {
+		return
+	}
+	if err := c.merge.pins.save(); err != nil {
+		c.log.Warn("save pinned node keys", "err", err)
+	}
+}
+
 // ShutdownCh is closed when Serf stops, whatever the reason.
 func (c *Cluster) ShutdownCh() <-chan struct{} { return c.serf.ShutdownCh() }
 
@@ -593,6 +635,7 @@ func (c *Cluster) eventLoop(ctx context.Context) {
 			if save != nil {
 				c.writePeers(c.livePeers())
 			}
+			c.savePins()
 			return
 		case <-save:
 			save = nil
@@ -601,6 +644,7 @@ func (c *Cluster) eventLoop(ctx context.Context) {
 			switch e := e.(type) {
 			case serf.MemberEvent:
 				c.index.update(e)
+				c.savePins()
 				if c.handler != nil {
 					ms := make([]Member, len(e.Members))
 					for i, m := range e.Members {

@@ -77,6 +77,10 @@ type Config struct {
 	KeyringFile string
 	// SnapshotPath lets a restarted node rejoin the members it last knew.
 	SnapshotPath string
+	// NodeKey is this node's public identity key (identity.PublicKey's
+	// String), advertised in TagKey; empty advertises none. Other members'
+	// keys are pinned in a file beside the snapshot.
+	NodeKey string
 	// Profile is one of the Profile* gossip timings.
 	Profile string
 	Logger  *slog.Logger
@@ -127,7 +131,7 @@ func (c Config) Validate() error {
 	if err := c.Protocol.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	for _, k := range []string{TagVersion, TagProtocol, TagLeaving} {
+	for _, k := range []string{TagVersion, TagProtocol, TagLeaving, TagKey} {
 		if _, ok := c.Tags[k]; ok {
 			errs = append(errs, fmt.Errorf("tag %q is reserved for peerd", k))
 		}

@@ -16,6 +16,7 @@ type mergeDelegate struct {
 	self     string
 	protocol ProtocolRange
 	log      *slog.Logger
+	pins     *pins // nil: no identity checks
 
 	mu          sync.Mutex // guards the fields below
 	local       func() []Member
@@ -69,6 +70,20 @@ func (d *mergeDelegate) NotifyMerge(incoming []*serf.Member) (err error) {
 	d.mu.Lock()
 	localFn, lookup, previous := d.local, d.lookup, d.previous
 	d.mu.Unlock()
+
+	// A name must keep its key: no member comes back as another.
+	if d.pins != nil {
+		for _, m := range incoming {
+			if m.Name == d.self || status(*m) == serf.StatusLeft {
+				continue
+			}
+			if err := d.pins.check(m.Name, m.Tags[TagKey]); err != nil {
+				d.log.Warn("refused member", "member", m.Name, "err", err)
+				d.refuse(err)
+				return err
+			}
+		}
+	}
 
 	// Decode the incoming members that still count for the protocol. When
 	// they include this node, the other side still counts it as a member:

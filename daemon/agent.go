@@ -16,6 +16,7 @@ import (
 	"github.com/peerd/peerd/apps"
 	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/internal/identity"
 	"github.com/peerd/peerd/upgrade"
 )
 
@@ -59,6 +60,7 @@ type Agent struct {
 	notify Notifier
 
 	// Set by Start, read-only after.
+	id        identity.Key
 	cluster   *cluster.Cluster
 	engine    *upgrade.Engine
 	httpAddr  string
@@ -138,6 +140,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	if a.id, err = identity.LoadOrCreate(filepath.Join(a.cfg.DataDir, identity.FileName)); err != nil {
+		return err
+	}
 	// Ports given as 0 are picked afresh only when the last run's are taken.
 	prev := previousAddrs(a.addrsPath())
 	if a.peerLn, err = listenHTTP(a.cfg.HTTPAddress(), portOf(prev.HTTP)); err != nil {
@@ -161,6 +166,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	ccfg.Keyring = keyring
 	ccfg.KeyringFile = a.cfg.KeyringFile
 	ccfg.SnapshotPath = filepath.Join(a.cfg.DataDir, "serf.snapshot")
+	ccfg.NodeKey = a.id.Public.String()
 
 	ccfg.Profile = a.cfg.GossipProfile
 	ccfg.Logger = a.opts.Logger

@@ -139,6 +139,8 @@ func (a *Agent) newAppEngine(sup *apps.Supervisor) (*upgrade.Engine, error) {
 		},
 		TrustedKeys:   keys,
 		AllowUnsigned: a.cfg.AllowUnsigned,
+		AllowOutage:   a.cfg.AllowOutage,
+		Identity:      a.id,
 		PeerHTTPAddr:  func(m cluster.Member) string { return memberRow(m).HTTPAddr },
 		Logger:        a.opts.Logger,
 	}, appNetwork{Cluster: a.cluster, tag: TagAppPrefix + sup.Name()})

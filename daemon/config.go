@@ -24,7 +24,7 @@ const (
 	TagRollout = "r"
 )
 
-var reservedTags = []string{cluster.TagVersion, cluster.TagProtocol, cluster.TagLeaving, TagHTTP, TagRollout}
+var reservedTags = []string{cluster.TagVersion, cluster.TagProtocol, cluster.TagLeaving, cluster.TagKey, TagHTTP, TagRollout}
 
 // reservedTagPrefixes start the tags peerd keeps per managed application:
 // its state, its protocol range and its rollouts' progress.
@@ -83,6 +83,10 @@ type Config struct {
 	// one of them. AllowUnsigned accepts unsigned artifacts when there are none.
 	TrustKeys     []string
 	AllowUnsigned bool
+	// AllowOutage accepts rollout plans made with --allow-outage, whose
+	// waves may take every member offline (a one-node cluster). A plan
+	// cannot impose that on a node whose policy does not allow it.
+	AllowOutage bool
 	// Restart is how the agent restarts into a new binary: "reexec" (same
 	// PID, in place) or "supervisor" (exit with ExitRestart and let systemd,
 	// Nomad or another supervisor start it again).

@@ -37,6 +37,7 @@ type fileConfig struct {
 	GossipProfile        *string           `hcl:"gossip_profile,optional"`
 	TrustKey             []string          `hcl:"trust_key,optional"`
 	AllowUnsigned        *bool             `hcl:"allow_unsigned,optional"`
+	AllowOutage          *bool             `hcl:"allow_outage,optional"`
 	Restart              *string           `hcl:"restart,optional"`
 	HealthCmd            *string           `hcl:"health_cmd,optional"`
 	HealthURL            *string           `hcl:"health_url,optional"`
@@ -138,6 +139,9 @@ func LoadFile(path string, cfg *Config) error {
 	}
 	if fc.AllowUnsigned != nil {
 		cfg.AllowUnsigned = *fc.AllowUnsigned
+	}
+	if fc.AllowOutage != nil {
+		cfg.AllowOutage = *fc.AllowOutage
 	}
 	if fc.Join != nil {
 		cfg.Join = fc.Join

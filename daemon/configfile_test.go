@@ -39,7 +39,7 @@ func TestLoadFileUnknownKeys(t *testing.T) {
 		{"block instead of attribute", "tags {\n  zone = \"a\"\n}\n",
 			[]string{`peerd.hcl:1,1-5: Unsupported block type;`, `Did you mean to define argument "tags"? If so, use the equals sign`}},
 		{"like no key", "\n\nverbosity = 3\n",
-			[]string{`peerd.hcl:3,1-10: Unsupported argument;`, `The valid keys are advertise, allow_unsigned, bind, data_dir,`, `retry_join_max_interval,`}},
+			[]string{`peerd.hcl:3,1-10: Unsupported argument;`, `The valid keys are advertise, allow_outage, allow_unsigned, bind, data_dir,`, `retry_join_max_interval,`}},
 		{"unknown block", "telemetry {\n}\n",
 			[]string{`peerd.hcl:1,1-10: Unsupported block type;`, `The valid keys are advertise,`}},
 		{"every problem at once", "nodes = \"a\"\nbnid = \"b\"\n",

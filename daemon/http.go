@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -24,6 +25,7 @@ func (a *Agent) controlHandler() http.Handler {
 	mux.HandleFunc("GET /v1/apps", a.handleApps)
 	mux.HandleFunc("GET /v1/info", a.handleLocalInfo)
 	mux.HandleFunc("POST /v1/leave", a.handleLeave)
+	mux.HandleFunc("POST /v1/forget/{node}", a.handleForget)
 	mux.HandleFunc("POST /v1/rollout/artifacts", a.handleUpload)
 	mux.HandleFunc("POST /v1/rollout/trigger", a.handleTrigger)
 	mux.HandleFunc("POST /v1/rollout/control/{action}", a.handleControl)
@@ -180,6 +182,20 @@ func (a *Agent) unhealthy() string {
 		return fmt.Sprintf("isolated: none of the %d other members still in the cluster is alive in this node's view", others)
 	}
 	return ""
+}
+
+func (a *Agent) handleForget(w http.ResponseWriter, r *http.Request) {
+	node := r.PathValue("node")
+	if node == a.cfg.Node {
+		writeError(w, http.StatusBadRequest, errors.New("a node does not forget its own key; run 'peerd forget' on the other agents"))
+		return
+	}
+	if err := a.cluster.Forget(node); err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	a.log.Warn("identity key forgotten; the next key this member shows is pinned on sight", "member", node)
+	writeJSON(w, struct{}{})
 }
 
 func (a *Agent) handleLeave(w http.ResponseWriter, r *http.Request) {

@@ -39,6 +39,8 @@ func (a *Agent) newEngine() (*upgrade.Engine, error) {
 		},
 		TrustedKeys:   keys,
 		AllowUnsigned: a.cfg.AllowUnsigned,
+		AllowOutage:   a.cfg.AllowOutage,
+		Identity:      a.id,
 		PeerHTTPAddr:  func(m cluster.Member) string { return memberRow(m).HTTPAddr },
 		Logger:        a.opts.Logger,
 		HookDir:       a.opts.HookDir,

@@ -472,7 +472,7 @@ func startAgent(t *testing.T, root string) *agentProc {
 	cmd := exec.Command("chroot", "--userspec=peerd:peerd", root, "/usr/bin/peerd", "agent",
 		"--config", "/etc/peerd/peerd.hcl", "--node", "pkg-node",
 		"--bind", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-		"--gossip-profile", "fast", "--allow-unsigned")
+		"--gossip-profile", "fast", "--allow-unsigned", "--allow-outage")
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/var/lib/peerd"}
 	cmd.Stdout, cmd.Stderr = out, out
 	require.NoError(t, cmd.Start())

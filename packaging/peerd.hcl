@@ -46,6 +46,11 @@ log_level = "info"
 # one, allow_unsigned accepts unsigned artifacts (demos and tests only).
 # trust_key      = ["/etc/peerd/release.pub"]
 # allow_unsigned = false
+#
+# allow_outage accepts rollout plans made with --allow-outage, whose waves
+# may take every member offline (a one-node cluster). Without it a node
+# refuses such a plan: no member can impose an outage on it.
+# allow_outage = false
 
 # After a self-upgrade: "reexec" in place (same PID), or "supervisor": exit
 # 75 for systemd or Nomad to start the new version.

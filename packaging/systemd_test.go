@@ -107,7 +107,7 @@ func TestSystemd(t *testing.T) {
 	// A one-node cluster on the container's own loopback (the operator's
 	// edit of the conffile).
 	require.NoError(t, os.WriteFile(filepath.Join(root, "etc/peerd/peerd.hcl"), []byte(
-		"node = \"nspawn\"\nbind = \"127.0.0.1:7946\"\ndata_dir = \"/var/lib/peerd\"\ngossip_profile = \"fast\"\nallow_unsigned = true\n"), 0o640))
+		"node = \"nspawn\"\nbind = \"127.0.0.1:7946\"\ndata_dir = \"/var/lib/peerd\"\ngossip_profile = \"fast\"\nallow_unsigned = true\nallow_outage = true\n"), 0o640))
 	require.NoError(t, os.WriteFile(filepath.Join(root, "root/systemd-test.sh"), []byte(systemdScript), 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(root, "etc/systemd/system/peerd-test.service"), []byte(systemdTestUnit), 0o644))
 	wants := filepath.Join(root, "etc/systemd/system/multi-user.target.wants")

@@ -2,7 +2,6 @@ package upgrade
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -15,22 +14,31 @@ const (
 	ActionAbort  = "abort"
 )
 
-// controlMsg is an operator action as a Serf event carries it.
+// controlMsg is an operator action as a Serf event carries it, signed by
+// the node the operator ran it on. Seq orders actions: one above the
+// highest sequence, and Serf Lamport time, the sender had seen, so that an
+// action sent after another was seen comes after it.
 type controlMsg struct {
 	PlanID string `json:"plan_id"`
 	Action string `json:"action"`
-	ltime  uint64 // the event's Lamport time
+	Sender string `json:"sender"`
+	Seq    uint64 `json:"seq"`
 }
+
+// maxControlJump bounds how far one action may move a node's control
+// sequence: a member cannot send a sequence so high that every later
+// action looks old.
+const maxControlJump = 1 << 16
 
 // takeControl reports whether operator action c is news to st, and notes it.
 // Serf delivers events in no set order and may deliver one again after a
 // restart: a pause that arrives after the resume issued after it must not
-// leave the node paused.
-func (st *NodeState) takeControl(c controlMsg) bool {
-	if c.PlanID != st.PlanID || c.ltime != 0 && c.ltime <= st.ControlLTime {
+// leave the node paused. seen is the highest Lamport time this node saw.
+func (st *NodeState) takeControl(c controlMsg, seen uint64) bool {
+	if c.PlanID != st.PlanID || c.Seq <= st.ControlSeq || c.Seq > max(st.ControlSeq, seen)+maxControlJump {
 		return false
 	}
-	st.ControlLTime = max(st.ControlLTime, c.ltime)
+	st.ControlSeq = c.Seq
 	return true
 }
 
@@ -40,13 +48,18 @@ func (e *Engine) Control(_ context.Context, action string) (string, error) {
 	if !slices.Contains([]string{ActionPause, ActionResume, ActionAbort}, action) {
 		return "", fmt.Errorf("unknown action %q: want pause, resume or abort", action)
 	}
-	id := e.State().PlanID
-	if id == "" {
+	st := e.State()
+	if st.PlanID == "" {
 		return "", errors.New("no rollout to " + action + ": this node has not seen one (see 'peerd upgrade status')")
 	}
-	b, _ := json.Marshal(controlMsg{PlanID: id, Action: action})
+	c := controlMsg{PlanID: st.PlanID, Action: action, Sender: e.net.LocalMember().Name,
+		Seq: max(st.ControlSeq, e.seenLTime.Load()) + 1}
+	b, err := e.id.Seal(domainControl, c)
+	if err != nil {
+		return "", err
+	}
 	if err := e.net.Broadcast(e.name(eventControl), b); err != nil {
 		return "", err
 	}
-	return id, nil
+	return st.PlanID, nil
 }

@@ -2,7 +2,6 @@ package upgrade
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +18,7 @@ import (
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/internal/clock"
 	"github.com/peerd/peerd/internal/durable"
+	"github.com/peerd/peerd/internal/identity"
 	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/peerd/peerd/upgrade/lease"
 	"github.com/peerd/peerd/upgrade/plan"
@@ -79,6 +79,13 @@ type Config struct {
 	// ObserveGrants, when set (by tests), is called with this node's lease
 	// grants each time they were persisted.
 	ObserveGrants func([]lease.Grant)
+	// AllowOutage accepts plans made with --allow-outage (a wave may take
+	// every member offline); without it such a plan fails here.
+	AllowOutage bool
+	// Identity is this node's identity key: it signs the node's votes,
+	// plans, operator actions and finished state. Its public half must be
+	// in the node's cluster tags (cluster.TagKey).
+	Identity identity.Key
 }
 
 // withDefaults fills in the timings and collaborators that have defaults.
@@ -128,6 +135,7 @@ type Engine struct {
 	dir     string
 	store   *artifact.Store
 	granter *lease.Granter
+	id      identity.Key
 	lock    *planLock
 	plans   *planStore
 	view    *view
@@ -137,6 +145,7 @@ type Engine struct {
 	done      chan struct{}
 	triggerMu sync.Mutex    // one trigger at a time on this node
 	served    atomic.Int64  // artifact bytes served to peers
+	seenLTime atomic.Uint64 // the highest Serf Lamport time of an event seen
 	metrics   engineMetrics // counts for Stats (metrics.go)
 	safe      safeMode      // held after a damaged file (safemode.go)
 
@@ -149,8 +158,8 @@ type Engine struct {
 // New opens the engine's files. It starts nothing.
 func New(cfg Config, net Network) (*Engine, error) {
 	cfg = cfg.withDefaults()
-	if cfg.DataDir == "" || cfg.Target == nil || cfg.Target.Versions() == nil {
-		return nil, errors.New("rollout engine: data dir, target and its version store are required")
+	if cfg.DataDir == "" || cfg.Target == nil || cfg.Target.Versions() == nil || cfg.Identity.Public == nil {
+		return nil, errors.New("rollout engine: data dir, target and its version store, and identity key are required")
 	}
 	dir := cfg.Dir
 	for _, d := range []string{dir, filepath.Join(dir, "plans"), filepath.Join(dir, "staged")} {
@@ -195,7 +204,7 @@ func New(cfg Config, net Network) (*Engine, error) {
 		return nil, lerr
 	}
 	e := &Engine{
-		cfg: cfg, net: net, target: cfg.Target, clock: cfg.Clock, dir: dir, store: store, granter: granter, lock: lock,
+		cfg: cfg, net: net, target: cfg.Target, clock: cfg.Clock, dir: dir, store: store, granter: granter, lock: lock, id: cfg.Identity,
 		log:   log,
 		plans: newPlanStore(filepath.Join(dir, "plans")),
 		view:  newView(TagKey(cfg.Target.Name())),
@@ -252,6 +261,8 @@ func (e *Engine) MembersChanged(ms []cluster.Member) { e.view.update(ms) }
 
 // HandleEvent receives the cluster's user events.
 func (e *Engine) HandleEvent(name string, ltime uint64, payload []byte) {
+	for seen := e.seenLTime.Load(); ltime > seen && !e.seenLTime.CompareAndSwap(seen, ltime); seen = e.seenLTime.Load() {
+	}
 	switch name {
 	case e.name(eventPlan):
 		id := strings.TrimSpace(string(payload))
@@ -259,11 +270,15 @@ func (e *Engine) HandleEvent(name string, ltime uint64, payload []byte) {
 			e.announce(id)
 		}
 	case e.name(eventControl):
+		// An operator action counts only as its sender's own: signed by
+		// the key this node pinned for that member.
 		var c controlMsg
-		if err := json.Unmarshal(payload, &c); err == nil {
-			c.ltime = ltime
-			e.m.mail.post(c)
+		err := identity.Open(domainControl, payload, &c, func(any) (identity.PublicKey, error) { return e.pinnedKey(c.Sender) })
+		if err != nil {
+			e.log.Warn("operator action ignored: it does not verify", "err", err)
+			return
 		}
+		e.m.mail.post(c)
 	}
 }
 
@@ -273,10 +288,6 @@ func (e *Engine) HandleQuery(name string, payload []byte) ([]byte, error) {
 	case e.name(queryLease):
 		return e.answerLease(payload), nil
 	case e.name(queryLock):
-		if why, _ := e.SafeMode(); why != "" {
-			b, _ := json.Marshal(lockAnswer{Reason: "this node is in " + why})
-			return b, nil
-		}
 		return e.answerLock(payload), nil
 	}
 	return nil, fmt.Errorf("unknown query %q", name)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/internal/durable"
+	"github.com/peerd/peerd/internal/identity"
 	"github.com/peerd/peerd/upgrade/versions"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -99,7 +100,7 @@ func TestRecover(t *testing.T) {
 			require.NoError(t, SaveState(filepath.Join(dir, "rollout", "state.json"), NodeState{
 				PlanID: "p", Phase: tc.phase, FromVersion: "1.0.0", ToVersion: "2.0.0", Starts: starts,
 			}))
-			e, err := New(Config{DataDir: dir, Target: &Self{
+			e, err := New(Config{DataDir: dir, Identity: identity.New(), Target: &Self{
 				Executable: filepath.Join(dir, "peerd"), Build: buildinfo.Info{Version: tc.running},
 				Store: versions.New(filepath.Join(dir, "versions"), "peerd", filepath.Join(dir, "peerd")),
 			}}, nil)
@@ -120,26 +121,28 @@ func TestRecover(t *testing.T) {
 }
 
 // TestControlOrder: Serf delivers user events in no set order, and again
-// after a restart. A node applies an operator action only when it is newer
-// than the last one it applied, so a pause that arrives after the resume
-// sent after it does not leave the node paused.
+// after a restart. A node applies an operator action only when its
+// sequence is newer than the last one it applied, so a pause that arrives
+// after the resume sent after it does not leave the node paused; and no
+// sequence may jump so far that every later action looks old.
 func TestControlOrder(t *testing.T) {
 	st := NodeState{PlanID: "p"}
-	pause := controlMsg{PlanID: "p", Action: ActionPause, ltime: 7}
-	resume := controlMsg{PlanID: "p", Action: ActionResume, ltime: 9}
+	pause := controlMsg{PlanID: "p", Action: ActionPause, Seq: 7}
+	resume := controlMsg{PlanID: "p", Action: ActionResume, Seq: 9}
 
-	assert.True(t, st.takeControl(resume), "the resume arrives first")
-	assert.False(t, st.takeControl(pause), "the older pause, late, is ignored")
-	assert.False(t, st.takeControl(resume), "and so is the resume delivered again")
-	assert.Equal(t, uint64(9), st.ControlLTime)
+	assert.True(t, st.takeControl(resume, 8), "the resume arrives first")
+	assert.False(t, st.takeControl(pause, 9), "the older pause, late, is ignored")
+	assert.False(t, st.takeControl(resume, 9), "and so is the resume delivered again")
+	assert.Equal(t, uint64(9), st.ControlSeq)
 
-	assert.False(t, st.takeControl(controlMsg{PlanID: "other", Action: ActionAbort, ltime: 12}), "another plan's action")
-	assert.True(t, st.takeControl(controlMsg{PlanID: "p", Action: ActionPause, ltime: 10}), "a newer pause")
+	assert.False(t, st.takeControl(controlMsg{PlanID: "other", Action: ActionAbort, Seq: 12}, 12), "another plan's action")
+	assert.False(t, st.takeControl(controlMsg{PlanID: "p", Action: ActionAbort, Seq: 1 << 62}, 12), "a sequence far beyond anything seen")
+	assert.True(t, st.takeControl(controlMsg{PlanID: "p", Action: ActionPause, Seq: 10}, 12), "a newer pause")
 
 	// What was applied survives a restart with the state file.
 	path := filepath.Join(t.TempDir(), "state.json")
 	require.NoError(t, SaveState(path, st))
 	back, err := LoadState(path)
 	require.NoError(t, err)
-	assert.False(t, back.takeControl(resume), "a replayed old resume after a restart")
+	assert.False(t, back.takeControl(resume, 12), "a replayed old resume after a restart")
 }

@@ -3,13 +3,13 @@ package upgrade
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/peerd/peerd/internal/identity"
 	"github.com/peerd/peerd/upgrade/lease"
 	"github.com/peerd/peerd/upgrade/plan"
 )
@@ -28,7 +28,15 @@ func leaseTerms(p *plan.Compiled) (ttl, maxHold time.Duration) {
 	return ttl, p.Options.Deadline + ttl
 }
 
+// leaseAnswer is a granter's signed answer to one request: it names the
+// request (plan, wave, requester, nonce) and the granter, so that it
+// counts for that request and that granter only.
 type leaseAnswer struct {
+	Voter   string `json:"voter"`
+	PlanID  string `json:"plan_id"`
+	Wave    int    `json:"wave"`
+	Node    string `json:"node"`
+	Nonce   string `json:"nonce"`
 	Granted bool   `json:"granted"`
 	Epoch   uint64 `json:"epoch,omitempty"`
 	// For is how long the grant lasts from when the granter answered, on
@@ -63,7 +71,11 @@ func (q quorumLeases) Release(ctx context.Context, p *plan.Compiled, wave int) (
 
 func (q quorumLeases) ask(ctx context.Context, p *plan.Compiled, req lease.Request) (tally *lease.Tally, asked int, why string, lasts []time.Duration) {
 	e := q.e
-	payload, _ := json.Marshal(req)
+	req.Nonce = nonce()
+	payload, err := e.id.Seal(domainLeaseRequest, req)
+	if err != nil {
+		return lease.NewTally(len(p.Members)), 0, err.Error(), nil
+	}
 	var ask []string
 	for _, m := range e.net.Members() {
 		if p.InSnapshot(m.Name) && m.Status == "alive" {
@@ -72,9 +84,15 @@ func (q quorumLeases) ask(ctx context.Context, p *plan.Compiled, req lease.Reque
 	}
 	tally = lease.NewTally(len(p.Members))
 	var refusals []string
+	forged := 0
 	count := func(from string, b []byte) {
 		var a leaseAnswer
-		if !p.InSnapshot(from) || json.Unmarshal(b, &a) != nil {
+		// An answer counts only as its granter's own word about this very
+		// request: signed by the key the snapshot holds for the member the
+		// answer came from.
+		err := identity.Open(domainLeaseAnswer, b, &a, func(any) (identity.PublicKey, error) { return snapshotKey(p, from) })
+		if err != nil || a.Voter != from || a.PlanID != req.PlanID || a.Wave != req.Wave || a.Node != req.Node || a.Nonce != req.Nonce {
+			forged++
 			return
 		}
 		tally.Add(from, a.Granted)
@@ -92,10 +110,14 @@ func (q quorumLeases) ask(ctx context.Context, p *plan.Compiled, req lease.Reque
 		count(from, b)
 		return !req.Release && tally.Granted()
 	}
-	_, err := e.net.Query(ctx, e.name(queryLease), payload, ask, e.cfg.QueryTimeout, enough)
+	_, err = e.net.Query(ctx, e.name(queryLease), payload, ask, e.cfg.QueryTimeout, enough)
 	granted, refused := tally.Counts()
 	if err != nil && granted+refused == 0 {
 		return tally, len(ask), err.Error(), lasts
+	}
+	if forged > 0 {
+		e.log.Warn("lease answers that do not verify were not counted", "plan", p.Short, "wave", req.Wave, "count", forged)
+		refusals = append(refusals, fmt.Sprintf("%d answer(s) did not verify", forged))
 	}
 	sort.Strings(refusals)
 	return tally, len(ask), fmt.Sprintf("%d granted, %d refused of %d (need %d; %d asked): %s",
@@ -107,15 +129,7 @@ func (q quorumLeases) ask(ctx context.Context, p *plan.Compiled, req lease.Reque
 // holder that is finished leaves its grant (package lease).
 func (e *Engine) finishedIn(id, member string) bool {
 	p, ok := e.plans.local(id)
-	if !ok {
-		return false
-	}
-	mv, ok := e.view.member(member)
-	if !ok {
-		return false
-	}
-	ph := mv.phaseIn(p.Short)
-	return ph == PhaseDone || ph == PhaseAborted
+	return ok && e.view.finished(p, member)
 }
 
 // answerLease is this node's vote as a granter. It runs on the query's own
@@ -126,30 +140,42 @@ func (e *Engine) finishedIn(id, member string) bool {
 // plan's. A hold is released by its holder only, or expires: what this
 // node sees in the holders' tags never ends one.
 func (e *Engine) answerLease(payload []byte) []byte {
-	refuse := func(format string, a ...any) []byte {
-		e.metrics.refusedVote()
-		b, _ := json.Marshal(leaseAnswer{Reason: fmt.Sprintf(format, a...)})
+	var req lease.Request
+	answer := func(a leaseAnswer) []byte {
+		a.Voter, a.PlanID, a.Wave, a.Node, a.Nonce = e.net.LocalMember().Name, req.PlanID, req.Wave, req.Node, req.Nonce
+		b, _ := e.id.Seal(domainLeaseAnswer, a)
 		return b
 	}
-	var req lease.Request
-	if err := json.Unmarshal(payload, &req); err != nil {
-		return refuse("malformed lease request")
+	refuse := func(format string, a ...any) []byte {
+		e.metrics.refusedVote()
+		return answer(leaseAnswer{Reason: fmt.Sprintf(format, a...)})
+	}
+	// The request must be the requester's own: signed by the key the plan's
+	// snapshot holds for it (a late joiner's, by the key it is pinned by).
+	var p *plan.Compiled
+	err := identity.Open(domainLeaseRequest, payload, &req, func(any) (identity.PublicKey, error) {
+		var ok bool
+		if p, ok = e.plans.local(req.PlanID); !ok {
+			ctx, cancel := context.WithTimeout(context.Background(), e.cfg.QueryTimeout)
+			defer cancel()
+			var err error
+			if p, err = e.planByID(ctx, req.PlanID); err != nil {
+				return nil, fmt.Errorf("unknown plan %s", short(req.PlanID))
+			}
+		}
+		if p.InSnapshot(req.Node) {
+			return snapshotKey(p, req.Node)
+		}
+		return e.pinnedKey(req.Node)
+	})
+	if err != nil {
+		return refuse("lease request refused: %v", err)
 	}
 	if req.Release {
 		if err := e.granter.Release(req.PlanID, req.Wave, req.Node); err != nil {
 			return refuse("release: %v", err)
 		}
-		b, _ := json.Marshal(leaseAnswer{Granted: true})
-		return b
-	}
-	p, ok := e.plans.local(req.PlanID)
-	if !ok {
-		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.QueryTimeout)
-		defer cancel()
-		var err error
-		if p, err = e.planByID(ctx, req.PlanID); err != nil {
-			return refuse("unknown plan %s", short(req.PlanID))
-		}
+		return answer(leaseAnswer{Granted: true})
 	}
 	// Late joiners (not in the snapshot) each run in a final wave of their
 	// own, one at a time: a late wave's members could not be agreed on.
@@ -187,6 +213,5 @@ func (e *Engine) answerLease(payload []byte) []byte {
 		return refuse("%v", err)
 	}
 	e.metrics.grantedVote(gr)
-	b, _ := json.Marshal(leaseAnswer{Granted: true, Epoch: gr.Epoch, For: gr.Expires.Sub(e.clock.Now())})
-	return b
+	return answer(leaseAnswer{Granted: true, Epoch: gr.Epoch, For: gr.Expires.Sub(e.clock.Now())})
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/internal/durable"
+	"github.com/peerd/peerd/internal/identity"
 	"github.com/peerd/peerd/upgrade/lease"
 	"github.com/peerd/peerd/upgrade/plan"
 )
@@ -47,10 +47,14 @@ type lockRequest struct {
 	Origin string `json:"origin"`
 	PlanID string `json:"plan_id,omitempty"` // commit
 	Seq    uint64 `json:"seq,omitempty"`     // commit
+	Nonce  string `json:"nonce"`
 }
 
+// lockAnswer is a member's signed answer to one lock request (its nonce).
 type lockAnswer struct {
-	OK bool `json:"ok"`
+	Voter string `json:"voter"`
+	Nonce string `json:"nonce"`
+	OK    bool   `json:"ok"`
 	// Seq is the highest plan sequence this member has seen.
 	Seq uint64 `json:"seq"`
 	// Running is the plan that holds this member's lock, when it refused.
@@ -106,13 +110,17 @@ func (l *planLock) saveLocked(st lockState) error {
 
 // answerLock is this member's answer to a lock query.
 func (e *Engine) answerLock(payload []byte) []byte {
+	var req lockRequest
 	answer := func(a lockAnswer) []byte {
-		b, _ := json.Marshal(a)
+		a.Voter, a.Nonce = e.net.LocalMember().Name, req.Nonce
+		b, _ := e.id.Seal(domainLockAnswer, a)
 		return b
 	}
-	var req lockRequest
 	if err := json.Unmarshal(payload, &req); err != nil {
 		return answer(lockAnswer{Reason: "malformed lock request"})
+	}
+	if why, _ := e.SafeMode(); why != "" {
+		return answer(lockAnswer{Reason: "this node is in " + why})
 	}
 	l := e.lock
 	l.mu.Lock()
@@ -261,8 +269,9 @@ const lockAttempts = 3
 // answered, or why a majority of all did not agree (and the plan that
 // holds a lock, if that is why).
 func (e *Engine) lockRound(ctx context.Context, req lockRequest, names []string, members int) (uint64, string, error) {
+	req.Nonce = nonce()
 	payload, _ := json.Marshal(req)
-	answers := map[string][]byte{}
+	answers := map[string]lockAnswer{}
 	need := lease.Quorum(members)
 	for attempt := 0; attempt < lockAttempts && len(answers) < len(names); attempt++ {
 		var silent []string
@@ -275,7 +284,14 @@ func (e *Engine) lockRound(ctx context.Context, req lockRequest, names []string,
 		if err != nil && ctx.Err() != nil {
 			return 0, "", fmt.Errorf("plan lock: %w", err)
 		}
-		maps.Copy(answers, got)
+		for from, b := range got {
+			// A member's answer counts only as its own word on this request.
+			var a lockAnswer
+			err := identity.Open(domainLockAnswer, b, &a, func(any) (identity.PublicKey, error) { return e.pinnedKey(from) })
+			if err == nil && a.Voter == from && a.Nonce == req.Nonce {
+				answers[from] = a
+			}
+		}
 		if ok, refused := tallyLock(answers); refused || ok >= need {
 			break
 		}
@@ -284,11 +300,7 @@ func (e *Engine) lockRound(ctx context.Context, req lockRequest, names []string,
 	ok := 0
 	var refusals []string
 	running := ""
-	for from, b := range answers {
-		var a lockAnswer
-		if json.Unmarshal(b, &a) != nil {
-			continue
-		}
+	for from, a := range answers {
 		seq = max(seq, a.Seq)
 		if a.OK {
 			ok++
@@ -320,12 +332,8 @@ func (e *Engine) lockRound(ctx context.Context, req lockRequest, names []string,
 
 // tallyLock counts the members that agreed, and whether one refused
 // because another plan holds its lock (asking again cannot help then).
-func tallyLock(answers map[string][]byte) (ok int, refused bool) {
-	for _, b := range answers {
-		var a lockAnswer
-		if json.Unmarshal(b, &a) != nil {
-			continue
-		}
+func tallyLock(answers map[string]lockAnswer) (ok int, refused bool) {
+	for _, a := range answers {
 		if a.OK {
 			ok++
 		} else if a.Running != "" {

@@ -586,6 +586,9 @@ func (m *machine) observed(r opResult, log *slog.Logger) {
 	late := now.Sub(st.LeaseAt) > p.Options.Deadline
 	if !h.since.IsZero() && now.Sub(h.since) >= p.Options.MinHealthy && !late {
 		st.Phase, st.Reason = PhaseDone, ""
+		if versions.Compare(st.ToVersion, st.Highest) > 0 {
+			st.Highest = st.ToVersion
+		}
 		_ = m.transition(st)
 		return
 	}
@@ -775,10 +778,16 @@ func (m *machine) restartAgent() {
 // now that this binary is running.
 func (m *machine) recover() error {
 	st := m.st
+	running, _ := m.e.target.Running()
+	if running != "" && versions.Compare(running, st.Highest) > 0 {
+		st.Highest = running
+		if err := m.transition(st); err != nil {
+			return err
+		}
+	}
 	if !st.Active() {
 		return nil
 	}
-	running, _ := m.e.target.Running()
 	log := m.log.With("plan", short(st.PlanID), "phase", st.Phase)
 	switch st.Phase {
 	case PhaseApply, PhaseRestart, PhaseHealth:
@@ -903,11 +912,15 @@ func (m *machine) begin(p *plan.Compiled) {
 	st := NodeState{
 		PlanID: p.ID, Wave: w, Phase: PhaseWait,
 		FromVersion: running, ToVersion: p.Version,
-		RolledBackFrom: m.st.RolledBackFrom,
+		RolledBackFrom: m.st.RolledBackFrom, Highest: m.st.Highest,
 	}
 	switch ahead := p.Created.Sub(m.e.clock.Now()); {
 	case running == p.Version:
 		st.Phase = PhaseDone // already there: nothing to do, nothing to hold up
+	case p.Options.AllowOutage && !m.e.cfg.AllowOutage:
+		// A plan may not impose more than this node's own policy allows.
+		st.Phase = PhaseFailed
+		st.Reason = "the plan allows an outage (--allow-outage) and this node's policy does not: start its agent with --allow-outage to accept such plans"
 	case ahead > maxPlanSkew:
 		// Plans are ordered by their sequence, not their clock; but a
 		// plan from hours in this node's future means a clock is wrong
@@ -961,7 +974,7 @@ func (m *machine) applyControl() {
 	m.pendingCtl = nil
 	for i, c := range msgs {
 		st := m.st
-		if !st.takeControl(c) {
+		if !st.takeControl(c, m.e.seenLTime.Load()) {
 			continue
 		}
 		switch c.Action {
@@ -1003,7 +1016,11 @@ func (m *machine) tagValue() string {
 	if m.st.PlanID == "" {
 		return ""
 	}
-	return Progress{PlanShort: short(m.st.PlanID), Wave: m.st.Wave, Phase: m.st.Phase}.String()
+	p := Progress{PlanShort: short(m.st.PlanID), Wave: m.st.Wave, Phase: m.st.Phase}
+	if signedPhase(p.Phase) {
+		p.Sig = m.e.id.Sign(domainState, stateMessage(m.e.net.LocalMember().Name, m.e.tagKey(), p))
+	}
+	return p.String()
 }
 
 // reconcile makes the cluster's view of this node's tag match its state.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/peerd/peerd/buildinfo"
+	"github.com/peerd/peerd/internal/identity"
 	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/peerd/peerd/upgrade/plan"
 	"github.com/peerd/peerd/upgrade/versions"
@@ -94,7 +95,7 @@ func TestOriginChecksThePatch(t *testing.T) {
 				require.NoError(t, store.Install(v1Path, "1.0.0", running))
 				require.NoError(t, store.Install(v2Path, "2.0.0", filepath.Join(data, "versions", "1.0.0", "peerd")))
 			}
-			e, err := New(Config{DataDir: data, Target: &Self{Executable: running, Build: buildinfo.Info{Version: tc.running}, Store: store}}, nil)
+			e, err := New(Config{DataDir: data, Identity: identity.New(), Target: &Self{Executable: running, Build: buildinfo.Info{Version: tc.running}, Store: store}}, nil)
 			require.NoError(t, err)
 			psha, psize, err := e.store.Put(bytes.NewReader(tc.patch), "")
 			require.NoError(t, err)

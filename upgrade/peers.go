@@ -2,6 +2,7 @@ package upgrade
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,6 +21,9 @@ const (
 	routeNode     = "/v1/rollout/node"
 	routeStatus   = "/v1/rollout/status"
 
+	// headerPlanSig carries a plan's origin signature beside its bytes.
+	headerPlanSig = "Peerd-Plan-Signature"
+
 	// maxPlanBytes bounds a fetched plan (a thousand members fit well).
 	maxPlanBytes = 1 << 20
 	// maxNodeBytes bounds a fetched node state.
@@ -36,8 +40,21 @@ type HTTPPeers struct {
 	Target string
 }
 
-func (h HTTPPeers) Plan(ctx context.Context, m cluster.Member, id string) ([]byte, error) {
-	return h.get(ctx, m, routePlan+id, maxPlanBytes)
+func (h HTTPPeers) Plan(ctx context.Context, m cluster.Member, id string) ([]byte, []byte, error) {
+	resp, err := h.open(ctx, m, routePlan+id)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxPlanBytes))
+	if err != nil {
+		return nil, nil, fmt.Errorf("GET %s from %s: %w", routePlan+id, m.Name, err)
+	}
+	sig, err := base64.StdEncoding.DecodeString(resp.Header.Get(headerPlanSig))
+	if err != nil {
+		return nil, nil, fmt.Errorf("plan %s from %s: its signature header: %w", short(id), m.Name, err)
+	}
+	return b, sig, nil
 }
 
 func (h HTTPPeers) Artifact(ctx context.Context, m cluster.Member, sha string) (io.ReadCloser, error) {
@@ -107,12 +124,13 @@ type EngineLookup func(target string) (*Engine, error)
 // status. Anyone who reaches the peer HTTP API can call them.
 func PeerRoutes(mux *http.ServeMux, lookup EngineLookup) {
 	mux.HandleFunc("GET "+routePlan+"{id}", withEngine(lookup, func(e *Engine, w http.ResponseWriter, r *http.Request) {
-		b, err := e.PlanBytes(r.PathValue("id"))
+		b, sig, err := e.PlanBytes(r.PathValue("id"))
 		if err != nil {
 			writeError(w, http.StatusNotFound, fmt.Errorf("no plan %s here", r.PathValue("id")))
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set(headerPlanSig, base64.StdEncoding.EncodeToString(sig))
 		_, _ = w.Write(b)
 	}))
 	mux.HandleFunc("GET "+routeArtifact+"{sha}", withEngine(lookup, func(e *Engine, w http.ResponseWriter, r *http.Request) {

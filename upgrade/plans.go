@@ -29,7 +29,8 @@ func newPlanStore(dir string) *planStore {
 
 func (s *planStore) path(id string) string { return filepath.Join(s.dir, id+".json") }
 
-// local returns a plan from memory or the data dir.
+// local returns a plan from memory or the data dir (where only plans that
+// verified, or that this node made, are saved).
 func (s *planStore) local(id string) (*plan.Compiled, bool) {
 	s.mu.Lock()
 	p, ok := s.byID[id]
@@ -48,12 +49,16 @@ func (s *planStore) local(id string) (*plan.Compiled, bool) {
 	if err != nil {
 		return nil, false
 	}
+	p.Sig, _ = os.ReadFile(s.path(id) + ".sig")
 	s.remember(p)
 	return p, true
 }
 
-// save writes a plan durably and keeps it.
+// save writes a plan and its signature durably and keeps it.
 func (s *planStore) save(p *plan.Compiled) error {
+	if err := durable.WriteFile(s.path(p.ID)+".sig", p.Sig, 0o600); err != nil {
+		return fmt.Errorf("save plan %s: %w", p.Short, err)
+	}
 	if err := durable.WriteFile(s.path(p.ID), p.Encoded, 0o600); err != nil {
 		return fmt.Errorf("save plan %s: %w", p.Short, err)
 	}
@@ -68,7 +73,7 @@ func (s *planStore) remember(p *plan.Compiled) {
 }
 
 // planByID returns a plan from this node's store or from any alive peer,
-// checking that its content hashes to its ID.
+// checking that its content hashes to its ID and that its origin signed it.
 func (e *Engine) planByID(ctx context.Context, id string) (*plan.Compiled, error) {
 	if p, ok := e.plans.local(id); ok {
 		return p, nil
@@ -78,7 +83,7 @@ func (e *Engine) planByID(ctx context.Context, id string) (*plan.Compiled, error
 	}
 	var errs []error
 	for _, m := range e.alivePeers() {
-		b, err := e.peers.Plan(ctx, m, id)
+		b, sig, err := e.peers.Plan(ctx, m, id)
 		if err != nil {
 			errs = append(errs, err)
 			if ctx.Err() != nil {
@@ -87,6 +92,10 @@ func (e *Engine) planByID(ctx context.Context, id string) (*plan.Compiled, error
 			continue
 		}
 		p, err := plan.DecodeCompiled(id, b)
+		if err == nil {
+			p.Sig = sig
+			err = e.checkPlan(p)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("plan from %s: %w", m.Name, err))
 			continue
@@ -99,13 +108,27 @@ func (e *Engine) planByID(ctx context.Context, id string) (*plan.Compiled, error
 	return nil, fmt.Errorf("no peer served plan %s: %w", short(id), errors.Join(errs...))
 }
 
-// PlanBytes serves a stored plan to peers.
-func (e *Engine) PlanBytes(id string) ([]byte, error) {
+// PlanBytes serves a stored plan and its origin's signature to peers.
+func (e *Engine) PlanBytes(id string) (plan, sig []byte, err error) {
 	p, ok := e.plans.local(id)
 	if !ok {
-		return nil, os.ErrNotExist
+		return nil, nil, os.ErrNotExist
 	}
-	return p.Encoded, nil
+	return p.Encoded, p.Sig, nil
+}
+
+// checkPlan accepts a plan fetched from a peer only as its origin's own:
+// signed by the key this node pinned for the origin, and with a snapshot
+// that names no member by another key than this node knows it by.
+func (e *Engine) checkPlan(p *plan.Compiled) error {
+	key, err := e.pinnedKey(p.Origin)
+	if err != nil {
+		return fmt.Errorf("plan %s comes from %s, whose identity key this node does not know: %w", p.Short, p.Origin, err)
+	}
+	if !key.Verify(domainPlan, []byte(p.ID), p.Sig) {
+		return fmt.Errorf("plan %s is not signed by its origin %s: refused", p.Short, p.Origin)
+	}
+	return e.checkSnapshotKeys(p)
 }
 
 // alivePeers lists the other alive members.

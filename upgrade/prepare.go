@@ -16,6 +16,7 @@ import (
 	"github.com/peerd/peerd/internal/durable"
 	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/peerd/peerd/upgrade/plan"
+	"github.com/peerd/peerd/upgrade/versions"
 )
 
 // errNoSource marks a fetch that found no source this time: peers restart
@@ -104,18 +105,24 @@ func declaredSize(p *plan.Compiled, sha string) int64 {
 
 func (e *Engine) verifySignature(p *plan.Compiled, data []byte) error {
 	sig := p.Artifact.Signature
-	// A rollback may carry no signature: a node accepts the binary it ran
-	// before and kept, byte for byte, and nothing else unsigned.
-	if p.Rollback && sig == "" {
-		if kept, _, err := artifact.DigestFile(e.keptPath()); err == nil && kept == p.Artifact.SHA256 {
-			return nil
-		}
+	// Going down in version needs the release key's consent, a rollback
+	// statement ('peerd sign --rollback'): a plain release signature, which
+	// anyone can replay from a public release, would let a member walk the
+	// fleet back to an old, vulnerable one.
+	running, _ := e.target.Running()
+	highest := e.State().Highest
+	if versions.Compare(running, highest) > 0 {
+		highest = running
 	}
+	down := versions.Compare(p.Version, highest) < 0
 	if len(e.cfg.TrustedKeys) == 0 {
-		if e.cfg.AllowUnsigned {
-			return nil
+		if !e.cfg.AllowUnsigned {
+			return ErrUnsigned
 		}
-		return ErrUnsigned
+		if down && !p.Rollback {
+			return fmt.Errorf("%s is older than %s, which this node has run, and the plan is no rollback: refused", p.Version, highest)
+		}
+		return nil
 	}
 	if sig == "" {
 		return fmt.Errorf("artifact %s is not signed and this agent trusts only signed artifacts: sign it (peerd sign) and pass --signature", short(p.Artifact.SHA256))
@@ -127,6 +134,10 @@ func (e *Engine) verifySignature(p *plan.Compiled, data []byte) error {
 	want := artifact.Manifest{Target: p.Target, Version: p.Version, OS: runtime.GOOS, Arch: runtime.GOARCH, SHA256: p.Artifact.SHA256}
 	if err := m.Check(want); err != nil {
 		return fmt.Errorf("signature vouches for another artifact: %w", err)
+	}
+	if down && !m.Rollback {
+		return fmt.Errorf("%s is older than %s, which this node has run: going back needs a rollback statement signed by a release key "+
+			"('peerd sign --rollback --version %s ARTIFACT', then pass it as --signature)", p.Version, highest, p.Version)
 	}
 	return nil
 }

@@ -2,7 +2,6 @@ package upgrade
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/internal/clock"
 	"github.com/peerd/peerd/internal/durable"
+	"github.com/peerd/peerd/internal/identity"
 	"github.com/peerd/peerd/upgrade/lease"
 	"github.com/peerd/peerd/upgrade/plan"
 	"github.com/peerd/peerd/upgrade/versions"
@@ -33,10 +33,13 @@ func (loneNet) Query(context.Context, string, []byte, []string, time.Duration, f
 	return nil, nil
 }
 
-// testEngine opens an engine on dir with a fake clock.
-func testEngine(t *testing.T, dir string, clk clock.Clock) (*Engine, error) {
+// safeModeKey is node a's identity in the safe mode tests.
+var safeModeKey = identity.New()
+
+// safeModeEngine opens node a's engine on dir with a fake clock.
+func safeModeEngine(t *testing.T, dir string, clk clock.Clock) (*Engine, error) {
 	t.Helper()
-	return New(Config{DataDir: dir, Clock: clk, AllowUnsigned: true, Target: &Self{
+	return New(Config{DataDir: dir, Clock: clk, AllowUnsigned: true, Identity: safeModeKey, Target: &Self{
 		Executable: filepath.Join(dir, "peerd"), Build: buildinfo.Info{Version: "1.0.0"},
 		Store: versions.New(filepath.Join(dir, "versions"), "peerd", filepath.Join(dir, "peerd")),
 	}}, loneNet{name: "a"})
@@ -59,7 +62,7 @@ func TestDamagedFilesStartSafeMode(t *testing.T) {
 			require.NoError(t, os.WriteFile(path+".prev", []byte("{"), 0o600)) // and its previous generation torn too
 			clk := clock.NewFake(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 
-			e, err := testEngine(t, dir, clk)
+			e, err := safeModeEngine(t, dir, clk)
 			require.NoError(t, err, "a damaged file does not keep the engine from starting")
 			why, until := e.SafeMode()
 			require.NotEmpty(t, why)
@@ -71,17 +74,18 @@ func TestDamagedFilesStartSafeMode(t *testing.T) {
 
 			p := testPlan(t)
 			require.NoError(t, e.plans.save(p))
-			req, _ := json.Marshal(lease.Request{PlanID: p.ID, Wave: 0, Node: "a"})
+			req, err := safeModeKey.Seal(domainLeaseRequest, lease.Request{PlanID: p.ID, Wave: p.WaveOf("a"), Node: "a", Nonce: "n1"})
+			require.NoError(t, err)
 			var ans leaseAnswer
 			b, err := e.HandleQuery(queryLease, req)
 			require.NoError(t, err)
-			require.NoError(t, json.Unmarshal(b, &ans))
+			require.NoError(t, openAnswer(domainLeaseAnswer, b, &ans))
 			assert.False(t, ans.Granted, "no lease granted in safe mode")
 			assert.Contains(t, ans.Reason, "grants nothing until")
 			var lk lockAnswer
 			b, err = e.HandleQuery(queryLock, []byte(`{"origin":"b"}`))
 			require.NoError(t, err)
-			require.NoError(t, json.Unmarshal(b, &lk))
+			require.NoError(t, openAnswer(domainLockAnswer, b, &lk))
 			assert.False(t, lk.OK, "no plan lock in safe mode")
 			assert.Contains(t, lk.Reason, "safe mode")
 			_, err = e.Trigger(t.Context(), TriggerRequest{Version: "2.0.0"})
@@ -96,10 +100,10 @@ func TestDamagedFilesStartSafeMode(t *testing.T) {
 			b, err = e.HandleQuery(queryLease, req)
 			require.NoError(t, err)
 			ans = leaseAnswer{}
-			require.NoError(t, json.Unmarshal(b, &ans))
+			require.NoError(t, openAnswer(domainLeaseAnswer, b, &ans))
 			assert.True(t, ans.Granted, "grants again: %s", ans.Reason)
 
-			again, err := testEngine(t, dir, clk)
+			again, err := safeModeEngine(t, dir, clk)
 			require.NoError(t, err)
 			why, _ = again.SafeMode()
 			assert.Empty(t, why, "the next start is not held again")
@@ -116,7 +120,7 @@ func TestDamagedFilesStartSafeMode(t *testing.T) {
 		next.Phase = PhaseApply
 		require.NoError(t, SaveState(path, next))
 		require.NoError(t, os.Truncate(path, 7))
-		e, err := testEngine(t, dir, clock.NewFake(time.Now()))
+		e, err := safeModeEngine(t, dir, clock.NewFake(time.Now()))
 		require.NoError(t, err)
 		why, _ := e.SafeMode()
 		assert.Empty(t, why)
@@ -131,8 +135,13 @@ func testPlan(t *testing.T) *plan.Compiled {
 		Target: TargetPeerd, Version: "2.0.0",
 		Artifact: plan.Artifact{SHA256: hexSHA([]byte("v2")), Size: 2},
 		Options:  plan.Options{Batch: 1, Deadline: time.Minute},
-		Members:  []plan.Member{{Name: "a"}, {Name: "b"}}, Origin: "a",
+		Members:  []plan.Member{{Name: "a", Key: safeModeKey.Public.String()}, {Name: "b", Key: identity.New().Public.String()}}, Origin: "a",
 	})
 	require.NoError(t, err)
 	return p
+}
+
+// openAnswer opens an answer node a signed.
+func openAnswer(domain string, b []byte, v any) error {
+	return identity.Open(domain, b, v, func(any) (identity.PublicKey, error) { return safeModeKey.Public, nil })
 }

@@ -37,7 +37,8 @@ type Network interface {
 // sha256, and a node's rollout state. HTTPPeers is the real one; its server
 // side is PeerRoutes, in the same file, so that each route is written once.
 type Peers interface {
-	Plan(ctx context.Context, m cluster.Member, id string) ([]byte, error)
+	// Plan returns a plan's bytes and its origin's signature.
+	Plan(ctx context.Context, m cluster.Member, id string) (plan, sig []byte, err error)
 	Artifact(ctx context.Context, m cluster.Member, sha string) (io.ReadCloser, error)
 	Node(ctx context.Context, m cluster.Member) (NodeState, error)
 }

@@ -78,14 +78,18 @@ type NodeState struct {
 	Lease bool `json:"lease,omitempty"`
 	// Paused holds the node before its next lease request.
 	Paused bool `json:"paused,omitempty"`
-	// ControlLTime is the Lamport time of the last operator action
-	// (pause, resume, abort) applied; an older one is ignored.
-	ControlLTime uint64 `json:"control_ltime,omitempty"`
+	// ControlSeq is the sequence of the last operator action (pause,
+	// resume, abort) applied; an older one is ignored.
+	ControlSeq uint64 `json:"control_seq,omitempty"`
 	// RolledBackFrom lists versions this node rolled back from. It does not
 	// retry them on its own (no rollback loop); only `resume` or a new plan
 	// naming the version again clears one.
-	RolledBackFrom []string  `json:"rolled_back_from,omitempty"`
-	Updated        time.Time `json:"updated"`
+	RolledBackFrom []string `json:"rolled_back_from,omitempty"`
+	// Highest is the newest version of the target this node has run: a
+	// plan to an older one needs a rollback statement signed by a release
+	// key, so that no member can walk the fleet back to an old release.
+	Highest string    `json:"highest,omitempty"`
+	Updated time.Time `json:"updated"`
 }
 
 // Active reports whether the node is in a rollout that is not finished.

@@ -119,7 +119,7 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 		if m.Status == "alive" {
 			reachable = append(reachable, m)
 		}
-		pm := plan.Member{Name: m.Name, Version: m.Version}
+		pm := plan.Member{Name: m.Name, Version: m.Version, Key: m.Tags[cluster.TagKey]}
 		if req.Options.ByTag != "" {
 			pm.Tag = m.Tags[req.Options.ByTag]
 		}
@@ -148,6 +148,7 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	if c, err = e.takeLock(ctx, p); err != nil {
 		return res, err
 	}
+	c.Sig = e.id.Sign(domainPlan, []byte(c.ID))
 	res = TriggerResult{PlanID: c.ID, Plan: c.Plan, Waves: c.Waves, Checks: checks}
 	reply := make(chan error, 1)
 	e.m.mail.post(triggerMsg{p: c, reply: reply})

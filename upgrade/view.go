@@ -36,8 +36,10 @@ const maxTallies = 8
 // memberView is one member as the view keeps it.
 type memberView struct {
 	status string // alive, leaving, left, failed, or "" when reaped
+	tag    string // the rollout tag as the member advertises it
 	prog   Progress
-	hasTag bool // prog is a valid rollout tag
+	hasTag bool   // prog is a valid rollout tag
+	key    string // its identity key, as advertised (cluster pinned it)
 }
 
 func newView(tagKey string) *view {
@@ -53,8 +55,9 @@ func toMemberView(m cluster.Member, tagKey string) memberView {
 	if m.Status == cluster.StatusReaped {
 		return memberView{}
 	}
-	pr, ok := ParseProgress(m.Tags[tagKey])
-	return memberView{status: m.Status, prog: pr, hasTag: ok}
+	tag := m.Tags[tagKey]
+	pr, ok := ParseProgress(tag)
+	return memberView{status: m.Status, tag: tag, prog: pr, hasTag: ok, key: m.Tags[cluster.TagKey]}
 }
 
 // present reports whether the member is still in the cluster: a node that
@@ -88,12 +91,31 @@ func newTally(p *plan.Compiled) *tally {
 	return &tally{p: p, notDone: make([]int, n), unprepared: make([]int, n)}
 }
 
+// phaseOf is a member's phase in t's plan as the view may act on it: a
+// finished phase counts only when it carries the member's signature,
+// checked against the key the plan's snapshot holds for it (a late
+// joiner, in no snapshot, by the key it advertises).
+func (t *tally) phaseOf(name string, mv memberView, tagKey string) Phase {
+	ph := mv.phaseIn(t.p.Short)
+	if !signedPhase(ph) {
+		return ph
+	}
+	key := t.p.KeyOf(name)
+	if !t.p.InSnapshot(name) {
+		key = mv.key
+	}
+	if !mv.prog.verifiedBy(key, name, tagKey) {
+		return PhaseWait // says finished, unproven: it holds the rollout up
+	}
+	return ph
+}
+
 // add adds (sign 1) or removes (sign -1) one member's contribution.
-func (t *tally) add(name string, mv memberView, sign int) {
+func (t *tally) add(name string, mv memberView, sign int, tagKey string) {
 	if !mv.present() {
 		return
 	}
-	ph := mv.phaseIn(t.p.Short)
+	ph := t.phaseOf(name, mv, tagKey)
 	if ph != "" {
 		t.in += sign
 		if !ph.Terminal() {
@@ -142,12 +164,12 @@ func (v *view) resync(ms []cluster.Member) {
 
 func (v *view) setLocked(name string, mv memberView) {
 	old, had := v.members[name]
-	if had && old == mv {
+	if had && old.status == mv.status && old.tag == mv.tag && old.key == mv.key {
 		return
 	}
 	for _, t := range v.tallies {
-		t.add(name, old, -1)
-		t.add(name, mv, 1)
+		t.add(name, old, -1, v.tagKey)
+		t.add(name, mv, 1, v.tagKey)
 	}
 	if mv.status == "" {
 		delete(v.members, name)
@@ -189,6 +211,19 @@ func (v *view) size() int {
 	return len(v.members)
 }
 
+// finished reports whether name is finished with p - done, or aborted,
+// in a state it signed - as this node sees it.
+func (v *view) finished(p *plan.Compiled, name string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	mv, ok := v.members[name]
+	if !ok {
+		return false
+	}
+	ph := (&tally{p: p}).phaseOf(name, mv, v.tagKey)
+	return ph == PhaseDone || ph == PhaseAborted
+}
+
 // member returns one member as the view has it.
 func (v *view) member(name string) (memberView, bool) {
 	v.mu.Lock()
@@ -209,7 +244,7 @@ func (v *view) tallyLocked(p *plan.Compiled) *tally {
 	}
 	t := newTally(p)
 	for name, mv := range v.members {
-		t.add(name, mv, 1)
+		t.add(name, mv, 1, v.tagKey)
 	}
 	v.tallies = append(v.tallies, t)
 	return t

@@ -53,6 +53,7 @@ func agentFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "log-json", Usage: "log JSON lines instead of text", EnvVars: env("LOG_JSON")},
 		&cli.StringSliceFlag{Name: "trust-key", Usage: "accept artifacts signed by this minisign public key `FILE` (repeatable)", EnvVars: env("TRUST_KEY")},
 		&cli.BoolFlag{Name: "allow-unsigned", Usage: "accept unsigned artifacts when no --trust-key is given (demos and tests only)", EnvVars: env("ALLOW_UNSIGNED")},
+		&cli.BoolFlag{Name: "allow-outage", Usage: "accept rollout plans made with --allow-outage, whose waves may take every member offline (e.g. a one-node cluster)", EnvVars: env("ALLOW_OUTAGE")},
 		&cli.StringFlag{Name: "restart", Usage: "after a self-upgrade: reexec (in place, same PID) or supervisor (exit 75 for systemd/Nomad to restart) (default reexec)", EnvVars: env("RESTART")},
 		&cli.StringFlag{Name: "health-cmd", Usage: "an upgraded node must also pass this shell `COMMAND` (exit 0) before its wave is done", EnvVars: env("HEALTH_CMD")},
 		&cli.StringFlag{Name: "health-url", Usage: "an upgraded node must also get a 2xx from this `URL` before its wave is done", EnvVars: env("HEALTH_URL")},
@@ -94,6 +95,9 @@ func agentConfig(c *cli.Context) (daemon.Config, error) {
 	}
 	if c.IsSet("allow-unsigned") {
 		cfg.AllowUnsigned = c.Bool("allow-unsigned")
+	}
+	if c.IsSet("allow-outage") {
+		cfg.AllowOutage = c.Bool("allow-outage")
 	}
 	if c.IsSet("join") {
 		cfg.Join = c.StringSlice("join")

@@ -56,6 +56,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			appsCommand(),
 			infoCommand(),
 			leaveCommand(),
+			forgetCommand(),
 			upgradeCommand(),
 			installCommand(),
 			mkpatchCommand(),

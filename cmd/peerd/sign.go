@@ -30,6 +30,7 @@ func signCommand() *cli.Command {
 			&cli.StringFlag{Name: "os", Value: runtime.GOOS, Usage: "the artifact's OS"},
 			&cli.StringFlag{Name: "arch", Value: runtime.GOARCH, Usage: "the artifact's architecture"},
 			&cli.StringFlag{Name: "out", Usage: "signature `FILE` (default ARTIFACT.minisig)"},
+			&cli.BoolFlag{Name: "rollback", Usage: "make a rollback statement: consent that nodes at a newer version go back to this one (a plain release signature never allows that)"},
 			&cli.StringFlag{Name: "generate", Usage: "instead of signing, write a new unencrypted key pair `PREFIX`.key and PREFIX.pub"},
 		},
 		Action: func(c *cli.Context) error {
@@ -55,7 +56,8 @@ func signCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			m := artifact.Manifest{Target: c.String("target"), Version: c.String("version"), OS: c.String("os"), Arch: c.String("arch"), SHA256: sha, Size: size}
+			m := artifact.Manifest{Target: c.String("target"), Version: c.String("version"), OS: c.String("os"), Arch: c.String("arch"), SHA256: sha, Size: size,
+				Rollback: c.Bool("rollback")}
 			sig, err := artifact.Sign(key, data, m)
 			if err != nil {
 				return err

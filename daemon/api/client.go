@@ -92,6 +92,11 @@ func (c *Client) Leave(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/leave", nil)
 }
 
+// Forget unpins a member's identity key on the local agent.
+func (c *Client) Forget(ctx context.Context, node string) error {
+	return c.do(ctx, http.MethodPost, "/v1/forget/"+url.PathEscape(node), nil)
+}
+
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	return c.doBody(ctx, method, path, nil, out)
 }

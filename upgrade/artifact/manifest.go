@@ -30,6 +30,11 @@ type Manifest struct {
 	Arch    string
 	SHA256  string // lowercase hex of the artifact bytes
 	Size    int64
+	// Rollback makes the signature a rollback statement: the release key's
+	// consent that nodes running a newer version go back to this one. A
+	// plain release signature (which anyone can replay from a public
+	// release) never allows a node to go down in version.
+	Rollback bool
 }
 
 var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -39,8 +44,12 @@ var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
 // Fields are space-separated key=value pairs, so values must not contain
 // white space; Sign refuses a manifest whose comment would not parse back.
 func (m Manifest) TrustedComment() string {
-	return fmt.Sprintf("%s target=%s version=%s os=%s arch=%s sha256=%s size=%d",
+	s := fmt.Sprintf("%s target=%s version=%s os=%s arch=%s sha256=%s size=%d",
 		commentPrefix, m.Target, m.Version, m.OS, m.Arch, m.SHA256, m.Size)
+	if m.Rollback {
+		s += " rollback=1"
+	}
+	return s
 }
 
 // manifestKeys are the fields every manifest must carry, in TrustedComment's order.
@@ -84,6 +93,11 @@ func ParseTrustedComment(s string) (Manifest, error) {
 				return Manifest{}, fmt.Errorf("%w: manifest size %q is not a byte count", ErrBadSignature, v)
 			}
 			m.Size = n
+		case "rollback":
+			if v != "1" {
+				return Manifest{}, fmt.Errorf("%w: manifest rollback %q: want 1", ErrBadSignature, v)
+			}
+			m.Rollback = true
 		}
 	}
 	var missing []string

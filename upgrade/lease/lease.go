@@ -79,6 +79,9 @@ type Request struct {
 	Renew bool `json:"renew,omitempty"`
 	// TTL is what older agents asked for; it is ignored (Terms.TTL rules).
 	TTL time.Duration `json:"ttl,omitempty"`
+	// Nonce is the requester's, echoed in the signed answers, so that an
+	// answer to an earlier request cannot be replayed as one to this.
+	Nonce string `json:"nonce,omitempty"`
 }
 
 // Terms are what the granter's caller, which knows the plan, says about a

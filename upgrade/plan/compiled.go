@@ -17,7 +17,11 @@ type Compiled struct {
 	// Encoded is the canonical encoding, as served to peers.
 	Encoded []byte
 	Waves   []Wave
-	wave    map[string]int
+	// Sig is the origin's signature of the ID with its identity key. It
+	// is not part of the plan's content (which the ID hashes).
+	Sig  []byte
+	wave map[string]int
+	keys map[string]string
 }
 
 // Compile encodes p once and derives its ID and waves. A plan whose waves
@@ -53,14 +57,21 @@ func compile(p Plan, encoded []byte) (*Compiled, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Compiled{Plan: p, ID: id, Short: id[:8], Encoded: encoded, Waves: waves, wave: map[string]int{}}
+	c := &Compiled{Plan: p, ID: id, Short: id[:8], Encoded: encoded, Waves: waves, wave: map[string]int{}, keys: map[string]string{}}
 	for _, w := range waves {
 		for _, n := range w.Nodes {
 			c.wave[n] = w.Index
 		}
 	}
+	for _, m := range p.Members {
+		c.keys[m.Name] = m.Key
+	}
 	return c, nil
 }
+
+// KeyOf is the identity key the snapshot records for node ("" for none,
+// or a node not in it).
+func (c *Compiled) KeyOf(node string) string { return c.keys[node] }
 
 // WaveOf is node's wave index, or -1 when the node is not in the snapshot.
 func (c *Compiled) WaveOf(node string) int {

@@ -69,6 +69,10 @@ type Member struct {
 	Name    string `json:"name"`
 	Version string `json:"version"`
 	Tag     string `json:"tag,omitempty"` // value of Options.ByTag
+	// Key is the member's identity key as the origin knew it: what the
+	// member signs for this plan (its votes, its release, its finished
+	// state) is checked against it.
+	Key string `json:"key,omitempty"`
 }
 
 // Plan is a rollout: what to install, how, and on which snapshot of members.

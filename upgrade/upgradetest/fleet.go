@@ -20,6 +20,7 @@ import (
 	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/internal/clock"
+	"github.com/peerd/peerd/internal/identity"
 	"github.com/peerd/peerd/upgrade"
 	"github.com/peerd/peerd/upgrade/lease"
 	"github.com/peerd/peerd/upgrade/plan"
@@ -111,7 +112,22 @@ type Hub struct {
 	// pending are the member changes each engine is told of at the end of
 	// the scheduler's batch: one call per engine per round.
 	pending map[*upgrade.Engine][]cluster.Member
+	// forge, when set, is asked about every query a node receives: the
+	// answers it returns reach the asker as if from the members they name
+	// (a member that speaks in others' names). Set it with Forge.
+	forge func(to, query string, payload []byte) map[string][]byte
 }
+
+// Forge makes the hub deliver, with every query node to receives, the
+// answers f returns, each as if from the member it is keyed by.
+func (h *Hub) Forge(f func(to, query string, payload []byte) map[string][]byte) {
+	h.mu.Lock()
+	h.forge = f
+	h.mu.Unlock()
+}
+
+// Key is a node's identity key (a test may sign in its name: a forger).
+func (n *Node) Key() identity.Key { return n.id }
 
 // Traffic returns how many tag updates, queries and query recipients the
 // engines caused.
@@ -129,6 +145,7 @@ type Node struct {
 	Dir  string
 	base string // the launcher's binary
 	vs   *versions.Store
+	id   identity.Key
 
 	// Guarded by h.mu.
 	rec     record
@@ -228,9 +245,9 @@ func (h *Hub) addNode(name, version string) *Node {
 	n := &Node{
 		h: h, Name: name, Dir: filepath.Join(dir, "data"), base: base,
 		vs:   versions.New(filepath.Join(dir, "data", "versions"), "peerd", base),
-		view: map[string]entry{}, resume: closedChan(),
+		view: map[string]entry{}, resume: closedChan(), id: identity.New(),
 	}
-	n.rec = record{tags: map[string]string{cluster.TagVersion: version, cluster.TagProtocol: "1-1"}, inc: 1}
+	n.rec = record{tags: map[string]string{cluster.TagVersion: version, cluster.TagProtocol: "1-1", cluster.TagKey: n.id.Public.String()}, inc: 1}
 	n.offset = h.opts.Offsets[name]
 	h.Rec.mu.Lock()
 	h.Rec.offsets[name] = n.offset
@@ -378,6 +395,7 @@ func (n *Node) start() {
 			Preflight: func(_ context.Context, path string) (buildinfo.Info, error) { return readFake(path) },
 		},
 		AllowUnsigned: true,
+		Identity:      n.id,
 		Peers:         p,
 		Logger:        logger,
 		Observe:       func(st upgrade.NodeState) { h.Rec.observe(n.Name, st) },
@@ -744,6 +762,19 @@ func (h *Hub) deliverQuery(from, to, name string, payload []byte, answers chan<-
 	h.mu.Unlock()
 	if !ok || e == nil {
 		return
+	}
+	h.mu.Lock()
+	forge := h.forge
+	h.mu.Unlock()
+	if forge != nil {
+		for from, b := range forge(to, name, payload) {
+			h.sched.at(time.Now().Add(h.delay()), func() {
+				select {
+				case answers <- answer{from: from, payload: b}:
+				default:
+				}
+			})
+		}
 	}
 	answerNow := func() {
 		resp, err := e.HandleQuery(name, payload)

@@ -111,9 +111,14 @@ func TestAbortInterruptsAHungFetch(t *testing.T) {
 		time.Sleep(10 * time.Second)
 		require.Equal(t, upgrade.PhasePrepare, h.Node(stuck).Engine().State().Phase, "%s is stuck fetching from the frozen origin", stuck)
 
-		other := "node0002"
-		if other == stuck {
-			other = "node0003"
+		// The operator aborts on a node that knows the plan (others may not
+		// have fetched it before the origin froze; the stuck node has).
+		other := stuck
+		for _, n := range h.Nodes() {
+			if e := n.Engine(); n.Name != "node0001" && n.Name != stuck && e != nil && e.State().PlanID != "" {
+				other = n.Name
+				break
+			}
 		}
 		_, err = h.Node(other).Engine().Control(t.Context(), upgrade.ActionAbort)
 		require.NoError(t, err)

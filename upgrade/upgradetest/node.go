@@ -217,13 +217,13 @@ func (p *proc) call(ctx context.Context, m cluster.Member, fn func(*upgrade.Engi
 	}
 }
 
-func (p *proc) Plan(ctx context.Context, m cluster.Member, id string) ([]byte, error) {
-	var b []byte
+func (p *proc) Plan(ctx context.Context, m cluster.Member, id string) ([]byte, []byte, error) {
+	var b, sig []byte
 	err := p.call(ctx, m, func(e *upgrade.Engine) (err error) {
-		b, err = e.PlanBytes(id)
+		b, sig, err = e.PlanBytes(id)
 		return err
 	})
-	return b, err
+	return b, sig, err
 }
 
 func (p *proc) Artifact(ctx context.Context, m cluster.Member, sha string) (io.ReadCloser, error) {
