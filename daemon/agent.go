@@ -61,6 +61,7 @@ type Agent struct {
 
 	// Set by Start, read-only after.
 	id        identity.Key
+	dirLock   *os.File // the data dir's flock, held until Close
 	cluster   *cluster.Cluster
 	engine    *upgrade.Engine
 	httpAddr  string
@@ -133,7 +134,15 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 			a.Close()
 		}
 	}()
-	if err := prepareDataDir(a.cfg.DataDir); err != nil {
+	was, err := prepareDataDir(a.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if was != 0 {
+		a.log.Warn("data dir had a mode other than 0700; restricted it to its owner", "dir", a.cfg.DataDir,
+			"mode_was", fmt.Sprintf("%04o", was), "mode", fmt.Sprintf("%04o", dataDirMode))
+	}
+	if a.dirLock, err = lockDataDir(a.cfg.DataDir); err != nil {
 		return err
 	}
 	keyring, err := cluster.LoadKeyring(a.cfg.Encrypt, a.cfg.KeyringFile)
@@ -258,18 +267,6 @@ func (a *Agent) httpTag() string {
 		return port
 	}
 	return a.httpAddr
-}
-
-func prepareDataDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("data dir %s cannot be created: %w; choose another --data-dir", dir, err)
-	}
-	f, err := os.CreateTemp(dir, ".write-test-*")
-	if err != nil {
-		return fmt.Errorf("data dir %s is not writable: %w; fix its permissions or choose another --data-dir", dir, err)
-	}
-	f.Close()
-	return os.Remove(f.Name())
 }
 
 // listenSocket serves the control API on a unix socket only its owner can
@@ -449,6 +446,9 @@ func (a *Agent) Close() error {
 			errs = append(errs, a.cluster.Close())
 		}
 		a.wg.Wait()
+		if a.dirLock != nil {
+			a.dirLock.Close() // drops the flock: another agent may start here now
+		}
 		a.closeErr = errors.Join(errs...)
 	})
 	return a.closeErr
