@@ -193,7 +193,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel
 	a.control = &http.Server{Handler: a.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
-	a.peer = &http.Server{Handler: a.peerHandler(), ReadHeaderTimeout: 10 * time.Second}
+	a.peer = newPeerServer(a.peerHandler())
 	a.serve(a.control, a.controlLn)
 	a.serve(a.peer, a.peerLn)
 

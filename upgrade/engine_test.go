@@ -146,3 +146,19 @@ func TestControlOrder(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, back.takeControl(resume, 12), "a replayed old resume after a restart")
 }
+
+// TestShareableURL: an artifact URL with credentials never goes into the
+// plan, which every member fetches and any peer serves.
+func TestShareableURL(t *testing.T) {
+	for raw, want := range map[string]string{
+		"https://releases.example/peerd-2.0.0":                     "https://releases.example/peerd-2.0.0",
+		"https://user:secret@releases.example/peerd":               "",
+		"https://token@releases.example/peerd":                     "",
+		"https://bucket.example/peerd?X-Amz-Signature=abc&X-Amz-x": "",
+		"https://releases.example/peerd#token=abc":                 "",
+		"":            "",
+		"::not a url": "",
+	} {
+		assert.Equal(t, want, shareableURL(raw), raw)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -92,7 +93,7 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	}
 	p := plan.Plan{
 		Target: e.target.Name(), Version: req.Version, Rollback: req.Rollback,
-		Artifact: plan.Artifact{SHA256: sha, Size: size, URL: req.URL, Signature: req.Signature},
+		Artifact: plan.Artifact{SHA256: sha, Size: size, URL: shareableURL(req.URL), Signature: req.Signature},
 		Options:  req.Options,
 		Origin:   e.net.LocalMember().Name,
 		Created:  e.clock.Now().UTC(),
@@ -226,4 +227,17 @@ func (e *Engine) importURL(ctx context.Context, url string) (string, int64, erro
 		return "", 0, fmt.Errorf("fetch artifact: %w", err)
 	}
 	return sha, size, nil
+}
+
+// shareableURL is the artifact URL as the plan may carry it: every member
+// fetches the plan, and any peer serves it, so a URL with credentials (a
+// user and password, or a query such as a signed URL's token) stays on the
+// origin. The origin imported the artifact from it already; without a URL
+// in the plan, nodes fetch it from the origin and from each other.
+func shareableURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+		return ""
+	}
+	return raw
 }
