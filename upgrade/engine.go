@@ -69,6 +69,9 @@ type Config struct {
 	ResyncInterval time.Duration
 	Clock          clock.Clock
 	Logger         *slog.Logger
+	// FreeSpace, when set (by tests), replaces statfs in prepare's check
+	// that the plan's copies fit (space.go).
+	FreeSpace FreeSpace
 	// HookDir, when set (by tests), pauses the node before a phase: while
 	// the file HookDir/pause-<phase> exists, the node writes
 	// HookDir/at-<phase> and waits there (so a test can kill it at that step).

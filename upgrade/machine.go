@@ -282,6 +282,9 @@ func (m *machine) handleMail() {
 			}
 		case controlMsg:
 			m.pendingCtl = append(m.pendingCtl, msg)
+			if msg.reply != nil {
+				m.ctlRetryAt = time.Time{} // the operator waits: try to record it now
+			}
 		case triggerMsg:
 			msg.reply <- m.commitTrigger(msg.p)
 		}
@@ -975,6 +978,7 @@ func (m *machine) applyControl() {
 	for i, c := range msgs {
 		st := m.st
 		if !st.takeControl(c, m.e.seenLTime.Load()) {
+			c.answer(nil)
 			continue
 		}
 		switch c.Action {
@@ -993,11 +997,18 @@ func (m *machine) applyControl() {
 				st.Reason = "aborted by the operator"
 			}
 		}
-		if m.transition(st) != nil {
+		if err := m.transition(st); err != nil {
+			if c.reply != nil {
+				// The operator's own action: they hear of it, and it was
+				// not sent; the others wait to be recorded.
+				c.answer(err)
+				i++
+			}
 			m.pendingCtl = append(msgs[i:], m.pendingCtl...)
 			m.ctlRetryAt = m.e.clock.Now().Add(persistRetry)
 			return
 		}
+		c.answer(nil)
 		m.log.Info("operator action applied", "plan", short(st.PlanID), "action", c.Action)
 		// What was in flight for the old state must not act on the new
 		// one: an abort stops a fetch or a lease request at once, and a

@@ -34,7 +34,11 @@ var ErrUnsigned = errors.New("unsigned artifact refused: start the agent with --
 // an op's goroutine: it reads only what it is given and shared stores.
 func (e *Engine) prepare(ctx context.Context, p *plan.Compiled, running, runningPath string, active int) error {
 	sha := p.Artifact.SHA256
-	if !e.store.Has(sha) && p.Patch != nil && p.Patch.FromVersion == running {
+	patching := !e.store.Has(sha) && p.Patch != nil && p.Patch.FromVersion == running
+	if err := e.checkSpace(p, patching); err != nil {
+		return err
+	}
+	if patching {
 		if err := e.preparePatch(ctx, p, runningPath); err != nil {
 			e.log.Warn("patch failed; falling back to the full artifact", "plan", p.Short, "err", err)
 		}
