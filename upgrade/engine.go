@@ -236,6 +236,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	if err := e.m.recover(); err != nil {
 		return err
 	}
+	e.collect(e.State())
 	e.view.resync(e.net.Members())
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	e.cancel = cancel

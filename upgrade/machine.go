@@ -623,6 +623,9 @@ func (m *machine) transition(st NodeState) error {
 		m.e.cfg.Observe(st)
 	}
 	m.log.Info("rollout phase", "plan", short(st.PlanID), "wave", st.Wave, "phase", st.Phase, "from", st.FromVersion, "to", st.ToVersion)
+	if st.PlanID != prev.PlanID || st.Phase.Terminal() && !prev.Phase.Terminal() {
+		m.e.collect(st)
+	}
 	return nil
 }
 
