@@ -37,7 +37,7 @@ NFPM         := $(GO) tool nfpm
 # Newer goreleaser releases need modules the proxy refuses, or a newer Go.
 GORELEASER_VERSION ?= v2.12.5
 
-.PHONY: help build test test-faults test-sim unit lint fmt demo demo-app bench bench-sim clean gen packages goreleaser-check test-systemd
+.PHONY: help build test test-faults test-sim unit lint fmt fuzz demo demo-app bench bench-sim clean gen packages goreleaser-check test-systemd
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
@@ -65,6 +65,12 @@ test-sim: ## SEEDS (1000) seeded fault schedules over 50-200 nodes in the fleet 
 
 unit: ## the fast tests only (no integration)
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
+
+# FUZZTIME is how long make fuzz runs each fuzz target.
+FUZZTIME     ?= 60s
+
+fuzz: ## run every fuzz target for FUZZTIME (60s) each; a crasher lands in the package's testdata/fuzz
+	@FUZZTIME=$(FUZZTIME) GO=$(GO) bash .ci/fuzz
 
 lint: ## gofmt check, go vet, staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

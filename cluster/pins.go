@@ -42,6 +42,11 @@ func loadPins(path string) (*pins, error) {
 	if err := json.Unmarshal(b, &p.keys); err != nil {
 		return nil, fmt.Errorf("pinned node keys %s are corrupt: %w; restore the file, or remove it to pin every member's key afresh on sight", path, err)
 	}
+	if p.keys == nil {
+		// "null" decodes to no map at all: the first member to join
+		// would panic the agent under memberlist's lock.
+		p.keys = map[string]string{}
+	}
 	return p, nil
 }
 

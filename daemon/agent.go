@@ -70,6 +70,7 @@ type Agent struct {
 
 	// Set by Start, read-only after.
 	id        identity.Key
+	dirLock   *os.File // the data dir's flock, held until Close
 	cluster   *cluster.Cluster
 	engine    *upgrade.Engine
 	httpAddr  string
@@ -150,7 +151,15 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 			a.Close()
 		}
 	}()
-	if err := prepareDataDir(a.cfg.DataDir); err != nil {
+	was, err := prepareDataDir(a.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if was != 0 {
+		a.log.Warn("data dir let others in; restricted it to its owner (and its group, read only)", "dir", a.cfg.DataDir,
+			"mode_was", fmt.Sprintf("%04o", was))
+	}
+	if a.dirLock, err = lockDataDir(a.cfg.DataDir); err != nil {
 		return err
 	}
 	var keyring *memberlist.Keyring
@@ -219,8 +228,11 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	// the control server's Shutdown for its whole timeout otherwise.
 	a.control = &http.Server{Handler: a.controlHandler(), ReadHeaderTimeout: 10 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return bg }}
-	a.peer = &http.Server{Handler: a.peerHandler(), ReadHeaderTimeout: 10 * time.Second}
-	a.peerTLS = &http.Server{Handler: a.peer.Handler, ReadHeaderTimeout: 10 * time.Second, TLSConfig: peertls.ServerConfig(a.peerCert)}
+	// One handler, so one cap on artifact streams, over both servers.
+	peer := limitArtifactStreams(a.peerHandler(), maxArtifactStreams)
+	a.peer = newPeerServer(peer)
+	a.peerTLS = newPeerServer(peer)
+	a.peerTLS.TLSConfig = peertls.ServerConfig(a.peerCert)
 	a.peerMux = peertls.Split(a.peerLn)
 	a.serve(a.control, a.controlLn)
 	a.serve(a.peer, a.peerMux.Plain())
@@ -319,18 +331,6 @@ func (a *Agent) httpTag() string {
 		return port
 	}
 	return a.httpAddr
-}
-
-func prepareDataDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("data dir %s cannot be created: %w; choose another --data-dir", dir, err)
-	}
-	f, err := os.CreateTemp(dir, ".write-test-*")
-	if err != nil {
-		return fmt.Errorf("data dir %s is not writable: %w; fix its permissions or choose another --data-dir", dir, err)
-	}
-	f.Close()
-	return os.Remove(f.Name())
 }
 
 // retryJoin keeps trying the retry-join addresses with exponential backoff
@@ -491,6 +491,9 @@ func (a *Agent) Close() error {
 			errs = append(errs, a.cluster.Close())
 		}
 		a.wg.Wait()
+		if a.dirLock != nil {
+			a.dirLock.Close() // drops the flock: another agent may start here now
+		}
 		a.closeErr = errors.Join(errs...)
 	})
 	return a.closeErr
@@ -506,6 +509,9 @@ func (a *Agent) HTTPAddr() string { return a.httpAddr }
 func (a *Agent) SocketPath() string { return a.cfg.SocketPath() }
 
 func (a *Agent) statusLine() string {
+	if s := a.safeMode(); s != "" {
+		return s
+	}
 	if a.engine != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()

@@ -190,7 +190,7 @@ func checkAppArtifact(path, name, version string, instances func(name string) []
 	if !bundle {
 		return checkExecutable(path)
 	}
-	m, err := artifact.ReadBundleManifest(path)
+	m, _, err := artifact.ValidateBundle(path)
 	if err != nil {
 		return err
 	}

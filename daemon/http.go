@@ -145,7 +145,7 @@ func (a *Agent) handleLocalInfo(w http.ResponseWriter, _ *http.Request) { writeJ
 // the operator's checks (--health-cmd, --health-url); the rollout's health
 // gate runs those itself.
 func (a *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) {
-	h := api.Health{Status: "ok", Node: a.cfg.Node, Version: a.opts.Build.Version}
+	h := api.Health{Status: "ok", Node: a.cfg.Node, Version: a.opts.Build.Version, SafeMode: a.safeMode()}
 	reason := a.unhealthy()
 	if reason == "" {
 		writeJSON(w, h)

@@ -110,7 +110,7 @@ func TestBadArtifactsRefusedBeforeAnyNodeGoesOffline(t *testing.T) {
 	// The good artifact passes every check (dry run: nothing changes).
 	out, err := upgradeTo("2.0.0", goodArt, "--signature", goodSig, "--dry-run")
 	require.NoError(t, err, out)
-	assert.Contains(t, out, "minisign signature over version, platform and digest")
+	assert.Contains(t, out, "minisign signature by a key this agent trusts, over target, version, platform and sha256")
 	assert.Contains(t, out, "nothing changed")
 
 	st := rolloutStatus(t, agents[1])

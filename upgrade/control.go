@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 )
 
 // Control actions an operator can take on the running plan.
@@ -23,7 +24,21 @@ type controlMsg struct {
 	Action string `json:"action"`
 	Sender string `json:"sender"`
 	Seq    uint64 `json:"seq"`
+	// reply, on the operator's own node, hears whether this node
+	// recorded the action (nil also when it was not news here).
+	reply chan error
 }
+
+// answer tells the operator's command, if it waits, what became of c.
+func (c controlMsg) answer(err error) {
+	if c.reply != nil {
+		c.reply <- err
+	}
+}
+
+// controlRecordTimeout bounds how long an operator's command waits for its
+// own node to record the action.
+const controlRecordTimeout = 10 * time.Second
 
 // maxControlJump bounds how far one action may move a node's control
 // sequence: a member cannot send a sequence so high that every later
@@ -67,6 +82,23 @@ func (e *Engine) Control(ctx context.Context, action string) (string, error) {
 	b, err := e.id.Seal(domainControl, c)
 	if err != nil {
 		return "", err
+	}
+	// This node records the action before it is sent: a node that cannot
+	// persist it (a full disk) must say so to the operator, not drop it
+	// silently or act on it only until its next restart.
+	c.reply = make(chan error, 1)
+	e.m.mail.post(c)
+	wait := time.NewTimer(controlRecordTimeout)
+	defer wait.Stop()
+	select {
+	case err := <-c.reply:
+		if err != nil {
+			return "", fmt.Errorf("%s not sent: this node could not record it: %w; fix that (free disk space?) and run it again", action, err)
+		}
+	case <-wait.C:
+		return "", fmt.Errorf("%s not sent: this node did not record it within %s (its state machine is busy or stopped); run it again", action, controlRecordTimeout)
+	case <-ctx.Done():
+		return "", ctx.Err()
 	}
 	if err := e.net.Broadcast(e.name(eventControl), b); err != nil {
 		return "", err

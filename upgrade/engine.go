@@ -17,6 +17,7 @@ import (
 	"aead.dev/minisign"
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/internal/clock"
+	"github.com/peerd/peerd/internal/durable"
 	"github.com/peerd/peerd/internal/identity"
 	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/peerd/peerd/upgrade/lease"
@@ -72,6 +73,9 @@ type Config struct {
 	ResyncInterval time.Duration
 	Clock          clock.Clock
 	Logger         *slog.Logger
+	// FreeSpace, when set (by tests), replaces statfs in prepare's check
+	// that the plan's copies fit (space.go).
+	FreeSpace FreeSpace
 	// HookDir, when set (by tests), pauses the node before a phase: while
 	// the file HookDir/pause-<phase> exists, the node writes
 	// HookDir/at-<phase> and waits there (so a test can kill it at that step).
@@ -151,6 +155,7 @@ type Engine struct {
 	served    atomic.Int64  // artifact bytes served to peers
 	seenLTime atomic.Uint64 // the highest Serf Lamport time of an event seen
 	metrics   engineMetrics // counts for Stats (metrics.go)
+	safe      safeMode      // held after a damaged file (safemode.go)
 
 	mu        sync.Mutex // guards the copies below, which the machine keeps current
 	state     NodeState
@@ -174,30 +179,49 @@ func New(cfg Config, net Network) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	granter, err := lease.NewGranter(filepath.Join(dir, "grants.json"), cfg.Clock)
-	if err != nil {
+	log := cfg.Logger.With("component", "rollout", "target", cfg.Target.Name())
+	// A file unreadable in both generations puts the engine in safe mode
+	// (safemode.go) rather than keeping the agent from starting.
+	var damaged []func(*Engine)
+	grantsPath := filepath.Join(dir, "grants.json")
+	granter, err := lease.NewGranter(grantsPath, cfg.Clock)
+	if errors.Is(err, durable.ErrCorrupt) {
+		damaged = append(damaged, func(e *Engine) { e.enterSafeMode(grantsPath, err) })
+	} else if err != nil {
 		return nil, err
 	}
 	if cfg.ObserveGrants != nil {
 		granter.OnSave(cfg.ObserveGrants)
 	}
 
-	st, err := LoadState(filepath.Join(dir, "state.json"))
-	if err != nil {
-		return nil, err
+	statePath := filepath.Join(dir, "state.json")
+	st, read, serr := loadState(statePath)
+	if errors.Is(serr, durable.ErrCorrupt) {
+		damaged = append(damaged, func(e *Engine) { e.enterSafeMode(statePath, serr) })
+	} else if serr != nil {
+		return nil, serr
+	} else if read.Gen == durable.Previous {
+		log.Warn("rollout state read from its previous generation: this node resumes one step back", "file", statePath, "refused", read.Refused)
 	}
-	lock, err := openPlanLock(filepath.Join(dir, "lock.json"))
-	if err != nil {
-		return nil, err
+	lockPath := filepath.Join(dir, "lock.json")
+	lock, lerr := openPlanLock(lockPath)
+	if errors.Is(lerr, durable.ErrCorrupt) {
+		lock = &planLock{path: lockPath}
+		damaged = append(damaged, func(e *Engine) { e.enterSafeMode(lockPath, lerr) })
+	} else if lerr != nil {
+		return nil, lerr
 	}
 	e := &Engine{
 		cfg: cfg, net: net, target: cfg.Target, clock: cfg.Clock, dir: dir, store: store, granter: granter, lock: lock, id: cfg.Identity,
-		log:    cfg.Logger.With("component", "rollout", "target", cfg.Target.Name()),
+		log:    log,
 		plans:  newPlanStore(filepath.Join(dir, "plans")),
 		drafts: newPlanStore(filepath.Join(dir, "drafts")),
 		view:   newView(TagKey(cfg.Target.Name())),
 		state:  st,
 		peers:  cfg.Peers,
+	}
+	for _, enter := range damaged {
+		enter(e)
 	}
 	if e.peers == nil {
 		e.peers = HTTPPeers{Client: cfg.HTTPClient, Addr: cfg.PeerHTTPAddr, Target: cfg.Target.Name()}
@@ -221,6 +245,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	if err := e.m.recover(); err != nil {
 		return err
 	}
+	e.collect(e.State())
 	e.view.resync(e.net.Members())
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	e.cancel = cancel

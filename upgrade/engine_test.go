@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/peerd/peerd/buildinfo"
+	"github.com/peerd/peerd/internal/durable"
 	"github.com/peerd/peerd/internal/identity"
 	"github.com/peerd/peerd/upgrade/versions"
 	"github.com/stretchr/testify/assert"
@@ -25,11 +26,22 @@ func TestStateFileRoundTripAndCorruption(t *testing.T) {
 	assert.Equal(t, want, got)
 	entries, _ := os.ReadDir(filepath.Dir(path))
 	assert.Len(t, entries, 1, "no temp file left behind")
+	require.NoError(t, SaveState(path, want))
 
+	entries, _ = os.ReadDir(filepath.Dir(path))
+	assert.Len(t, entries, 2, "and its previous generation")
+
+	// A torn file is read from its previous generation; when that is torn
+	// too, the error says so (the engine starts in safe mode).
 	require.NoError(t, os.WriteFile(path, []byte("{not json"), 0o600))
+	got, err = LoadState(path)
+	require.NoError(t, err)
+	assert.Equal(t, want, got)
+	require.NoError(t, os.WriteFile(path+".prev", []byte(`{"phase":"what"}`), 0o600))
 	_, err = LoadState(path)
-	assert.ErrorContains(t, err, "is corrupt")
-	assert.ErrorContains(t, err, "move it aside")
+	assert.ErrorIs(t, err, durable.ErrCorrupt)
+	assert.ErrorContains(t, err, "state.json is not usable")
+	assert.ErrorContains(t, err, `unknown phase "what"`)
 }
 
 func TestPhases(t *testing.T) {
@@ -133,4 +145,20 @@ func TestControlOrder(t *testing.T) {
 	back, err := LoadState(path)
 	require.NoError(t, err)
 	assert.False(t, back.takeControl(resume, 12), "a replayed old resume after a restart")
+}
+
+// TestShareableURL: an artifact URL with credentials never goes into the
+// plan, which every member fetches and any peer serves.
+func TestShareableURL(t *testing.T) {
+	for raw, want := range map[string]string{
+		"https://releases.example/peerd-2.0.0":                     "https://releases.example/peerd-2.0.0",
+		"https://user:secret@releases.example/peerd":               "",
+		"https://token@releases.example/peerd":                     "",
+		"https://bucket.example/peerd?X-Amz-Signature=abc&X-Amz-x": "",
+		"https://releases.example/peerd#token=abc":                 "",
+		"":            "",
+		"::not a url": "",
+	} {
+		assert.Equal(t, want, shareableURL(raw), raw)
+	}
 }

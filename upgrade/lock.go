@@ -3,9 +3,7 @@ package upgrade
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -82,15 +80,8 @@ type lockState struct {
 
 func openPlanLock(path string) (*planLock, error) {
 	l := &planLock{path: path}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return l, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read plan lock: %w", err)
-	}
-	if err := json.Unmarshal(b, &l.st); err != nil {
-		return nil, fmt.Errorf("plan lock file %s is corrupt: %w; remove it only when no rollout is running", path, err)
+	if _, err := durable.ReadGenerations(path, l.decode); err != nil {
+		return nil, fmt.Errorf("plan lock: %w", err)
 	}
 	return l, nil
 }
@@ -119,7 +110,7 @@ func (l *planLock) highest() uint64 {
 
 func (l *planLock) saveLocked(st lockState) error {
 	b, _ := json.Marshal(st)
-	if err := durable.WriteFile(l.path, b, 0o600); err != nil {
+	if err := durable.WriteGenerations(l.path, b, 0o600); err != nil {
 		return fmt.Errorf("persist plan lock: %w", err)
 	}
 	l.st = st
@@ -136,6 +127,9 @@ func (e *Engine) answerLock(payload []byte) []byte {
 	}
 	if err := json.Unmarshal(payload, &req); err != nil {
 		return answer(lockAnswer{Reason: "malformed lock request"})
+	}
+	if why, _ := e.SafeMode(); why != "" {
+		return answer(lockAnswer{Reason: "this node is in " + why})
 	}
 	l := e.lock
 	l.mu.Lock()
@@ -212,7 +206,7 @@ func unreachable(all, alive []cluster.Member) error {
 	sort.Strings(down)
 	return fmt.Errorf("only %d of the %d members are reachable, and a rollout needs a majority (%d): %s; "+
 		"a partitioned minority must not start a plan: heal the network or bring those members back; "+
-			"only for a member gone for good, 'peerd force-leave NODE' stops counting it (never for members merely cut off: that lets a minority roll out)",
+		"only for a member gone for good, 'peerd force-leave NODE' stops counting it (never for members merely cut off: that lets a minority roll out)",
 		len(alive), len(all), need, strings.Join(down, ", "))
 }
 

@@ -54,6 +54,7 @@ type machine struct {
 	retryAt    time.Time // no step before then (a backoff)
 	backoff    time.Duration
 	prepSince  time.Time
+	prepNoted  string // the plan whose prepare this process counted (prepattempts.go)
 	health     healthGate
 	pub        publication
 	restarting bool
@@ -281,6 +282,9 @@ func (m *machine) handleMail() {
 			}
 		case controlMsg:
 			m.pendingCtl = append(m.pendingCtl, msg)
+			if msg.reply != nil {
+				m.ctlRetryAt = time.Time{} // the operator waits: try to record it now
+			}
 		case triggerMsg:
 			msg.reply <- m.commitTrigger(msg.p)
 		}
@@ -307,7 +311,7 @@ func (m *machine) noteChanges() {
 // step advances the machine by one decision. It reports whether it
 // changed state and should be called again.
 func (m *machine) step() bool {
-	if m.op != nil || m.e.clock.Now().Before(m.retryAt) {
+	if m.op != nil || m.e.clock.Now().Before(m.retryAt) || m.e.inSafeMode() {
 		return false
 	}
 	if m.revertPending {
@@ -349,6 +353,9 @@ func (m *machine) step() bool {
 		st.Phase = PhasePrepare
 		return m.transition(st) == nil
 	case PhasePrepare:
+		if !m.countPrepareAttempt() {
+			return false
+		}
 		running, path := m.e.target.Running()
 		active := m.e.net.ProtocolRange().Max
 		m.startOp(opPrepare, func(ctx context.Context) opResult {
@@ -602,6 +609,7 @@ func (m *machine) observed(r opResult, log *slog.Logger) {
 // reconcile.
 func (m *machine) transition(st NodeState) error {
 	st.Updated = m.e.clock.Now().UTC()
+	st.PrepareAttempts = m.prepareAttemptsIn(st)
 	if err := SaveState(m.e.statePath(), st); err != nil {
 		m.log.Error("persist rollout state; the step waits until it can be saved", "plan", short(st.PlanID), "phase", st.Phase, "err", err)
 		m.retryIn(persistRetry)
@@ -615,6 +623,9 @@ func (m *machine) transition(st NodeState) error {
 		m.e.cfg.Observe(st)
 	}
 	m.log.Info("rollout phase", "plan", short(st.PlanID), "wave", st.Wave+1, "phase", st.Phase, "from", st.FromVersion, "to", st.ToVersion)
+	if st.PlanID != prev.PlanID || st.Phase.Terminal() && !prev.Phase.Terminal() {
+		m.e.collect(st)
+	}
 	return nil
 }
 
@@ -970,6 +981,7 @@ func (m *machine) applyControl() {
 	for i, c := range msgs {
 		st := m.st
 		if !st.takeControl(c, m.e.seenLTime.Load()) {
+			c.answer(nil)
 			continue
 		}
 		switch c.Action {
@@ -995,11 +1007,18 @@ func (m *machine) applyControl() {
 				st.Reason = "aborted by the operator after this node failed: " + st.Reason
 			}
 		}
-		if m.transition(st) != nil {
+		if err := m.transition(st); err != nil {
+			if c.reply != nil {
+				// The operator's own action: they hear of it, and it was
+				// not sent; the others wait to be recorded.
+				c.answer(err)
+				i++
+			}
 			m.pendingCtl = append(msgs[i:], m.pendingCtl...)
 			m.ctlRetryAt = m.e.clock.Now().Add(persistRetry)
 			return
 		}
+		c.answer(nil)
 		m.log.Info("operator action applied", "plan", short(st.PlanID), "action", c.Action, "from", c.Sender)
 		// What was in flight for the old state must not act on the new
 		// one: an abort stops a fetch or a lease request at once, and a

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/peerd/peerd/cluster"
 )
@@ -149,9 +150,37 @@ func PeerRoutes(mux *http.ServeMux, lookup EngineLookup) {
 		defer f.Close()
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Header().Set("Content-Length", fmt.Sprint(size))
-		_, _ = io.Copy(w, f)
+		streamArtifact(w, f)
 	}))
 	StateRoutes(mux, lookup)
+}
+
+// streamChunk and chunkTimeout are the pace an artifact download must keep:
+// each chunk written within the timeout. The server's write timeout bounds
+// a whole answer, too short for a large artifact on a slow link and too
+// long to leave to a client that stopped reading.
+const (
+	streamChunk  = 256 << 10
+	chunkTimeout = 20 * time.Second
+)
+
+// streamArtifact copies f to w, moving the write deadline on per chunk: a
+// client that stops reading loses its stream within chunkTimeout.
+func streamArtifact(w http.ResponseWriter, f io.Reader) {
+	rc := http.NewResponseController(w)
+	buf := make([]byte, streamChunk)
+	for {
+		n, rerr := f.Read(buf)
+		if n > 0 {
+			_ = rc.SetWriteDeadline(time.Now().Add(chunkTimeout)) // not every writer has one (tests)
+			if _, err := w.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if rerr != nil {
+			return
+		}
+	}
 }
 
 // StateRoutes registers the routes that report this node's rollout state

@@ -93,14 +93,6 @@ func (s *planStore) find(prefix string) (*plan.Compiled, bool, error) {
 	return nil, false, fmt.Errorf("plan ID %q is the start of %d plans: give more of it", prefix, len(ids))
 }
 
-// remove forgets a plan.
-func (s *planStore) remove(id string) {
-	s.mu.Lock()
-	delete(s.byID, id)
-	s.mu.Unlock()
-	_ = os.Remove(s.path(id))
-}
-
 func (s *planStore) remember(p *plan.Compiled) {
 	s.mu.Lock()
 	s.byID[p.ID] = p

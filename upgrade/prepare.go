@@ -34,7 +34,11 @@ var ErrUnsigned = errors.New("unsigned artifact refused: start the agent with --
 // an op's goroutine: it reads only what it is given and shared stores.
 func (e *Engine) prepare(ctx context.Context, p *plan.Compiled, running, runningPath string, active int) error {
 	sha := p.Artifact.SHA256
-	if !e.store.Has(sha) && p.Patch != nil && p.Patch.FromVersion == running {
+	patching := !e.store.Has(sha) && p.Patch != nil && p.Patch.FromVersion == running
+	if err := e.checkSpace(p, patching); err != nil {
+		return err
+	}
+	if patching {
 		if err := e.preparePatch(ctx, p, runningPath); err != nil {
 			e.log.Warn("patch failed; falling back to the full artifact", "plan", p.Short, "err", err)
 		}
@@ -83,14 +87,27 @@ func (e *Engine) preparePatch(ctx context.Context, p *plan.Compiled, runningPath
 	}
 	defer f.Close()
 	var out bytes.Buffer
-	if err := artifact.ApplyPatch(runningPath, f, &out); err != nil {
-		return fmt.Errorf("apply patch to %s: %w", runningPath, err)
+	if err := artifact.ApplyPatch(runningPath, f, &out, patchOf(p)); err != nil {
+		return err
 	}
 	if _, _, err := e.store.Put(&out, p.Artifact.SHA256); err != nil {
 		return fmt.Errorf("patched binary: %w", err)
 	}
 	e.log.Info("built the new binary from the patch", "plan", p.Short, "patch_bytes", p.Patch.Size)
 	return nil
+}
+
+// patchOf is what the plan declares about its patch, for ApplyPatch.
+func patchOf(p *plan.Compiled) artifact.Patch {
+	return artifact.Patch{Name: short(p.Patch.SHA256), Size: p.Patch.Size, ResultSize: p.Artifact.Size}
+}
+
+// declaredSize is the size the plan declares for one of its blobs.
+func declaredSize(p *plan.Compiled, sha string) int64 {
+	if p.Patch != nil && sha == p.Patch.SHA256 {
+		return p.Patch.Size
+	}
+	return p.Artifact.Size
 }
 
 // verifySignature accepts the artifact or says why not; what it accepted
@@ -164,7 +181,9 @@ func (e *Engine) fetch(ctx context.Context, p *plan.Compiled, sha string) error 
 			}
 			continue
 		}
-		_, _, err = e.store.Put(body, sha)
+		// Never more than the plan declares: a peer that streams on
+		// forever must not fill the disk.
+		_, _, err = e.store.Put(io.LimitReader(body, declaredSize(p, sha)), sha)
 		body.Close()
 		if err == nil {
 			e.log.Info("fetched artifact", "plan", p.Short, "sha256", short(sha), "from", m.Name, "from_version", m.Version)
@@ -176,7 +195,7 @@ func (e *Engine) fetch(ctx context.Context, p *plan.Compiled, sha string) error 
 		}
 	}
 	if p.Artifact.URL != "" && sha == p.Artifact.SHA256 && ctx.Err() == nil {
-		_, _, err := e.fetchURL(ctx, p.Artifact.URL, sha)
+		_, _, err := e.fetchURLAtMost(ctx, p.Artifact.URL, sha, p.Artifact.Size)
 		if err == nil {
 			return nil
 		}
@@ -191,8 +210,17 @@ func (e *Engine) fetch(ctx context.Context, p *plan.Compiled, sha string) error 
 	return fmt.Errorf("fetch %s: %w: %w", short(sha), errNoSource, errors.Join(errs...))
 }
 
+// maxImportBytes bounds an artifact an operator imports from a URL, as the
+// control API bounds an upload.
+const maxImportBytes = 1 << 30
+
 // fetchURL stores the blob at url; want, when set, is its digest.
 func (e *Engine) fetchURL(ctx context.Context, url, want string) (string, int64, error) {
+	return e.fetchURLAtMost(ctx, url, want, maxImportBytes)
+}
+
+// fetchURLAtMost is fetchURL reading at most limit bytes.
+func (e *Engine) fetchURLAtMost(ctx context.Context, url, want string, limit int64) (string, int64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return "", 0, fmt.Errorf("artifact URL %q: %w", url, err)

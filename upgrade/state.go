@@ -4,7 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/peerd/peerd/internal/durable"
@@ -67,6 +68,10 @@ type NodeState struct {
 	// Starts counts how often the new binary started in PhaseRestart or
 	// PhaseHealth; a binary that keeps crashing is rolled back.
 	Starts int `json:"starts,omitempty"`
+	// PrepareAttempts counts the agent processes that began to prepare
+	// this plan and did not finish (see countPrepareAttempt): input that
+	// crashes the agent in prepare fails the node instead of looping.
+	PrepareAttempts int `json:"prepare_attempts,omitempty"`
 	// Lease is set from the node's first lease request of its plan until
 	// it gave its hold back: a node that finished (or restarted into its
 	// old version) releases it, so the next wave need not wait for expiry.
@@ -90,27 +95,57 @@ type NodeState struct {
 // Active reports whether the node is in a rollout that is not finished.
 func (s NodeState) Active() bool { return s.PlanID != "" && !s.Phase.Terminal() }
 
-// LoadState reads the state file; a missing file is the zero state.
+// LoadState reads the state file, or its previous generation when the file
+// is empty or torn; a missing file is the zero state. When neither
+// generation decodes, the error wraps durable.ErrCorrupt (the engine then
+// starts in safe mode, see safemode.go).
 func LoadState(path string) (NodeState, error) {
+	st, _, err := loadState(path)
+	return st, err
+}
+
+func loadState(path string) (NodeState, durable.Read, error) {
 	var s NodeState
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return s, nil
-	}
+	r, err := durable.ReadGenerations(path, func(b []byte) error {
+		var err error
+		s, err = decodeState(b)
+		return err
+	})
 	if err != nil {
-		return s, fmt.Errorf("read rollout state: %w", err)
+		return NodeState{}, r, fmt.Errorf("rollout state: %w", err)
 	}
+	return s, r, nil
+}
+
+// decodeState decodes a state file's content and checks that the machine
+// can act on it: a phase it knows, no negative counts.
+func decodeState(b []byte) (NodeState, error) {
+	var s NodeState
 	if err := json.Unmarshal(b, &s); err != nil {
-		return s, fmt.Errorf("rollout state %s is corrupt: %w; move it aside to start afresh", path, err)
+		return NodeState{}, err
+	}
+	var problems []string
+	if s.Phase != "" && !slices.Contains(Phases(), s.Phase) {
+		problems = append(problems, fmt.Sprintf("unknown phase %q", s.Phase))
+	}
+	if s.Phase != "" && s.PlanID == "" {
+		problems = append(problems, fmt.Sprintf("phase %q of no plan", s.Phase))
+	}
+	if s.Wave < 0 || s.Starts < 0 || s.PrepareAttempts < 0 {
+		problems = append(problems, fmt.Sprintf("negative counts (wave %d, starts %d, prepare attempts %d)", s.Wave, s.Starts, s.PrepareAttempts))
+	}
+	if len(problems) > 0 {
+		return NodeState{}, errors.New(strings.Join(problems, "; "))
 	}
 	return s, nil
 }
 
-// SaveState writes s durably: temp file, fsync, rename, fsync of the dir.
+// SaveState writes s durably (temp file, fsync, rename, fsync of the dir),
+// keeping the state it replaces as the file's previous generation.
 func SaveState(path string, s NodeState) error {
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
 	}
-	return durable.WriteFile(path, b, 0o600)
+	return durable.WriteGenerations(path, b, 0o600)
 }

@@ -33,6 +33,8 @@ type Status struct {
 	Total    int          `json:"total"`
 	Failed   []NodeStatus `json:"failed,omitempty"`
 	Hint     string       `json:"hint,omitempty"`
+	// SafeMode says why the node asked is in safe mode (see Engine.SafeMode).
+	SafeMode string `json:"safe_mode,omitempty"`
 }
 
 // WaveStatus is one wave's progress.
@@ -64,8 +66,9 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	if latest != "" && latest != id && e.newerPlan(ctx, latest, id) {
 		id = latest // announced here, not adopted yet
 	}
+	safe, _ := e.SafeMode()
 	if id == "" {
-		return Status{State: StateNone}, nil
+		return Status{State: StateNone, SafeMode: safe}, nil
 	}
 	p, err := e.planByID(ctx, id)
 	if err != nil {
@@ -79,7 +82,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 			phases[m.Name] = pr.Phase
 		}
 	}
-	out := Status{PlanID: p.ID, Target: p.Target, Version: p.Version, Rollback: p.Rollback}
+	out := Status{PlanID: p.ID, Target: p.Target, Version: p.Version, Rollback: p.Rollback, SafeMode: safe}
 	node := func(name string) NodeStatus {
 		m, ok := members[name]
 		ns := NodeStatus{Name: name, Phase: phases[name], Version: e.target.VersionOf(m), Member: m.Status}

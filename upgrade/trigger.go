@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -53,6 +54,9 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	var res TriggerResult
 	e.triggerMu.Lock()
 	defer e.triggerMu.Unlock()
+	if err := e.refuseInSafeMode(); err != nil {
+		return res, err
+	}
 	if id := e.busyWith(); id != "" {
 		return res, fmt.Errorf("a rollout is already running: plan %s; watch it with 'peerd upgrade status', or stop it with 'peerd upgrade abort'", id)
 	}
@@ -92,7 +96,7 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	}
 	p := plan.Plan{
 		Target: e.target.Name(), Version: req.Version, Rollback: req.Rollback,
-		Artifact: plan.Artifact{SHA256: sha, Size: size, URL: req.URL, Signature: req.Signature},
+		Artifact: plan.Artifact{SHA256: sha, Size: size, URL: shareableURL(req.URL), Signature: req.Signature},
 		Options:  req.Options,
 		Origin:   e.net.LocalMember().Name,
 		Created:  e.clock.Now().UTC(),
@@ -216,7 +220,7 @@ func (e *Engine) triggerPreviewed(ctx context.Context, id string) (TriggerResult
 	}
 	res, err := e.announcePlan(ctx, c, checks)
 	if err == nil {
-		e.drafts.remove(c.ID)
+		_ = e.drafts.remove(c.ID)
 	}
 	return res, err
 }
@@ -353,7 +357,11 @@ func (e *Engine) originChecks(ctx context.Context, p *plan.Compiled) ([]string, 
 	}
 	checks := append([]string{fmt.Sprintf("sha256 %s (%d bytes)", p.Artifact.SHA256, p.Artifact.Size)}, target...)
 	if p.Patch != nil {
-		checks = append(checks, fmt.Sprintf("patch from %s: %d bytes; nodes at another version fetch the full artifact", p.Patch.FromVersion, p.Patch.Size))
+		line, err := e.checkPatch(p)
+		if err != nil {
+			return nil, err
+		}
+		checks = append(checks, line)
 	}
 	return checks, nil
 }
@@ -365,4 +373,17 @@ func (e *Engine) importURL(ctx context.Context, url string) (string, int64, erro
 		return "", 0, fmt.Errorf("fetch artifact: %w", err)
 	}
 	return sha, size, nil
+}
+
+// shareableURL is the artifact URL as the plan may carry it: every member
+// fetches the plan, and any peer serves it, so a URL with credentials (a
+// user and password, or a query such as a signed URL's token) stays on the
+// origin. The origin imported the artifact from it already; without a URL
+// in the plan, nodes fetch it from the origin and from each other.
+func shareableURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+		return ""
+	}
+	return raw
 }

@@ -395,6 +395,9 @@ const phaseLegend = "Phases (the same names in the table, --json and the agents'
 	"  abort    the rollout was aborted before this node started"
 
 func printStatus(w io.Writer, st upgrade.Status) {
+	if st.SafeMode != "" {
+		fmt.Fprintf(w, "this node is in %s\n", st.SafeMode)
+	}
 	if st.State == upgrade.StateNone {
 		fmt.Fprintln(w, "no rollout")
 		return

@@ -75,6 +75,10 @@ type Health struct {
 	Status  string `json:"status"`
 	Node    string `json:"node"`
 	Version string `json:"version"`
+	// SafeMode says why a rollout engine of the node is in safe mode (it
+	// takes no rollout step and grants no lease for a while); the node
+	// still serves, so the status stays ok.
+	SafeMode string `json:"safe_mode,omitempty"`
 }
 
 // Keyring is what the members answered to a gossip keyring operation.

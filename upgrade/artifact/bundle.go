@@ -2,6 +2,7 @@ package artifact
 
 import (
 	"archive/tar"
+	"bytes"
 	"compress/gzip"
 	"encoding/json"
 	"errors"
@@ -158,34 +159,20 @@ func IsBundle(path string) (bool, error) {
 	return magic == [2]byte{0x1f, 0x8b}, nil
 }
 
-// ReadBundleManifest returns the validated manifest of the bundle at path
-// without extracting it. It reads the archive only as far as the manifest,
-// so it does not vouch for the entries after it: ExtractBundle does.
-func ReadBundleManifest(path string) (BundleManifest, error) {
-	b, err := openBundle(path)
+// ValidateBundle checks the whole bundle at path without extracting it,
+// as ExtractBundle would: every entry (no absolute or ".." paths, no links,
+// devices or duplicates, sizes and counts within the limits), the
+// archive's end (gzip's checksum), the manifest, and that the manifest's
+// command is an executable regular file of the bundle. It returns the
+// validated manifest and the bytes the bundle unpacks to. The origin and
+// each node run it before the lease, so that a bundle that extraction
+// would refuse is refused before anything goes offline.
+func ValidateBundle(path string) (BundleManifest, int64, error) {
+	m, size, err := walkBundle(path, func(*tar.Header, string, io.Reader) error { return nil })
 	if err != nil {
-		return BundleManifest{}, fmt.Errorf("read bundle %s: %w", path, err)
+		return BundleManifest{}, 0, fmt.Errorf("bundle %s: %w", path, err)
 	}
-	defer b.Close()
-	for {
-		hdr, name, err := b.next()
-		if errors.Is(err, io.EOF) {
-			return BundleManifest{}, fmt.Errorf("read bundle %s: %w", path, errNoManifest)
-		}
-		if err != nil {
-			return BundleManifest{}, fmt.Errorf("read bundle %s: %w", path, err)
-		}
-		if name == BundleManifestName && hdr.Typeflag == tar.TypeReg {
-			data, err := io.ReadAll(b.tr)
-			if err == nil {
-				var m BundleManifest
-				if m, err = parseBundleManifest(data); err == nil {
-					return m, nil
-				}
-			}
-			return BundleManifest{}, fmt.Errorf("read bundle %s: %w", path, err)
-		}
-	}
+	return m, size, nil
 }
 
 var errNoManifest = fmt.Errorf("no %s at the archive's root: is it a peerd application bundle? Add the manifest, or ship a single executable", BundleManifestName)
@@ -261,83 +248,113 @@ func ExtractBundle(path, dir string) (m BundleManifest, err error) {
 
 // extractInto unpacks the bundle at path into the empty directory dir.
 func extractInto(path, dir string) (BundleManifest, error) {
-	b, err := openBundle(path)
+	m, _, err := walkBundle(path, func(hdr *tar.Header, name string, r io.Reader) error {
+		target := filepath.Join(dir, filepath.FromSlash(name))
+		// Archives need not list parent directories. No links are ever
+		// created, so no path component can lead out of dir.
+		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+			return err
+		}
+		if hdr.Typeflag == tar.TypeDir {
+			if err := os.Mkdir(target, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+				return err
+			}
+			return nil
+		}
+		mode := os.FileMode(0o644)
+		if hdr.Mode&0o111 != 0 {
+			mode = 0o755
+		}
+		return writeBundleFile(target, mode, r)
+	})
+	return m, err
+}
+
+// walkBundle reads the bundle at path entry by entry, checking each one
+// (bundleReader.next) and how it fits with the others (no name twice, no
+// entry inside a file), and hands each entry's contents to put. It then
+// checks the archive's end, the manifest, and that the manifest's command
+// is an executable regular file of the bundle. It returns the manifest and
+// the bytes the entries hold. Nothing is trusted until it returns nil.
+func walkBundle(file string, put func(hdr *tar.Header, name string, r io.Reader) error) (BundleManifest, int64, error) {
+	b, err := openBundle(file)
 	if err != nil {
-		return BundleManifest{}, err
+		return BundleManifest{}, 0, err
 	}
 	defer b.Close()
 	var manifest []byte
-	seen := map[string]bool{}
+	entries := map[string]*tar.Header{}
+	dirs := map[string]bool{} // every entry's parents, listed or not
 	for {
 		hdr, name, err := b.next()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			return BundleManifest{}, err
+			return BundleManifest{}, 0, err
 		}
 		if name == "." { // "./", as written by tar -C dir .
 			continue
 		}
-		// Without this, a second entry could silently replace a file
-		// ReadBundleManifest or a reviewer already looked at.
-		if seen[name] {
-			return BundleManifest{}, fmt.Errorf("bundle lists %s twice: rebuild it", name)
+		// Without this, a second entry could silently replace a file a
+		// reviewer already looked at.
+		if entries[name] != nil {
+			return BundleManifest{}, 0, fmt.Errorf("bundle lists %s twice: rebuild it", name)
 		}
-		seen[name] = true
-		target := filepath.Join(dir, filepath.FromSlash(name))
-		// Archives need not list parent directories. No links are ever
-		// created, so no path component can lead out of dir.
-		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-			return BundleManifest{}, err
+		if hdr.Typeflag != tar.TypeDir && dirs[name] {
+			return BundleManifest{}, 0, fmt.Errorf("bundle entry %s is a file, but other entries are inside it: rebuild the bundle", name)
 		}
-		if hdr.Typeflag == tar.TypeDir {
-			if err := os.Mkdir(target, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-				return BundleManifest{}, err
+		for parent := path.Dir(name); parent != "."; parent = path.Dir(parent) {
+			if h := entries[parent]; h != nil && h.Typeflag != tar.TypeDir {
+				return BundleManifest{}, 0, fmt.Errorf("bundle entry %s is inside %s, which is a file: rebuild the bundle", name, parent)
 			}
-			continue
+			dirs[parent] = true
 		}
-		mode := os.FileMode(0o644)
-		if hdr.Mode&0o111 != 0 {
-			mode = 0o755
-		}
-		if err := writeBundleFile(target, mode, b.tr); err != nil {
-			return BundleManifest{}, err
-		}
+		entries[name] = hdr
+		var r io.Reader = b.tr
 		if name == BundleManifestName {
-			if manifest, err = os.ReadFile(target); err != nil {
-				return BundleManifest{}, err
+			if manifest, err = io.ReadAll(b.tr); err != nil {
+				return BundleManifest{}, 0, fmt.Errorf("read archive (%v): is the bundle complete? Fetch it again", err)
 			}
+			r = bytes.NewReader(manifest)
+		}
+		if err := put(hdr, name, r); err != nil {
+			return BundleManifest{}, 0, err
+		}
+		// The tar reader checks that each entry holds its header's size
+		// only once it is read to the end.
+		if _, err := io.Copy(io.Discard, b.tr); err != nil {
+			return BundleManifest{}, 0, fmt.Errorf("read archive (%v): is the bundle complete? Fetch it again", err)
 		}
 	}
 	// Read to the end so that gzip checks its CRC and length: a corrupted or
 	// cut-off bundle is refused rather than installed. Bounded, since the
 	// tar end marker may be followed by any amount of compressed padding.
 	if n, err := io.CopyN(io.Discard, b.gz, maxBundleTrailer+1); err != nil && !errors.Is(err, io.EOF) {
-		return BundleManifest{}, fmt.Errorf("read archive (%v): is the bundle complete? Fetch it again", err)
+		return BundleManifest{}, 0, fmt.Errorf("read archive (%v): is the bundle complete? Fetch it again", err)
 	} else if n > maxBundleTrailer {
-		return BundleManifest{}, fmt.Errorf("bundle has more than %d bytes after the end of its tar archive: rebuild it", maxBundleTrailer)
+		return BundleManifest{}, 0, fmt.Errorf("bundle has more than %d bytes after the end of its tar archive: rebuild it", maxBundleTrailer)
 	}
 	if manifest == nil {
-		return BundleManifest{}, errNoManifest
+		return BundleManifest{}, 0, errNoManifest
 	}
 	m, err := parseBundleManifest(manifest)
 	if err != nil {
-		return BundleManifest{}, err
+		return BundleManifest{}, 0, err
 	}
-	cmd := m.Command[0]
-	fi, err := os.Lstat(filepath.Join(dir, filepath.FromSlash(cmd)))
+	cmd := path.Clean(filepath.ToSlash(m.Command[0]))
+	hdr := entries[cmd]
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return BundleManifest{}, fmt.Errorf("%s: command %s is not in the bundle: add it, or fix \"command\"", BundleManifestName, cmd)
-	case err != nil:
-		return BundleManifest{}, err
-	case !fi.Mode().IsRegular():
-		return BundleManifest{}, fmt.Errorf("%s: command %s is not a regular file: fix \"command\"", BundleManifestName, cmd)
-	case fi.Mode()&0o111 == 0:
-		return BundleManifest{}, fmt.Errorf("%s: command %s is not executable: chmod +x it before building the bundle", BundleManifestName, cmd)
+	case hdr == nil && dirs[cmd]:
+		return BundleManifest{}, 0, fmt.Errorf("%s: command %s is not a regular file: fix \"command\"", BundleManifestName, cmd)
+	case hdr == nil:
+		return BundleManifest{}, 0, fmt.Errorf("%s: command %s is not in the bundle: add it, or fix \"command\"", BundleManifestName, cmd)
+	case hdr.Typeflag != tar.TypeReg:
+		return BundleManifest{}, 0, fmt.Errorf("%s: command %s is not a regular file: fix \"command\"", BundleManifestName, cmd)
+	case hdr.Mode&0o111 == 0:
+		return BundleManifest{}, 0, fmt.Errorf("%s: command %s is not executable: chmod +x it before building the bundle", BundleManifestName, cmd)
 	}
-	return m, nil
+	return m, b.size, nil
 }
 
 // writeBundleFile creates target (which must not exist) with the contents of

@@ -89,7 +89,6 @@ func TestExtractBundle(t *testing.T) {
 		name    string
 		entries func(t *testing.T) []entry
 		wantErr []string // substrings; none means success
-		readOK  bool     // ReadBundleManifest succeeds although extraction fails
 	}{
 		{name: "valid", entries: func(t *testing.T) []entry {
 			return []entry{manifestEntry(t, nil), kvBinary, {name: "share/data.txt", body: "x", mode: 0o600}}
@@ -123,6 +122,18 @@ func TestExtractBundle(t *testing.T) {
 		{name: "path traversal", entries: func(t *testing.T) []entry {
 			return []entry{{name: "../evil", body: "x"}, manifestEntry(t, nil), kvBinary}
 		}, wantErr: []string{"bundle entry ../evil leaves the bundle root"}},
+		{name: "path traversal after the manifest", entries: func(t *testing.T) []entry {
+			return []entry{manifestEntry(t, nil), kvBinary, {name: "../evil", body: "x"}}
+		}, wantErr: []string{"bundle entry ../evil leaves the bundle root"}},
+		{name: "entry inside a file", entries: func(t *testing.T) []entry {
+			return []entry{manifestEntry(t, nil), kvBinary, {name: "bin/kv/x", body: "x"}}
+		}, wantErr: []string{"bundle entry bin/kv/x is inside bin/kv, which is a file"}},
+		{name: "file where entries are inside", entries: func(t *testing.T) []entry {
+			return []entry{manifestEntry(t, nil), {name: "bin/kv/x", body: "x"}, kvBinary}
+		}, wantErr: []string{"bundle entry bin/kv is a file, but other entries are inside it"}},
+		{name: "command is an unlisted directory", entries: func(t *testing.T) []entry {
+			return []entry{manifestEntry(t, func(m *BundleManifest) { m.Command = []string{"bin"} }), kvBinary}
+		}, wantErr: []string{"command bin is not a regular file"}},
 		{name: "path traversal inside", entries: func(t *testing.T) []entry {
 			return []entry{{name: "bin/../../evil", body: "x"}, manifestEntry(t, nil), kvBinary}
 		}, wantErr: []string{"leaves the bundle root"}},
@@ -131,7 +142,7 @@ func TestExtractBundle(t *testing.T) {
 		}, wantErr: []string{"bundle entry /abs has an absolute path"}},
 		{name: "symlink", entries: func(t *testing.T) []entry {
 			return []entry{manifestEntry(t, nil), kvBinary, {name: "lib", typ: tar.TypeSymlink, link: "/etc"}}
-		}, wantErr: []string{"bundle entry lib is a link to /etc", "tar --dereference"}, readOK: true},
+		}, wantErr: []string{"bundle entry lib is a link to /etc", "tar --dereference"}},
 		{name: "hard link", entries: func(t *testing.T) []entry {
 			return []entry{{name: "passwd", typ: tar.TypeLink, link: "/etc/passwd"}, manifestEntry(t, nil), kvBinary}
 		}, wantErr: []string{"is a link to /etc/passwd"}},
@@ -140,16 +151,16 @@ func TestExtractBundle(t *testing.T) {
 		}, wantErr: []string{"bundle entry null is a device"}},
 		{name: "duplicate entry", entries: func(t *testing.T) []entry {
 			return []entry{manifestEntry(t, nil), kvBinary, {name: "./bin/kv", body: "other", mode: 0o755}}
-		}, wantErr: []string{"bundle lists bin/kv twice"}, readOK: true},
+		}, wantErr: []string{"bundle lists bin/kv twice"}},
 		{name: "command not in bundle", entries: func(t *testing.T) []entry {
 			return []entry{manifestEntry(t, nil)}
-		}, wantErr: []string{"command bin/kv is not in the bundle"}, readOK: true},
+		}, wantErr: []string{"command bin/kv is not in the bundle"}},
 		{name: "command not executable", entries: func(t *testing.T) []entry {
 			return []entry{manifestEntry(t, nil), {name: "bin/kv", body: "x", mode: 0o644}}
-		}, wantErr: []string{"command bin/kv is not executable", "chmod +x"}, readOK: true},
+		}, wantErr: []string{"command bin/kv is not executable", "chmod +x"}},
 		{name: "command is a directory", entries: func(t *testing.T) []entry {
 			return []entry{manifestEntry(t, nil), {name: "bin/kv", typ: tar.TypeDir, mode: 0o755}}
-		}, wantErr: []string{"command bin/kv is not a regular file"}, readOK: true},
+		}, wantErr: []string{"command bin/kv is not a regular file"}},
 		{name: "command outside the bundle", entries: func(t *testing.T) []entry {
 			return []entry{manifestEntry(t, func(m *BundleManifest) { m.Command = []string{"/bin/sh"} }), kvBinary}
 		}, wantErr: []string{`command[0] "/bin/sh" is not inside the bundle`}},
@@ -158,27 +169,27 @@ func TestExtractBundle(t *testing.T) {
 			p := writeBundle(t, tc.entries(t)...)
 			dir := filepath.Join(t.TempDir(), "kv-2.0.0")
 			got, err := ExtractBundle(p, dir)
-			read, readErr := ReadBundleManifest(p)
+			// Validation, before the lease, refuses exactly what extraction
+			// (after it) would.
+			read, size, readErr := ValidateBundle(p)
 			if len(tc.wantErr) == 0 {
 				require.NoError(t, err)
 				require.NoError(t, readErr)
 				assert.Equal(t, kvManifest(), got)
 				assert.Equal(t, got, read)
+				assert.Positive(t, size)
 				fi, err := os.Stat(filepath.Join(dir, "bin", "kv"))
 				require.NoError(t, err)
 				assert.Equal(t, os.FileMode(0o755), fi.Mode().Perm())
 				return
 			}
 			require.Error(t, err)
+			require.Error(t, readErr, "validation passes what extraction refuses")
 			for _, s := range tc.wantErr {
 				assert.Contains(t, err.Error(), s)
+				assert.Contains(t, readErr.Error(), s)
 			}
 			assertNothingLeft(t, dir)
-			if tc.readOK {
-				assert.NoError(t, readErr)
-			} else {
-				assert.Error(t, readErr)
-			}
 		})
 	}
 }
@@ -283,8 +294,8 @@ func TestIsBundle(t *testing.T) {
 	assert.ErrorContains(t, err, "no such file")
 }
 
-func TestReadBundleManifestNotABundle(t *testing.T) {
-	_, err := ReadBundleManifest(writeTemp(t, []byte("\x7fELF\x02\x01\x01\x00 some binary")))
+func TestValidateBundleNotABundle(t *testing.T) {
+	_, _, err := ValidateBundle(writeTemp(t, []byte("\x7fELF\x02\x01\x01\x00 some binary")))
 	assert.ErrorContains(t, err, "not a gzip-compressed tar")
 }
 
@@ -298,7 +309,8 @@ func TestBundleTruncated(t *testing.T) {
 		_, err := ExtractBundle(p, dir)
 		require.Error(t, err, "bundle cut to %d of %d bytes", n, len(data))
 		assertNothingLeft(t, dir)
-		_, _ = ReadBundleManifest(p) // may succeed: the manifest can precede the cut
+		_, _, err = ValidateBundle(p)
+		require.Error(t, err, "validation of the bundle cut to %d of %d bytes", n, len(data))
 	}
 }
 
@@ -312,13 +324,17 @@ func FuzzExtractBundle(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p := writeTemp(t, data)
 		_, _ = IsBundle(p)
-		_, _ = ReadBundleManifest(p)
+		vm, _, verr := ValidateBundle(p)
 		dir := filepath.Join(t.TempDir(), "kv")
 		m, err := ExtractBundle(p, dir)
+		if (err == nil) != (verr == nil) {
+			t.Fatalf("validation (%v) and extraction (%v) disagree", verr, err)
+		}
 		if err != nil {
 			assertNothingLeft(t, dir)
 			return
 		}
+		assert.Equal(t, vm, m)
 		assert.NoError(t, m.Validate())
 		assert.FileExists(t, filepath.Join(dir, BundleManifestName))
 	})

@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/peerd/peerd/internal/durable"
 )
@@ -125,4 +127,46 @@ func (s *Store) Open(sha string) (*os.File, error) {
 		return nil, fmt.Errorf("open artifact: %w", err)
 	}
 	return f, nil
+}
+
+// Blob is one file of the store, complete or (Temp) a Put's leftover.
+type Blob struct {
+	SHA256  string // "" for a temp file
+	Name    string
+	ModTime time.Time
+	Temp    bool
+}
+
+// List lists the store's files: blobs by digest, and the temp files of
+// Puts that are running or died.
+func (s *Store) List() ([]Blob, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("list artifact store: %w", err)
+	}
+	var out []Blob
+	for _, de := range entries {
+		fi, err := de.Info()
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		switch name := de.Name(); {
+		case sha256Hex.MatchString(name):
+			out = append(out, Blob{SHA256: name, Name: name, ModTime: fi.ModTime()})
+		case strings.HasPrefix(name, ".put-"):
+			out = append(out, Blob{Name: name, ModTime: fi.ModTime(), Temp: true})
+		}
+	}
+	return out, nil
+}
+
+// Remove deletes one file List returned.
+func (s *Store) Remove(b Blob) error {
+	if b.Name == "" || b.Name != filepath.Base(b.Name) || (!b.Temp && !sha256Hex.MatchString(b.Name)) {
+		return fmt.Errorf("remove artifact %q: not a file of the store", b.Name)
+	}
+	if err := os.Remove(filepath.Join(s.dir, b.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove artifact: %w", err)
+	}
+	return nil
 }

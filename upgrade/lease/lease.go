@@ -126,6 +126,9 @@ type Granter struct {
 	mu     sync.Mutex // guards the fields below and the file at path
 	grants []Grant
 	epoch  uint64
+	// holdUntil: grant nothing before then (Hold), for holdWhy.
+	holdUntil time.Time
+	holdWhy   string
 }
 
 // file is the granter's file: its grants and the last epoch it gave.
@@ -134,10 +137,13 @@ type file struct {
 	Grants []Grant `json:"grants"`
 }
 
-// NewGranter loads the grants persisted at path, if the file exists; the
-// directory must exist. A nil clock means the wall clock. A file that does
-// not parse is an error rather than a fresh start: forgetting a live grant
-// could let this member vote two waves offline at once.
+// NewGranter loads the grants persisted at path, or their previous
+// generation when the file is empty or torn; the directory must exist. A
+// nil clock means the wall clock. When neither generation decodes, the
+// error wraps durable.ErrCorrupt and the granter returned with it holds no
+// grants: forgetting a live grant could let this member vote two waves
+// offline at once, so the caller must keep it from granting (Hold) until
+// every grant it may have given has expired.
 func NewGranter(path string, clk clock.Clock) (*Granter, error) {
 	if path == "" {
 		return nil, errors.New("lease granter needs a file to keep its grants in")
@@ -146,27 +152,52 @@ func NewGranter(path string, clk clock.Clock) (*Granter, error) {
 		clk = clock.Real()
 	}
 	g := &Granter{path: path, clock: clk}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return g, nil
+	var f file
+	_, err := durable.ReadGenerations(path, func(b []byte) error {
+		var err error
+		f, err = decodeGrants(b)
+		return err
+	})
+	if errors.Is(err, durable.ErrCorrupt) {
+		return g, fmt.Errorf("lease grants: %w", err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read lease grants: %w", err)
 	}
+	g.grants, g.epoch = f.Grants, f.Epoch
+	return g, nil
+}
+
+// decodeGrants decodes a grants file's content.
+func decodeGrants(b []byte) (file, error) {
 	var f file
 	if err := json.Unmarshal(b, &f); err != nil {
 		// Before epochs the file was a plain list of grants; they block
 		// other waves until they expire, as they did then (no holder can
 		// release them).
+		f = file{}
 		if json.Unmarshal(b, &f.Grants) != nil {
-			return nil, fmt.Errorf("lease grants file %s is corrupt: %w; remove it only when no rollout is running", path, err)
+			return file{}, err
 		}
 		for i := range f.Grants {
 			f.Grants[i].Holders = []string{""}
 		}
 	}
-	g.grants, g.epoch = f.Grants, f.Epoch
-	return g, nil
+	for _, gr := range f.Grants {
+		if gr.PlanID == "" || gr.Wave < 0 {
+			return file{}, fmt.Errorf("a grant of plan %q, wave %d is not one this granter writes", gr.PlanID, gr.Wave)
+		}
+	}
+	return f, nil
+}
+
+// Hold makes the granter refuse every new grant and renewal until until,
+// saying why: a granter that lost its grants must not grant again before
+// every grant it may have given has expired.
+func (g *Granter) Hold(until time.Time, why string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.holdUntil, g.holdWhy = until, why
 }
 
 // OnSave registers f to be told of the grants each time they are
@@ -212,6 +243,9 @@ func (g *Granter) Decide(req Request, terms Terms) (Grant, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.clock.Now()
+	if now.Before(g.holdUntil) {
+		return Grant{}, fmt.Errorf("grants nothing until %s: %s", stamp(g.holdUntil), g.holdWhy)
+	}
 	live := liveAt(g.grants, now)
 	mine := -1
 	for i := 0; i < len(live); i++ {
@@ -373,7 +407,7 @@ func (g *Granter) saveLocked(grants []Grant, epoch uint64) error {
 	if g.skipFsync {
 		err = os.WriteFile(g.path, b, 0o600)
 	} else {
-		err = durable.WriteFile(g.path, b, 0o600)
+		err = durable.WriteGenerations(g.path, b, 0o600)
 	}
 	if err != nil {
 		return fmt.Errorf("persist lease grants to %s: %w", g.path, err)

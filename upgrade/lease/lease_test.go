@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/peerd/peerd/internal/clock"
+	"github.com/peerd/peerd/internal/durable"
 	"github.com/peerd/peerd/upgrade/lease"
 )
 
@@ -341,17 +342,54 @@ func TestUnpersistableGrantIsRefused(t *testing.T) {
 	assert.Empty(t, g.Live(), "a grant that was not persisted must not be held")
 }
 
-func TestNewGranterRejectsACorruptFile(t *testing.T) {
-	for _, content := range []string{"", "{", `{"epoch":"one"}`, `[{"wave":"one"}]`, "garbage"} {
+// TestNewGranterOnACorruptFile: an empty or torn grants file is read from
+// its previous generation; when neither decodes, NewGranter says so
+// (ErrCorrupt, naming the file) and returns a granter with no grants, for
+// the caller to Hold.
+func TestNewGranterOnACorruptFile(t *testing.T) {
+	for _, content := range []string{"", "{", `{"epoch":"one"}`, `[{"wave":"one"}]`, "garbage", `{"grants":[{"plan_id":"","wave":0}]}`} {
 		t.Run(fmt.Sprintf("%q", content), func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "grants.json")
 			require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
-			_, err := lease.NewGranter(path, clock.NewFake(t0))
-			require.Error(t, err)
+			g, err := lease.NewGranter(path, clock.NewFake(t0))
+			require.ErrorIs(t, err, durable.ErrCorrupt)
 			assert.ErrorContains(t, err, path, "the error names the file")
-			assert.ErrorContains(t, err, "corrupt")
+			require.NotNil(t, g)
+			assert.Empty(t, g.Live())
 		})
 	}
+	t.Run("previous generation", func(t *testing.T) {
+		clk := clock.NewFake(t0)
+		path := filepath.Join(t.TempDir(), "grants.json")
+		g, err := lease.NewGranter(path, clk)
+		require.NoError(t, err)
+		_, err = g.Decide(*req(0, "a"), terms())
+		require.NoError(t, err)
+		_, err = g.Decide(*req(0, "b"), terms()) // a second write: the first is now the previous generation
+		require.NoError(t, err)
+		require.NoError(t, os.Truncate(path, 10))
+		again, err := lease.NewGranter(path, clk)
+		require.NoError(t, err, "a torn file is read from its previous generation")
+		require.Len(t, again.Live(), 1)
+		assert.Equal(t, []string{"a"}, again.Live()[0].Holders, "one write behind: b's part is not known, a's grant still holds the wave")
+		_, err = again.Decide(*req(1, "c"), terms())
+		assert.ErrorContains(t, err, "holds a live grant for wave 1")
+	})
+}
+
+// TestHold: a held granter grants nothing, not even a renewal, until the
+// hold ends.
+func TestHold(t *testing.T) {
+	clk := clock.NewFake(t0)
+	g, err := lease.NewGranter(filepath.Join(t.TempDir(), "grants.json"), clk)
+	require.NoError(t, err)
+	g.Hold(t0.Add(2*time.Minute), "its grants file was lost")
+	_, err = g.Decide(*req(0, "a"), terms())
+	assert.ErrorContains(t, err, "grants nothing until")
+	assert.ErrorContains(t, err, "its grants file was lost")
+	clk.Advance(2 * time.Minute)
+	_, err = g.Decide(*req(0, "a"), terms())
+	assert.NoError(t, err)
 }
 
 func TestNewGranterNeedsAPath(t *testing.T) {

@@ -113,6 +113,19 @@ func (s *Store) Previous() (Binary, error) {
 	return s.stored(v), nil
 }
 
+// Stored is version's binary in the store when the store holds it and it
+// still matches the digest recorded at install; ok is false otherwise.
+func (s *Store) Stored(version string) (b Binary, ok bool) {
+	if !validVersion(version) {
+		return Binary{}, false
+	}
+	b = s.stored(version)
+	if s.Verify(b) != nil {
+		return Binary{}, false
+	}
+	return b, true
+}
+
 // Select decides which binary a launcher at version self runs: the current
 // stored version when it is newer than self and its bytes still match the
 // digest recorded when it was installed; the launcher otherwise. why says
