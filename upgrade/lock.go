@@ -287,7 +287,7 @@ func (e *Engine) commitLock(ctx context.Context, c *plan.Compiled, q lockQuorum)
 // How long a trigger waits for members to hear that the last plan
 // finished: lockRetries rounds lockRetryEvery apart.
 const (
-	lockRetries    = 20
+	lockRetries    = 60
 	lockRetryEvery = 500 * time.Millisecond
 )
 

@@ -167,6 +167,11 @@ type publication struct {
 	ok        bool
 	retryAt   time.Time
 	assertAt  time.Time
+	// lastCall is set once this node saw its plan finished everywhere and
+	// re-asserted its tag one last time: the update that finished the plan
+	// (often this node's own done) may be the one a peer missed, and that
+	// peer then refuses the next plan's lock until push/pull heals it.
+	lastCall bool
 }
 
 type pubResult struct {
@@ -1067,8 +1072,13 @@ func (m *machine) reconcile() {
 		// published, and does anyone still wait on it?
 		stale = m.e.net.LocalMember().Tags[m.e.tagKey()] != want
 		if !stale && (m.cur == nil || !m.planRunning()) {
-			p.assertAt = time.Time{} // nothing runs: nobody waits on this tag
-			return
+			if p.lastCall {
+				p.assertAt = time.Time{} // nothing runs: nobody waits on this tag
+				return
+			}
+			p.lastCall = true
+		} else {
+			p.lastCall = false
 		}
 	}
 	p.inflight = true
