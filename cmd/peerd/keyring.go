@@ -26,22 +26,10 @@ func keyringCommand() *cli.Command {
 				if _, err := cluster.ParseKey(c.Args().First()); err != nil {
 					return usagef("keyring %s: %v", name, err)
 				}
-				res, err := newClient(c).Keyring(c.Context, name, c.Args().First())
-				if err != nil {
+				return keyringRun(c, name, c.Args().First(), func(res api.Keyring) error {
+					_, err := fmt.Fprintf(c.App.Writer, "%s: %d of %d members answered, %d failed\n", name, res.Responses, res.Nodes, res.Errors)
 					return err
-				}
-				if c.Bool("json") {
-					if err := printJSON(c, res); err != nil {
-						return err
-					}
-				} else {
-					fmt.Fprintf(c.App.Writer, "%s: %d of %d members answered, %d failed\n", name, res.Responses, res.Nodes, res.Errors)
-					printFailed(c, res)
-				}
-				if res.Error != "" {
-					return errors.New(res.Error)
-				}
-				return nil
+				})
 			},
 		}
 	}
@@ -82,24 +70,31 @@ func keyringList(c *cli.Context) error {
 		}
 		return usagef("keyring list takes no arguments, got %q", c.Args().First())
 	}
-	res, err := newClient(c).Keyring(c.Context, "list", "")
-	if err != nil {
-		return err
-	}
-	if c.Bool("json") {
-		if err := printJSON(c, res); err != nil {
-			return err
-		}
-	} else {
+	return keyringRun(c, "list", "", func(res api.Keyring) error {
 		w := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(w, "KEY\tINSTALLED\tPRIMARY")
 		for _, k := range slices.Sorted(maps.Keys(res.Keys)) {
 			fmt.Fprintf(w, "%s\t%d/%d\t%d/%d\n", k, res.Keys[k], res.Nodes, res.Primary[k], res.Nodes)
 		}
-		if err := w.Flush(); err != nil {
-			return err
-		}
+		return w.Flush()
+	})
+}
+
+// keyringRun runs op on the agent and prints the members' answers: as
+// JSON, or with text and then each failed member; it fails when some
+// member failed or did not answer.
+func keyringRun(c *cli.Context, op, key string, text func(api.Keyring) error) error {
+	res, err := newClient(c).Keyring(c.Context, op, key)
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		err = printJSON(c, res)
+	} else if err = text(res); err == nil {
 		printFailed(c, res)
+	}
+	if err != nil {
+		return err
 	}
 	if res.Error != "" {
 		return errors.New(res.Error)

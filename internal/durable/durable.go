@@ -15,6 +15,12 @@ import (
 // WriteFile replaces path with data: temp file in the same directory,
 // fsync, rename, then fsync of the directory.
 func WriteFile(path string, data []byte, mode os.FileMode) error {
+	return replace(path, data, mode, nil)
+}
+
+// replace writes data to a synced temp file beside path, runs beforeRename
+// (if any), renames the temp file over path and syncs the directory.
+func replace(path string, data []byte, mode os.FileMode, beforeRename func() error) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -30,6 +36,9 @@ func WriteFile(path string, data []byte, mode os.FileMode) error {
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil && beforeRename != nil {
+		err = beforeRename()
 	}
 	if err == nil {
 		err = os.Rename(f.Name(), path)
@@ -78,35 +87,7 @@ var ErrCorrupt = errors.New("corrupt")
 // instant path holds the old or the new content, and path.prev the old or
 // the one before it.
 func WriteGenerations(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(f.Name()) // fails harmlessly once renamed
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = keepPrevious(path)
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err == nil {
-		err = SyncDir(dir)
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return replace(path, data, mode, func() error { return keepPrevious(path) })
 }
 
 // keepPrevious makes path's content its previous generation, leaving path
