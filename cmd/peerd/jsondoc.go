@@ -63,6 +63,8 @@ type rolloutState struct {
 	Waves    []waveStateDoc  `json:"waves"`
 	Failed   []nodeStatusDoc `json:"failed"`
 	Hint     string          `json:"hint,omitempty"`
+	// SafeMode says why the node asked is in safe mode (corrupt state).
+	SafeMode string `json:"safe_mode,omitempty"`
 }
 
 type waveStateDoc struct {
@@ -106,7 +108,7 @@ func newPlanDoc(res upgrade.TriggerResult) planDoc {
 
 func newRolloutState(st upgrade.Status) rolloutState {
 	d := rolloutState{PlanID: st.PlanID, Target: st.Target, Version: st.Version, Rollback: st.Rollback, State: st.State,
-		Done: st.Done, Total: st.Total, Hint: st.Hint, Waves: []waveStateDoc{}, Failed: nodeDocs(st.Failed)}
+		Done: st.Done, Total: st.Total, Hint: st.Hint, SafeMode: st.SafeMode, Waves: []waveStateDoc{}, Failed: nodeDocs(st.Failed)}
 	for _, w := range st.Waves {
 		d.Waves = append(d.Waves, waveStateDoc{Wave: w.Index + 1, Canary: w.Canary, Late: w.Late, Tag: w.Tag, Nodes: nodeDocs(w.Nodes)})
 	}

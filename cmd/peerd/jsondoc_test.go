@@ -91,7 +91,7 @@ func TestJSONShapesAreDocumented(t *testing.T) {
 	}
 	node := upgrade.NodeStatus{Name: "a", Phase: upgrade.PhaseFailed, Version: "1.0.0", Member: "alive", Reason: "health check failed"}
 	status := upgrade.Status{PlanID: testPlanID, Target: "peerd", Version: "2.0.0", Rollback: true, State: upgrade.StateHalted,
-		Done: 0, Total: 1, Failed: []upgrade.NodeStatus{node}, Hint: "fix, then peerd upgrade resume",
+		Done: 0, Total: 1, Failed: []upgrade.NodeStatus{node}, Hint: "fix, then peerd upgrade resume", SafeMode: "safe mode: ...",
 		Waves: []upgrade.WaveStatus{{Index: 0, Canary: true, Late: true, Tag: "zone=a", Nodes: []upgrade.NodeStatus{node}}}}
 	member := api.Member{Name: "a", Addr: "10.0.0.1:7946", Status: "alive", Version: "1.0.0", ProtocolMin: 1, ProtocolMax: 2,
 		HTTPAddr: "10.0.0.1:7947", Tags: map[string]string{"zone": "a"}}
