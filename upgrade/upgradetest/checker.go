@@ -43,10 +43,17 @@ type Recorder struct {
 	// once; Offline counts the offline intervals that began.
 	MaxWaves, MaxNodes, Offline int
 	Changes                     int
-	// OnChange, when set, is called with each change as it is recorded,
-	// on the node's state machine goroutine: a test can act at the
-	// instant a node reaches a phase.
-	OnChange func(node string, st upgrade.NodeState)
+	// onChange: see OnChange.
+	onChange func(node string, st upgrade.NodeState)
+}
+
+// OnChange has f called with each change as it is recorded, on the node's
+// state machine goroutine, while the recorder is locked: a test can act at
+// the instant a node reaches a phase. Nodes may be running already.
+func (r *Recorder) OnChange(f func(node string, st upgrade.NodeState)) {
+	r.mu.Lock()
+	r.onChange = f
+	r.mu.Unlock()
 }
 
 // heldGrant is a persisted grant as the checker looks it up.
@@ -157,8 +164,8 @@ func (r *Recorder) observe(node string, st upgrade.NodeState) {
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.OnChange != nil {
-		defer r.OnChange(node, st)
+	if f := r.onChange; f != nil {
+		defer f(node, st)
 	}
 	r.Changes++
 	r.last[node] = st

@@ -70,11 +70,11 @@ func TestForgedVotesGetNoLease(t *testing.T) {
 			}
 		}
 		var cut atomic.Bool
-		h.Rec.OnChange = func(node string, st upgrade.NodeState) {
+		h.Rec.OnChange(func(node string, st upgrade.NodeState) {
 			if node == victim && st.Phase == upgrade.PhaseReady && cut.CompareAndSwap(false, true) {
 				h.Partition(rest, []string{victim, forger})
 			}
-		}
+		})
 		require.True(t, h.WaitFor(time.Minute, cut.Load), "%s never got ready: %s", victim, h.Summary())
 		time.Sleep(30 * time.Second)
 		assert.Positive(t, forged.Load(), "the forger answered in others' names")
