@@ -204,6 +204,9 @@ func restart(exe string, cfg daemon.Config, logger *slog.Logger, keep []apps.Han
 	}
 	logger.Info("re-executing the launcher in place", "path", exe)
 	env := os.Environ()
+	if cur, ok, err := daemon.VersionStore(cfg.DataDir, exe).Current(); err == nil && ok {
+		env = append(env, envActivated+"="+cur.Version)
+	}
 	if len(keep) > 0 {
 		env = append(env, daemon.AppHandoverEnv(keep))
 	}

@@ -299,3 +299,28 @@ func TestStageKeepsWhatALinkNames(t *testing.T) {
 	_, ok := f.store.Stored("2.0.0")
 	assert.True(t, ok, "a damaged current version is staged again")
 }
+
+// A re-exec right after an activation trusts the staged bytes on their
+// digest file (they were hashed as they were copied); any other version,
+// and a cold start, is hashed.
+func TestSelectTrustingSkipsTheHashOfTheActivatedVersionOnly(t *testing.T) {
+	f := newFixture(t)
+	f.install("2.0.0", f.base)
+	require.NoError(t, os.Chmod(f.stored("2.0.0"), 0o755))
+	require.NoError(t, os.WriteFile(f.stored("2.0.0"), []byte("changed after staging"), 0o755))
+
+	b, _, err := f.store.SelectTrusting("1.0.0", "2.0.0")
+	require.NoError(t, err)
+	assert.Equal(t, f.stored("2.0.0"), b.Path, "the activated version is taken on its digest file")
+	b, _, err = f.store.SelectTrusting("1.0.0", "3.0.0")
+	assert.Error(t, err)
+	assert.True(t, b.Base, "another version is hashed")
+	b, _, err = f.store.Select("1.0.0")
+	assert.Error(t, err)
+	assert.True(t, b.Base, "a cold start hashes")
+
+	require.NoError(t, os.Remove(filepath.Join(f.store.Dir(), "2.0.0", "sha256")))
+	b, _, err = f.store.SelectTrusting("1.0.0", "2.0.0")
+	assert.Error(t, err)
+	assert.True(t, b.Base, "a version without its digest file is never trusted")
+}
