@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/serf/serf"
+	"github.com/peerd/peerd/internal/handoff"
 )
 
 // Member is one node as this node sees it.
@@ -38,7 +39,8 @@ type Cluster struct {
 
 	// Set by Start, read-only after.
 	serf      *serf.Serf
-	boundAddr string // the gossip address bound, host:port
+	transport *transport // the gossip sockets, which memberlist serves on
+	boundAddr string     // the gossip address bound, host:port
 	events    chan serf.Event
 	index     memberIndex // from the event loop, for the merge delegate
 	cancel    context.CancelFunc
@@ -146,10 +148,11 @@ func (c *Cluster) MemberOfKey(key string) string {
 // Start binds the gossip address and starts Serf. If a snapshot from an
 // earlier run exists, Serf rejoins the members it lists by itself.
 func (c *Cluster) Start(ctx context.Context) error {
-	port, err := c.choosePort()
+	ln, err := c.gossipSockets()
 	if err != nil {
 		return err
 	}
+	port := ln.TCP.Addr().(*net.TCPAddr).Port
 	sc := c.cfg.serfConfig(port)
 	sc.Tags = c.tagsLocked()
 	c.rejoinEvery = sc.ReconnectInterval
@@ -170,21 +173,19 @@ func (c *Cluster) Start(ctx context.Context) error {
 	sc.Merge = c.merge
 	sc.Logger = newStdLogger(c.cfg.Logger)
 	sc.MemberlistConfig.Logger = sc.Logger
-
-	s, err := serf.Create(sc)
-	if err != nil {
-		return fmt.Errorf("start gossip on %s: %w", c.cfg.BindAddr, err)
-	}
-	c.serf = s
-	if port == 0 {
-		// memberlist advertises the port it picked for 0 (Validate refused
-		// a fixed advertised port with it): that is the bound one.
-		port = int(s.Memberlist().LocalNode().Port)
-	}
 	host, _, _ := SplitHostPort(c.cfg.BindAddr)
 	if host == "" {
 		host = "0.0.0.0"
 	}
+	c.transport = newTransport(ln, host, sc.Logger)
+	sc.MemberlistConfig.Transport = c.transport
+
+	s, err := serf.Create(sc)
+	if err != nil {
+		c.transport.Shutdown()
+		return fmt.Errorf("start gossip on %s: %w", c.cfg.BindAddr, err)
+	}
+	c.serf = s
 	c.boundAddr = net.JoinHostPort(host, strconv.Itoa(port))
 	c.merge.setLocal(c.mergeView, c.index.lookup)
 
@@ -198,6 +199,50 @@ func (c *Cluster) Start(ctx context.Context) error {
 	c.log.Info("gossip started", "node", c.cfg.NodeName, "bound", c.boundAddr, "addr", c.LocalAddr(),
 		"version", c.cfg.Version, "protocol", c.cfg.Protocol.String(), "encrypted", c.cfg.Keyring != nil)
 	return nil
+}
+
+// gossipSockets are the sockets to serve gossip on: those the previous
+// image handed over when they are on the configured address, else a fresh
+// bind of the chosen port.
+func (c *Cluster) gossipSockets() (Listeners, error) {
+	if in := c.cfg.Inherited; in != nil && in.TCP != nil && in.UDP != nil {
+		err := handoff.Match(in.TCP.Addr(), c.cfg.BindAddr)
+		if err == nil {
+			err = handoff.Match(in.UDP.LocalAddr(), c.cfg.BindAddr)
+		}
+		if err == nil && in.TCP.Addr().(*net.TCPAddr).Port == in.UDP.LocalAddr().(*net.UDPAddr).Port {
+			c.log.Info("serving gossip on the sockets the previous image handed over", "addr", in.TCP.Addr().String())
+			return *in, nil
+		}
+		c.log.Warn("the gossip sockets handed over are not on --bind; binding afresh", "got", in.TCP.Addr().String(), "bind", c.cfg.BindAddr, "err", err)
+	}
+	if in := c.cfg.Inherited; in != nil {
+		if in.TCP != nil {
+			in.TCP.Close()
+		}
+		if in.UDP != nil {
+			in.UDP.Close()
+		}
+	}
+	port, err := c.choosePort()
+	if err != nil {
+		return Listeners{}, err
+	}
+	host, _, _ := SplitHostPort(c.cfg.BindAddr)
+	ln, err := listenGossip(host, port)
+	if err != nil {
+		return Listeners{}, fmt.Errorf("start gossip: %w; %s", err, BindHint(err, "--bind"))
+	}
+	return ln, nil
+}
+
+// HandOff adds duplicates of the gossip sockets to s, for the image this
+// agent re-execs into: they stay open when Close closes the originals.
+func (c *Cluster) HandOff(s *handoff.Set) error {
+	if c.transport == nil {
+		return errors.New("gossip is not started")
+	}
+	return errors.Join(s.Add(handoff.GossipTCP, c.transport.ln.TCP), s.Add(handoff.GossipUDP, c.transport.ln.UDP))
 }
 
 // PreviousPeers are the gossip addresses of the members this node knew when

@@ -90,6 +90,11 @@ type Config struct {
 	// Profile is one of the Profile* gossip timings.
 	Profile string
 	Logger  *slog.Logger
+	// Inherited, when set, are gossip sockets the previous image of this
+	// agent handed over across its re-exec: Start serves on them instead
+	// of binding (and closes them, binding afresh, when they are not on
+	// BindAddr). Start takes them over, even when it fails.
+	Inherited *Listeners
 }
 
 // DefaultConfig returns a config with the LAN profile and an unset node name

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"github.com/peerd/peerd/apps"
 	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/internal/handoff"
 	"github.com/peerd/peerd/internal/identity"
 	"github.com/peerd/peerd/internal/peertls"
 	"github.com/peerd/peerd/upgrade"
@@ -45,6 +47,11 @@ type Options struct {
 	// AppHandovers are the applications the previous peerd image left
 	// running across its re-exec, for the supervisors to adopt.
 	AppHandovers []apps.Handover
+	// Inherited are the listening sockets the previous image handed over
+	// across its re-exec (see HandOff): Start serves on those that are on
+	// the configured addresses. Start takes them over, and closes what it
+	// does not use.
+	Inherited *handoff.Inherited
 	// SocketGroup is the group whose members may use the control socket
 	// (mode 0660), when it exists; otherwise only the agent's user may
 	// (0600). Default: DefaultSocketGroup.
@@ -84,6 +91,7 @@ type Agent struct {
 	peerHC    *http.Client // calls members by name over mutual TLS
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
+	serving   sync.WaitGroup // the HTTP servers' Serve loops (also in wg)
 
 	apps       []*apps.Supervisor
 	appTags    map[string]string // the app tags last advertised (syncApps only)
@@ -184,13 +192,18 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	a.peerHC = peertls.Client(a.peerCert, a.memberHTTPAddr, a.pinnedKey, 5*time.Minute)
 	// Ports given as 0 are picked afresh only when the last run's are taken.
 	prev := previousAddrs(a.addrsPath())
-	if a.peerLn, err = listenHTTP(a.cfg.HTTPAddress(), portOf(prev.HTTP)); err != nil {
-		return err
+	inherited := a.opts.Inherited
+	defer inherited.Close() // what was not taken
+	if a.peerLn = a.inheritedListener(inherited, handoff.HTTP, a.cfg.HTTPAddress()); a.peerLn == nil {
+		if a.peerLn, err = listenHTTP(a.cfg.HTTPAddress(), portOf(prev.HTTP)); err != nil {
+			return err
+		}
 	}
 	a.httpAddr = a.peerLn.Addr().String()
-	a.controlLn, err = a.listenSocket(a.cfg.SocketPath())
-	if err != nil {
-		return err
+	if a.controlLn = a.inheritedListener(inherited, handoff.Control, a.cfg.SocketPath()); a.controlLn == nil {
+		if a.controlLn, err = a.listenSocket(a.cfg.SocketPath()); err != nil {
+			return err
+		}
 	}
 
 	ccfg := cluster.DefaultConfig()
@@ -211,6 +224,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 
 	ccfg.Profile = a.cfg.GossipProfile
 	ccfg.Logger = a.opts.Logger
+	ccfg.Inherited = inheritedGossip(inherited, a.log)
 	if a.cluster, err = cluster.New(ccfg); err != nil {
 		return err
 	}
@@ -289,10 +303,91 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	return nil
 }
 
+// inheritedListener is the listener handed over as name when it listens
+// where want says (a host:port, or the control socket's path), else nil:
+// the caller binds afresh.
+func (a *Agent) inheritedListener(in *handoff.Inherited, name, want string) net.Listener {
+	ln, err := in.Listener(name)
+	if err != nil {
+		a.log.Warn("a socket handed over cannot be used; binding afresh", "socket", name, "err", err)
+		return nil
+	}
+	if ln == nil {
+		return nil
+	}
+	switch l := ln.(type) {
+	case *net.UnixListener:
+		if l.Addr().String() == want {
+			// This image owns it now: it goes with the image that stops
+			// for good (HandOff keeps it for the next one).
+			l.SetUnlinkOnClose(true)
+			return ln
+		}
+		err = fmt.Errorf("%s is %w (%s)", l.Addr(), handoff.ErrAddrChanged, want)
+	default:
+		if err = handoff.Match(ln.Addr(), want); err == nil {
+			return ln
+		}
+	}
+	a.log.Warn("a socket handed over is not where the config says; binding afresh", "socket", name, "err", err)
+	ln.Close()
+	return nil
+}
+
+// inheritedGossip are the gossip sockets handed over, for the cluster to
+// check against its bind address; nil when there are none.
+func inheritedGossip(in *handoff.Inherited, log *slog.Logger) *cluster.Listeners {
+	tcp, err := in.Listener(handoff.GossipTCP)
+	if err != nil {
+		log.Warn("the gossip TCP socket handed over cannot be used; binding afresh", "err", err)
+	}
+	udp, err := in.PacketConn(handoff.GossipUDP)
+	if err != nil {
+		log.Warn("the gossip UDP socket handed over cannot be used; binding afresh", "err", err)
+	}
+	t, _ := tcp.(*net.TCPListener)
+	u, _ := udp.(*net.UDPConn)
+	if t == nil || u == nil {
+		for _, c := range []io.Closer{tcp, udp} {
+			if c != nil {
+				c.Close()
+			}
+		}
+		return nil
+	}
+	return &cluster.Listeners{TCP: t, UDP: u}
+}
+
+// HandOff duplicates the agent's listening sockets (gossip TCP and UDP,
+// peer HTTP, the control socket) for the image it re-execs into, before
+// Close: the duplicates keep them open, so that nothing connecting in the
+// meantime is refused, and the control socket's file stays where it is.
+// On error nothing is handed over and the next image binds afresh.
+func (a *Agent) HandOff() (*handoff.Set, error) {
+	s := &handoff.Set{}
+	if a.cluster == nil || a.peerLn == nil || a.controlLn == nil {
+		return s, errors.New("the agent is not serving")
+	}
+	if u, ok := a.controlLn.(*net.UnixListener); ok {
+		u.SetUnlinkOnClose(false)
+	}
+	err := errors.Join(a.cluster.HandOff(s), s.Add(handoff.HTTP, a.peerLn), s.Add(handoff.Control, a.controlLn))
+	if err != nil {
+		s.Close()
+		if u, ok := a.controlLn.(*net.UnixListener); ok {
+			u.SetUnlinkOnClose(true)
+		}
+		return &handoff.Set{}, err
+	}
+	return s, nil
+}
+
 func (a *Agent) serve(srv *http.Server, ln net.Listener) {
 	a.wg.Add(1)
+	a.serving.Add(1)
 	go func() {
 		defer a.wg.Done()
+		defer a.serving.Done()
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("http server stopped", "addr", ln.Addr().String(), "err", err)
 		}
@@ -470,6 +565,20 @@ func (a *Agent) Close() error {
 		a.closeApps()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		if a.peerMux != nil {
+			// Connections the demux accepted reach their server first.
+			a.peerMux.Drain(time.Second)
+		}
+		for _, srv := range []*http.Server{a.control, a.peer, a.peerTLS} {
+			if srv != nil {
+				_ = srv.Shutdown(ctx)
+			}
+		}
+		// Shutdown can return before Serve tracked a connection it had
+		// just accepted, which the exit (or a re-exec) would then drop:
+		// once every Serve has returned, each has tracked all it accepted,
+		// and a second Shutdown serves those.
+		a.serving.Wait()
 		for _, srv := range []*http.Server{a.control, a.peer, a.peerTLS} {
 			if srv != nil {
 				_ = srv.Shutdown(ctx)

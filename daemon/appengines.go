@@ -118,8 +118,8 @@ func (a *Agent) newAppEngine(sup *apps.Supervisor) (*upgrade.Engine, error) {
 			Preflight: func(_ context.Context, path, version string) error {
 				return checkAppArtifact(path, sup.Name(), version, a.appInstances)
 			},
-			Put: func(staged, version, running string) error {
-				return installAppArtifact(sup.Versions(), staged, version, running)
+			Put: func(staged, version string) error {
+				return stageAppArtifact(sup.Versions(), staged, version)
 			},
 			Health: func(context.Context) error {
 				st := sup.Status()
@@ -247,32 +247,32 @@ func (a *Agent) appInstances(name string) []api.App {
 	return out
 }
 
-// installAppArtifact installs a verified artifact into the app's version
+// stageAppArtifact stages a verified artifact into the app's version
 // store: a bundle is extracted there whole, its command's executable
 // becoming the version's binary.
-func installAppArtifact(store *versions.Store, staged, version, running string) error {
+func stageAppArtifact(store *versions.Store, staged, version string) error {
 	bundle, err := artifact.IsBundle(staged)
 	if err != nil {
 		return err
 	}
 	if !bundle {
-		return store.Install(staged, version, running)
+		return store.Stage(staged, version)
 	}
 	if cur, ok, err := store.Current(); err == nil && ok && cur.Version == version && store.Verify(cur) == nil {
-		return nil // installed already (a retry after a crash)
+		return nil // current already (a retry after a crash): its tree may be running
 	}
 	tree, err := store.TreeDir(version)
 	if err != nil {
 		return err
 	}
-	if err := os.RemoveAll(tree); err != nil { // left by a crash mid-install
+	if err := os.RemoveAll(tree); err != nil { // left by a crash mid-stage
 		return err
 	}
 	m, err := artifact.ExtractBundle(staged, tree)
 	if err != nil {
 		return err
 	}
-	return store.InstallTree(tree, m.Command[0], version, running)
+	return store.StageTree(tree, m.Command[0], version)
 }
 
 // checkExecutable is an application artifact's preflight: an ELF binary

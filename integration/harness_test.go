@@ -435,17 +435,24 @@ func execOutput(bin string, args ...string) (string, error) {
 
 // httpHealth asks a peer HTTP address for its node name.
 func httpHealth(addr string) (string, error) {
+	name, _, err := httpHealthStatus(addr)
+	return name, err
+}
+
+// httpHealthStatus is httpHealth with the answer's status: 503 while the
+// node is offline for its rollout wave (or not serving gossip).
+func httpHealthStatus(addr string) (string, int, error) {
 	c := http.Client{Timeout: 2 * time.Second}
 	resp, err := c.Get("http://" + addr + "/v1/health")
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	defer resp.Body.Close()
 	var h api.Health
 	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
-		return "", err
+		return "", resp.StatusCode, err
 	}
-	return h.Node, nil
+	return h.Node, resp.StatusCode, nil
 }
 
 // cpu is the CPU time (user and system, with waited children) that every

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,11 +62,13 @@ func (o *observer) loop(pause time.Duration) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				// Unreachable means refused or silent for 2 s: a slow answer
-				// on a loaded machine is still an answer.
+				// Down means refused or silent for 2 s (a slow answer on a
+				// loaded machine is still an answer), or a health answer
+				// other than 200: offline for its wave. Across a re-exec the
+				// sockets stay open, so a restart shows only as the latter.
 				_, err1 := a.infoWithin(2 * time.Second)
-				_, err2 := httpHealth(a.httpAddr())
-				if err1 != nil || err2 != nil {
+				_, code, err2 := httpHealthStatus(a.httpAddr())
+				if err1 != nil || err2 != nil || code != http.StatusOK {
 					mu.Lock()
 					down = append(down, a.name)
 					mu.Unlock()

@@ -115,9 +115,9 @@ type opKind int
 const (
 	opAdopt   opKind = iota // resolve announced and tagged plans
 	opFetch                 // fetch this node's own plan
-	opPrepare               // fetch, verify and preflight the artifact
+	opPrepare               // fetch, verify, preflight and stage the artifact
 	opLease                 // ask the granters for the wave's lease
-	opApply                 // install into the version store
+	opApply                 // activate the staged version in the version store
 	opRestart               // restart an application at the new version
 	opHealth                // one observation of the health gate
 	opRevert                // restart an application at the old version
@@ -399,8 +399,20 @@ func (m *machine) step() bool {
 		}
 		_, running := m.e.target.Running()
 		staged := m.e.stagedPath(p)
+		log := m.log
 		m.startOp(opApply, func(context.Context) opResult {
-			if err := m.e.target.Install(staged, p.Version, running); err != nil {
+			// Prepare staged the version: going offline is only the swap
+			// of the store's links, then the restart.
+			err := m.e.target.Activate(p.Version, running)
+			if errors.Is(err, versions.ErrNotStaged) {
+				// Gone since prepare (removed by hand): stage it again,
+				// offline, rather than fail a node that holds the lease.
+				log.Warn("the staged version is gone from the version store; staging it again while offline", "plan", p.Short, "version", p.Version)
+				if err = m.e.target.Stage(staged, p.Version); err == nil {
+					err = m.e.target.Activate(p.Version, running)
+				}
+			}
+			if err != nil {
 				return opResult{err: fmt.Errorf("apply: %w", err)}
 			}
 			return opResult{}

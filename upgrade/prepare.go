@@ -29,9 +29,12 @@ var errNoSource = errors.New("no source served it")
 var ErrUnsigned = errors.New("unsigned artifact refused: start the agent with --trust-key FILE and sign the artifact (peerd sign), or pass --allow-unsigned to the agent for demos and tests")
 
 // prepare gets the plan's artifact into the store (by patch where this
-// node runs the patch's base version), verifies digest and signature, and
-// runs the target's preflight. It all happens online, before the lease, on
-// an op's goroutine: it reads only what it is given and shared stores.
+// node runs the patch's base version), verifies digest and signature, runs
+// the target's preflight, and stages the version into the target's
+// version store. It all happens online, before the lease, on an op's
+// goroutine: it reads only what it is given and shared stores. Under the
+// lease the node then only activates what was staged (a swap of links)
+// and restarts.
 func (e *Engine) prepare(ctx context.Context, p *plan.Compiled, running, runningPath string, active int) error {
 	sha := p.Artifact.SHA256
 	patching := !e.store.Has(sha) && p.Patch != nil && p.Patch.FromVersion == running
@@ -48,8 +51,13 @@ func (e *Engine) prepare(ctx context.Context, p *plan.Compiled, running, running
 			return err
 		}
 	}
-	_, err := e.verify(ctx, p, active)
-	return err
+	if _, err := e.verify(ctx, p, active); err != nil {
+		return err
+	}
+	if err := e.target.Stage(e.stagedPath(p), p.Version); err != nil {
+		return fmt.Errorf("stage: %w", err)
+	}
+	return nil
 }
 
 // verify checks the stored artifact's signature, stages it as an

@@ -55,9 +55,16 @@ type Target interface {
 	// own account of what it is (version, platform, protocol). It returns
 	// what it checked, for the origin to show.
 	Check(ctx context.Context, c Check) ([]string, error)
-	// Install makes the staged artifact of version the version store's
-	// current one; the running one stays, for rollback.
-	Install(staged, version, running string) error
+	// Stage puts the verified artifact of version into the version store
+	// without making it current: everything slow about an install (copy,
+	// hash, fsync, extraction) happens here, in prepare, while the node
+	// still serves.
+	Stage(staged, version string) error
+	// Activate makes the staged version the version store's current one
+	// (the running one stays, for rollback): under the lease, a swap of
+	// links and nothing slower. A version not staged is
+	// versions.ErrNotStaged.
+	Activate(version, running string) error
 	// Restart brings up the version store's current version. When
 	// RestartsAgent, it only asks the agent to restart (the state machine
 	// stops and the next process carries on); otherwise it returns once

@@ -18,9 +18,9 @@ type Phase string
 // until PhaseHealth.
 const (
 	PhaseWait    Phase = "wait"    // plan known; earlier waves not done yet
-	PhasePrepare Phase = "prep"    // fetching and verifying the artifact (online)
+	PhasePrepare Phase = "prep"    // fetching, verifying and staging the artifact (online)
 	PhaseReady   Phase = "ready"   // prepared; asking for the wave's lease
-	PhaseApply   Phase = "apply"   // lease held; swapping the binary (offline)
+	PhaseApply   Phase = "apply"   // lease held; activating the staged version (offline)
 	PhaseRestart Phase = "restart" // swapped; restarting into the new binary
 	PhaseHealth  Phase = "health"  // new version up; health gate running
 	PhaseDone    Phase = "done"    // upgraded and healthy (or already at the target)

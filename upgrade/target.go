@@ -38,9 +38,9 @@ func (s *Self) Versions() *versions.Store         { return s.Store }
 func (s *Self) RestartsAgent() bool               { return true }
 func (s *Self) VersionOf(m cluster.Member) string { return m.Version }
 
-func (s *Self) Install(staged, version, running string) error {
-	return s.Store.Install(staged, version, running)
-}
+func (s *Self) Stage(staged, version string) error { return s.Store.Stage(staged, version) }
+
+func (s *Self) Activate(version, running string) error { return s.Store.Activate(version, running) }
 
 func (s *Self) Restart(context.Context) error {
 	if s.RequestRestart != nil {
@@ -106,9 +106,9 @@ type App struct {
 	Start func(ctx context.Context) error
 	// Preflight checks a staged artifact of the given version.
 	Preflight func(ctx context.Context, path, version string) error
-	// Put installs a verified artifact into the version store (a bundle is
-	// extracted); nil: Store.Install of the single executable.
-	Put func(staged, version, running string) error
+	// Put stages a verified artifact into the version store (a bundle is
+	// extracted); nil: Store.Stage of the single executable.
+	Put func(staged, version string) error
 	// Health is the instance's health, as its supervisor sees it.
 	Health func(ctx context.Context) error
 	// BaseVersion is the version of the binary the app's config names,
@@ -124,12 +124,14 @@ func (a *App) Versions() *versions.Store         { return a.Store }
 func (a *App) RestartsAgent() bool               { return false }
 func (a *App) Restart(ctx context.Context) error { return a.Start(ctx) }
 
-func (a *App) Install(staged, version, running string) error {
+func (a *App) Stage(staged, version string) error {
 	if a.Put != nil {
-		return a.Put(staged, version, running)
+		return a.Put(staged, version)
 	}
-	return a.Store.Install(staged, version, running)
+	return a.Store.Stage(staged, version)
 }
+
+func (a *App) Activate(version, running string) error { return a.Store.Activate(version, running) }
 
 func (a *App) Healthy(ctx context.Context) error {
 	if a.Health == nil {

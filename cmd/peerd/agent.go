@@ -13,6 +13,7 @@ import (
 
 	"github.com/peerd/peerd/apps"
 	"github.com/peerd/peerd/daemon"
+	"github.com/peerd/peerd/internal/handoff"
 	"github.com/peerd/peerd/internal/textbusy"
 	"github.com/urfave/cli/v2"
 )
@@ -152,6 +153,12 @@ func runAgent(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// Taken before anything can start a child, which would inherit them.
+	inherited, err := handoff.Inherit()
+	if err != nil {
+		logger.Error("the sockets handed over by the previous image are lost; binding afresh", "err", err)
+	}
+	defer inherited.Close()
 	handovers, err := daemon.AppHandoversFromEnv()
 	if err != nil {
 		logger.Error("applications handed over by the previous image are lost; they will be started again", "err", err)
@@ -164,7 +171,7 @@ func runAgent(c *cli.Context) error {
 	defer signal.Stop(signals)
 
 	agent, err := daemon.New(cfg, daemon.Options{
-		Logger: logger, Level: level, Executable: self, Launcher: launcher, AppHandovers: handovers,
+		Logger: logger, Level: level, Executable: self, Launcher: launcher, AppHandovers: handovers, Inherited: inherited,
 		HookDir: testHookDir(),
 	})
 	if err != nil {
@@ -176,15 +183,21 @@ func runAgent(c *cli.Context) error {
 	}
 	runErr := agent.Run(c.Context, signals, func() (daemon.Config, error) { return agentConfig(c) })
 	var keep []apps.Handover
+	sockets := &handoff.Set{}
 	if errors.Is(runErr, daemon.ErrRestart) && cfg.Restart == daemon.RestartReexec {
-		// The applications keep running across the re-exec.
+		// The applications keep running across the re-exec, and the
+		// listening sockets stay open: the next image serves on them.
 		keep = agent.DetachApps()
+		if sockets, err = agent.HandOff(); err != nil {
+			logger.Warn("hand the listening sockets over; the next image binds afresh", "err", err)
+		}
 	}
 	if err := agent.Close(); err != nil && runErr == nil {
+		sockets.Close()
 		return fmt.Errorf("stop agent: %w", err)
 	}
 	if errors.Is(runErr, daemon.ErrRestart) {
-		return restart(agent.Launcher(), cfg, logger, keep)
+		return restart(agent.Launcher(), cfg, logger, keep, sockets)
 	}
 	if runErr != nil {
 		return runErr
@@ -197,15 +210,28 @@ func runAgent(c *cli.Context) error {
 // version from the version store): in place with the same PID (systemd's
 // Type=notify sees READY again), or by exiting with daemon.ExitRestart for
 // a supervisor to start it.
-func restart(exe string, cfg daemon.Config, logger *slog.Logger, keep []apps.Handover) error {
+func restart(exe string, cfg daemon.Config, logger *slog.Logger, keep []apps.Handover, sockets *handoff.Set) error {
+	defer sockets.Close() // reached only when the exec failed
 	if cfg.Restart == daemon.RestartSupervisor {
 		logger.Info("exiting for the supervisor to start the new binary", "exit_code", daemon.ExitRestart)
 		return cli.Exit("", daemon.ExitRestart)
 	}
 	logger.Info("re-executing the launcher in place", "path", exe)
 	env := os.Environ()
+	if cur, ok, err := daemon.VersionStore(cfg.DataDir, exe).Current(); err == nil && ok {
+		env = append(env, envActivated+"="+cur.Version)
+	}
 	if len(keep) > 0 {
 		env = append(env, daemon.AppHandoverEnv(keep))
+	}
+	if sockets.Len() > 0 {
+		// Last before the exec: from here the descriptors are inheritable.
+		v, err := sockets.Env()
+		if err != nil {
+			logger.Warn("hand the listening sockets over; the next image binds afresh", "err", err)
+		} else {
+			env = append(env, v)
+		}
 	}
 	err := textbusy.Retry(context.Background(), func() error {
 		return syscall.Exec(exe, os.Args, env)

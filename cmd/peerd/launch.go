@@ -18,6 +18,14 @@ import (
 // the environment at once, so that nothing the agent runs inherits it.
 const envLauncher = "PEERD_LAUNCHER"
 
+// envActivated names the version a self-upgrade activated in the version
+// store just before the agent re-executed its launcher: the launcher takes
+// its stored bytes as verified when they were staged (see
+// versions.Store.SelectTrusting), so that the restart does not hash the
+// binary again while the node is offline. Only restart sets it; it is
+// removed from the environment at once.
+const envActivated = "PEERD_ACTIVATED"
+
 // launch hands this process over to the version store's current binary
 // when it is newer than this one (it then does not return). Otherwise it
 // returns the launcher (the binary a restart starts) and this executable.
@@ -38,11 +46,14 @@ func launch(cfg daemon.Config, logger *slog.Logger) (launcher, self string, err 
 		os.Unsetenv(envLauncher)
 		return l, self, nil
 	}
+	activated := os.Getenv(envActivated)
+	os.Unsetenv(envActivated)
 	store := daemon.VersionStore(cfg.DataDir, self)
 	// Each round either hands over or rolls the store back one version, so
 	// this ends: with a version that has starts left, or with the launcher.
 	for {
-		b, why, err := store.Select(buildinfo.Version)
+		b, why, err := store.SelectTrusting(buildinfo.Version, activated)
+		activated = "" // a version rolled back to below is hashed
 		switch {
 		case err != nil:
 			logger.Warn("running the launcher's own version", "version", buildinfo.Version, "err", err)

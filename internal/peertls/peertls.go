@@ -38,6 +38,9 @@ type Demux struct {
 	plain *chanListener
 	done  chan struct{}
 	wg    sync.WaitGroup
+	// routes counts the connections accepted and not yet handed to a
+	// server (or closed).
+	routes sync.WaitGroup
 }
 
 // Split starts splitting ln. Serve TLS() with a TLS server config (through
@@ -81,13 +84,37 @@ func (d *Demux) loop() {
 			}
 			return
 		}
+		d.routes.Add(1)
 		go d.route(c)
+	}
+}
+
+// Drain stops accepting and waits, up to timeout, until every connection
+// already accepted is handed to its server, which must still be serving:
+// then a server's Shutdown serves them instead of Close dropping them. The
+// listener stays open for whoever holds a duplicate of it (an agent
+// handing it to its next image): connections keep queueing in its
+// backlog. Close is still needed after it.
+func (d *Demux) Drain(timeout time.Duration) {
+	d.ln.Close()
+	d.wg.Wait()
+	done := make(chan struct{})
+	go func() {
+		d.routes.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C: // a silent client; Close drops it
 	}
 }
 
 // route reads the first byte in the connection's own goroutine and hands
 // the connection to the listener it belongs to.
 func (d *Demux) route(c net.Conn) {
+	defer d.routes.Done()
 	_ = c.SetReadDeadline(time.Now().Add(sniffTimeout))
 	br := bufio.NewReaderSize(c, 16)
 	first, err := br.Peek(1)

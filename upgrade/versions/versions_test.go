@@ -231,3 +231,96 @@ func TestInstallTree(t *testing.T) {
 		os.RemoveAll(tree2)
 	}
 }
+
+// Stage does every slow part of an install and points nothing at the new
+// version: a node that dies after staging comes back at what it ran.
+// Activate then only swaps links, and reads no binary.
+func TestStageThenActivate(t *testing.T) {
+	f := newFixture(t)
+	f.install("1.0.0", f.base)
+	require.NoError(t, f.store.Stage(f.staged("2.0.0"), "2.0.0"))
+	assert.Equal(t, f.stored("1.0.0"), f.selected("0.1.0").Path, "a staged version is not current")
+	b, ok := f.store.Stored("2.0.0")
+	require.True(t, ok, "the staged binary verifies against its digest")
+	assert.Equal(t, f.stored("2.0.0"), b.Path)
+
+	// Activate reads no binary: it takes the staged bytes as Stage hashed
+	// them (the launcher checks them again before it runs them).
+	require.NoError(t, os.Chmod(f.stored("2.0.0"), 0o755))
+	require.NoError(t, os.WriteFile(f.stored("2.0.0"), []byte("damaged"), 0o755))
+	require.NoError(t, f.store.Activate("2.0.0", f.stored("1.0.0")))
+	cur, ok, err := f.store.Current()
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.Equal(t, "2.0.0", cur.Version)
+	prev, err := f.store.Previous()
+	require.NoError(t, err)
+	assert.Equal(t, "1.0.0", prev.Version, "what ran before is kept for a rollback")
+	b, _, err = f.store.Select("0.1.0")
+	assert.Error(t, err)
+	assert.True(t, b.Base, "the launcher never runs the damaged binary")
+
+	require.NoError(t, f.store.Activate("2.0.0", f.stored("1.0.0")), "activating again (after a crash) changes nothing")
+	prev, err = f.store.Previous()
+	require.NoError(t, err)
+	assert.Equal(t, "1.0.0", prev.Version)
+}
+
+func TestActivateNeedsAStagedVersion(t *testing.T) {
+	f := newFixture(t)
+	assert.ErrorIs(t, f.store.Activate("2.0.0", f.base), versions.ErrNotStaged)
+
+	// A binary without its digest (a crash between the two) is not staged.
+	require.NoError(t, os.MkdirAll(filepath.Dir(f.stored("2.0.0")), 0o755))
+	require.NoError(t, os.WriteFile(f.stored("2.0.0"), []byte("peerd 2.0.0"), 0o755))
+	assert.ErrorIs(t, f.store.Activate("2.0.0", f.base), versions.ErrNotStaged)
+	_, ok, err := f.store.Current()
+	require.NoError(t, err)
+	assert.False(t, ok, "nothing points at a version that is not staged")
+}
+
+// Staging the current or previous version again leaves its bytes as they
+// are (it may be running, and a rollback needs it); a damaged one is
+// staged afresh.
+func TestStageKeepsWhatALinkNames(t *testing.T) {
+	f := newFixture(t)
+	f.install("1.0.0", f.base)
+	f.install("2.0.0", f.stored("1.0.0"))
+	before, err := os.Stat(f.stored("1.0.0"))
+	require.NoError(t, err)
+	require.NoError(t, f.store.Stage(f.staged("1.0.0"), "1.0.0"))
+	after, err := os.Stat(f.stored("1.0.0"))
+	require.NoError(t, err)
+	assert.True(t, os.SameFile(before, after), "the previous version was not copied again")
+
+	require.NoError(t, os.Chmod(f.stored("2.0.0"), 0o755))
+	require.NoError(t, os.WriteFile(f.stored("2.0.0"), []byte("damaged"), 0o755))
+	require.NoError(t, f.store.Stage(f.staged("2.0.0"), "2.0.0"))
+	_, ok := f.store.Stored("2.0.0")
+	assert.True(t, ok, "a damaged current version is staged again")
+}
+
+// A re-exec right after an activation trusts the staged bytes on their
+// digest file (they were hashed as they were copied); any other version,
+// and a cold start, is hashed.
+func TestSelectTrustingSkipsTheHashOfTheActivatedVersionOnly(t *testing.T) {
+	f := newFixture(t)
+	f.install("2.0.0", f.base)
+	require.NoError(t, os.Chmod(f.stored("2.0.0"), 0o755))
+	require.NoError(t, os.WriteFile(f.stored("2.0.0"), []byte("changed after staging"), 0o755))
+
+	b, _, err := f.store.SelectTrusting("1.0.0", "2.0.0")
+	require.NoError(t, err)
+	assert.Equal(t, f.stored("2.0.0"), b.Path, "the activated version is taken on its digest file")
+	b, _, err = f.store.SelectTrusting("1.0.0", "3.0.0")
+	assert.Error(t, err)
+	assert.True(t, b.Base, "another version is hashed")
+	b, _, err = f.store.Select("1.0.0")
+	assert.Error(t, err)
+	assert.True(t, b.Base, "a cold start hashes")
+
+	require.NoError(t, os.Remove(filepath.Join(f.store.Dir(), "2.0.0", "sha256")))
+	b, _, err = f.store.SelectTrusting("1.0.0", "2.0.0")
+	assert.Error(t, err)
+	assert.True(t, b.Base, "a version without its digest file is never trusted")
+}
