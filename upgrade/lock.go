@@ -321,11 +321,7 @@ func (e *Engine) lockRound(ctx context.Context, req lockRequest, names []string,
 				silent = append(silent, n)
 			}
 		}
-		got, err := e.net.Query(ctx, e.name(queryLock), payload, silent, e.cfg.QueryTimeout, nil)
-		if err != nil && ctx.Err() != nil {
-			return 0, "", fmt.Errorf("plan lock: %w", err)
-		}
-		for from, b := range got {
+		take := func(from string, b []byte) {
 			// A member's answer counts only as its own word on this request.
 			var a lockAnswer
 			err := identity.Open(domainLockAnswer, b, &a, func(any) (identity.PublicKey, error) { return e.pinnedKey(from) })
@@ -333,8 +329,27 @@ func (e *Engine) lockRound(ctx context.Context, req lockRequest, names []string,
 				answers[from] = a
 			}
 		}
-		ok, refused := tallyLock(answers)
-		if ok >= need || ok+len(names)-len(answers) < need || refused && !req.Commit {
+		decided := func() bool {
+			ok, refused := tallyLock(answers)
+			return ok >= need || ok+len(names)-len(answers) < need || refused && !req.Commit
+		}
+		// Stop listening once the answers decide: members offline in a
+		// running wave do not answer, and waiting out the query timeout
+		// for them kept an operator's second trigger (refused at once by
+		// the others) waiting seconds for its error.
+		got, err := e.net.Query(ctx, e.name(queryLock), payload, silent, e.cfg.QueryTimeout, func(from string, b []byte) bool {
+			take(from, b)
+			return decided()
+		})
+		if err != nil && ctx.Err() != nil {
+			return 0, "", fmt.Errorf("plan lock: %w", err)
+		}
+		for from, b := range got {
+			if _, seen := answers[from]; !seen {
+				take(from, b)
+			}
+		}
+		if decided() {
 			break
 		}
 	}
