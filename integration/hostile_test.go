@@ -3,14 +3,17 @@ package integration
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/peerd/peerd/upgrade"
+	"github.com/peerd/peerd/upgrade/plan"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -128,4 +131,140 @@ func TestMalformedPatchCrashesNoAgent(t *testing.T) {
 	assert.Positive(t, down, "the observer saw the waves restart")
 	assert.Empty(t, bad, "no member was marked failed or left")
 	t.Logf("%d samples, %d with a node down; %d waves", len(samples), down, len(st.Waves))
+}
+
+// TestMemberPlanToOlderReleaseChangesNoNode: the fleet runs 2.0.0, every
+// agent trusting one release key. A member (n03, running 1.0.0, holding
+// the gossip key and its own node key) plans a rollout to the validly
+// signed 1.0.0 release: for it that is no downgrade, so its own checks pass
+// and the plan reaches the others. Both 2.0.0 nodes, in the first wave,
+// refuse it in prepare (a plain release signature never allows going back)
+// and keep their version and PID; nobody goes offline. The operator's own
+// 'peerd upgrade rollback' with a rollback statement by the release key
+// then takes them back, showing the refusal was about the statement, not
+// the artifact.
+func TestMemberPlanToOlderReleaseChangesNoNode(t *testing.T) {
+	keys := t.TempDir()
+	_, err := execOutput(bins["v1"], "sign", "--generate", filepath.Join(keys, "release"))
+	require.NoError(t, err)
+	trust := []string{"--trust-key", filepath.Join(keys, "release.pub")}
+	// Three 1.0.0 agents; the two of role=fleet are upgraded to the signed
+	// 2.0.0 (their launcher stays 1.0.0, as a package's would be below a
+	// rollout), the member n03 stays at 1.0.0.
+	var agents []*agent
+	for i := 1; i <= 3; i++ {
+		args := append([]string{}, trust...)
+		if i < 3 {
+			args = append(args, "--tag", "role=fleet")
+		}
+		a := newAgent(t, fmt.Sprintf("n%02d", i), bins["v1"], args...)
+		if i == 1 {
+			a.run()
+		} else {
+			a.run("--join", agents[0].gossip())
+		}
+		agents = append(agents, a)
+	}
+	waitAlive(t, agents, 3)
+	fleet, attacker := agents[:2], agents[2]
+	v2 := filepath.Join(t.TempDir(), "peerd")
+	copyFile(t, bins["v2"], v2)
+	_, err = execOutput(bins["v1"], "sign", "--key", filepath.Join(keys, "release.key"), "--version", "2.0.0", v2)
+	require.NoError(t, err)
+	stdout, stderr, err := fleet[0].cli("upgrade", "--to", "2.0.0", "--artifact", v2, "--signature", v2+".minisig",
+		"--where", "role=fleet", "--batch", "1", "--min-healthy", "1s", "--deadline", "1m")
+	require.NoError(t, err, "upgrade the fleet to 2.0.0:\n%s%s", stdout, stderr)
+	for _, a := range fleet {
+		eventually(t, 20*time.Second, func() error {
+			info, err := a.info()
+			if err == nil && info.Build.Version != "2.0.0" {
+				err = fmt.Errorf("%s runs %s", a.name, info.Build.Version)
+			}
+			return err
+		})
+	}
+	pids := pidsOf(agents)
+
+	// sign copies v1 into a dir of its own and signs it as 1.0.0.
+	sign := func(extra ...string) (art, sig string) {
+		art = filepath.Join(t.TempDir(), "peerd")
+		copyFile(t, bins["v1"], art)
+		_, err := execOutput(bins["v1"], append(append([]string{"sign", "--key", filepath.Join(keys, "release.key"), "--version", "1.0.0"}, extra...), art)...)
+		require.NoError(t, err)
+		b, err := os.ReadFile(art + ".minisig")
+		require.NoError(t, err)
+		return art, string(b)
+	}
+	art, sig := sign()
+	ctx := t.Context()
+	up, err := attacker.client().UploadArtifact(ctx, art)
+	require.NoError(t, err)
+
+	// Waves follow from the plan's ID: preview plans until the two 2.0.0
+	// nodes form the first wave (each would refuse as it reaches prepare;
+	// a later wave would never get there). Each try has even odds of 1/3.
+	req := upgrade.TriggerRequest{Version: "1.0.0", ArtifactSHA256: up.SHA256, Signature: sig, DryRun: true,
+		Options: plan.Options{Batch: 2, MinHealthy: time.Second, Deadline: time.Minute}}
+	var planID string
+	for try := 0; planID == "" && try < 60; try++ {
+		res, err := attacker.client().Trigger(ctx, req)
+		require.NoError(t, err, "the member's own checks pass: 1.0.0 is what it runs")
+		if len(res.Waves) == 2 && !slices.Contains(res.Waves[0].Nodes, attacker.name) {
+			planID = res.PlanID
+		}
+	}
+	require.NotEmpty(t, planID, "no preview put both 2.0.0 nodes in the first wave")
+	obs := observe(fleet)
+	_, err = attacker.client().Trigger(ctx, upgrade.TriggerRequest{PlanID: planID})
+	require.NoError(t, err)
+
+	var st upgrade.Status
+	eventually(t, 30*time.Second, func() error {
+		st = statusFrom(t, fleet)
+		if st.PlanID != planID || len(st.Failed) != 2 {
+			return fmt.Errorf("plan %.8s: %s, %d failed", st.PlanID, st.State, len(st.Failed))
+		}
+		return nil
+	})
+	samples, bad := obs.finish()
+	assert.Equal(t, upgrade.StateHalted, st.State)
+	for _, f := range st.Failed {
+		assert.Contains(t, f.Reason, "1.0.0 is older than 2.0.0, which this node has run: going back needs a rollback statement", f.Name)
+		t.Logf("%s refused: %s", f.Name, f.Reason)
+	}
+	for _, a := range fleet {
+		info, err := a.info()
+		require.NoError(t, err)
+		assert.Equal(t, "2.0.0", info.Build.Version, a.name)
+		assert.Equal(t, pids[a.name], a.pid(), "%s never restarted", a.name)
+		_, err = os.Lstat(filepath.Join(a.dataDir(), "versions", "1.0.0"))
+		assert.ErrorIs(t, err, os.ErrNotExist, "%s installed nothing", a.name)
+	}
+	down := 0
+	for _, s := range samples {
+		down += len(s.down)
+	}
+	assert.Zero(t, down, "no 2.0.0 node was ever unreachable (%d samples)", len(samples))
+	assert.Empty(t, bad)
+	t.Logf("plan %.8s halted with %d refusals; %d samples of the 2.0.0 nodes, none down", planID, len(st.Failed), len(samples))
+
+	// The operator ends that plan and goes back with the release key's
+	// consent.
+	_, stderr, err = fleet[0].cli("upgrade", "abort")
+	require.NoError(t, err, stderr)
+	rart, _ := sign("--rollback")
+	stdout, stderr, err = fleet[0].cli("upgrade", "rollback", "--to", "1.0.0", "--artifact", rart, "--signature", rart+".minisig",
+		"--batch", "1", "--min-healthy", "1s", "--deadline", "1m")
+	t.Logf("rollback:\n%s%s", stdout, stderr)
+	require.NoError(t, err)
+	assert.Contains(t, stdout, "minisign rollback statement by a key this agent trusts")
+	for _, a := range fleet {
+		eventually(t, 20*time.Second, func() error {
+			info, err := a.info()
+			if err == nil && info.Build.Version != "1.0.0" {
+				err = fmt.Errorf("%s runs %s", a.name, info.Build.Version)
+			}
+			return err
+		})
+	}
 }
