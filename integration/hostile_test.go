@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/peerd/peerd/internal/identity"
 	"github.com/peerd/peerd/upgrade"
+	"github.com/peerd/peerd/upgrade/lease"
 	"github.com/peerd/peerd/upgrade/plan"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -267,4 +269,95 @@ func TestMemberPlanToOlderReleaseChangesNoNode(t *testing.T) {
 			return err
 		})
 	}
+}
+
+// TestPhantomWaveLeaseBlocksNothing: a member asks every granter, with a
+// real node's key and a correct signature, for wave 999 of the running
+// plan with a TTL of 2^62 ns (once, granters kept that until 2173 and every
+// later plan stalled), for a wave its node is not in, and for its node's
+// own wave with that TTL. The first two are refused by every granter; the
+// third is granted for the plan's TTL only. The rollout then completes,
+// and no grant any node persisted, then or after, outlives the plan's
+// deadline and one TTL.
+func TestPhantomWaveLeaseBlocksNothing(t *testing.T) {
+	agents := startFleetWith(t, 3, withHooks(t, "pause-"+string(upgrade.PhasePrepare)), "--allow-unsigned")
+	started := time.Now()
+	_, stderr, err := agents[0].cli("upgrade", "--to", "2.0.0", "--artifact", bins["v2"], "--batch", "1",
+		"--min-healthy", "1s", "--deadline", "1m", "--detach")
+	require.NoError(t, err, stderr)
+	st := statusFrom(t, agents)
+	require.Len(t, st.Waves, 3)
+	first, second := byName(agents, st.Waves[0].Nodes[0].Name), byName(agents, st.Waves[1].Nodes[0].Name)
+	eventually(t, 20*time.Second, func() error {
+		_, err := os.Stat(filepath.Join(first.dir, "hooks", "at-"+string(upgrade.PhasePrepare)))
+		return err
+	})
+
+	r := newRogue(t, "rogue", agents[0].gossip())
+	keys := map[string]identity.PublicKey{}
+	for _, a := range agents {
+		keys[a.name] = nodeKey(t, a).Public
+	}
+	const huge = time.Duration(1 << 62)
+	ask := func(as *agent, wave int) map[string]leaseAnswerDoc {
+		t.Helper()
+		req := lease.Request{PlanID: st.PlanID, Wave: wave, Node: as.name, TTL: huge, Nonce: fmt.Sprint(time.Now().UnixNano())}
+		payload, err := nodeKey(t, as).Seal("peerd/lease-request/1", req)
+		require.NoError(t, err)
+		got := map[string]leaseAnswerDoc{}
+		for from, b := range r.query("peerd-lease", payload, 3*time.Second) {
+			if k, ok := keys[from]; ok {
+				got[from] = openAnswer(t, b, k)
+			}
+		}
+		require.Len(t, got, 3, "every agent answered")
+		return got
+	}
+	for from, a := range ask(first, 998) {
+		assert.False(t, a.Granted, "%s granted a wave that does not exist", from)
+		assert.Contains(t, a.Reason, "has no wave 999 (it has 3)", from)
+		t.Logf("wave 999, %s: %s", from, a.Reason)
+	}
+	for from, a := range ask(second, 0) {
+		assert.False(t, a.Granted, "%s granted wave 1 to a node of wave 2", from)
+		assert.Contains(t, a.Reason, second.name+" is not in wave 1", from)
+	}
+	asked := time.Now()
+	for from, a := range ask(first, 0) {
+		assert.True(t, a.Granted, "%s: the node's own wave, asked with its key: %s", from, a.Reason)
+		assert.LessOrEqual(t, a.For, time.Minute, "%s granted past the plan's TTL", from)
+		t.Logf("wave 1 for %s with a TTL of 2^62 ns, %s grants %s", first.name, from, a.For)
+	}
+	// What the granters persisted: no phantom wave, nothing past the TTL.
+	latest := time.Time{}
+	check := func(when string) int {
+		n := 0
+		for _, a := range agents {
+			for _, g := range grantsOf(t, a) {
+				n++
+				assert.NotEqual(t, 998, g.Wave, "%s persisted a grant of wave 999 (%s)", a.name, when)
+				assert.True(t, g.Expires.Before(started.Add(2*time.Minute+5*time.Second)),
+					"%s: grant of wave %d expires %s, past the plan's deadline and a TTL (%s)", a.name, g.Wave+1, g.Expires, when)
+				if g.Expires.After(latest) {
+					latest = g.Expires
+				}
+			}
+		}
+		return n
+	}
+	require.Positive(t, check("after the queries"), "the own-wave request was granted, so some grant is on disk")
+	assert.True(t, latest.Before(asked.Add(time.Minute+time.Second)), "the grant lasts the plan's TTL from the answer: %s", latest)
+
+	for _, a := range agents {
+		setHook(t, a, "pause-"+string(upgrade.PhasePrepare), false)
+	}
+	eventually(t, 90*time.Second, func() error {
+		if st := statusFrom(t, agents); st.State != upgrade.StateComplete {
+			return fmt.Errorf("rollout %s: %d/%d done", st.State, st.Done, st.Total)
+		}
+		return nil
+	})
+	check("after the rollout")
+	t.Logf("rollout complete %s after the trigger; latest grant expiry seen %s after it",
+		time.Since(started).Round(time.Millisecond), latest.Sub(started).Round(time.Millisecond))
 }
