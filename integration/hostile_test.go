@@ -3,15 +3,19 @@ package integration
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/serf/serf"
 	"github.com/peerd/peerd/internal/identity"
 	"github.com/peerd/peerd/upgrade"
 	"github.com/peerd/peerd/upgrade/lease"
@@ -361,3 +365,180 @@ func TestPhantomWaveLeaseBlocksNothing(t *testing.T) {
 	t.Logf("rollout complete %s after the trigger; latest grant expiry seen %s after it",
 		time.Since(started).Round(time.Millisecond), latest.Sub(started).Round(time.Millisecond))
 }
+
+// TestForgedVotesGetNoLease: a rogue member (gossip key, its own node key,
+// in the plan's snapshot) answers every lease query of the first wave's
+// node twice more than it may: in the names of the other two agents, which
+// are stopped (SIGSTOP), with grants signed by its own key. Without the
+// forgeries no majority is possible (3 of 4 needed: the requester and the
+// rogue's own vote); the requester counts neither forgery, says so in its
+// log, and stays online at 1.0.0 with its PID. Then the rogue leaves, the
+// two agents continue (SIGCONT), and the rollout completes: the setup could
+// lease once real granters answered.
+func TestForgedVotesGetNoLease(t *testing.T) {
+	prep := "pause-" + string(upgrade.PhasePrepare)
+	agents := startFleetWith(t, 3, withHooks(t, prep), "--allow-unsigned")
+	r := newRogue(t, "rogue", agents[0].gossip())
+	waitAlive(t, agents, 4)
+	pids := pidsOf(agents)
+
+	// Preview until the origin is the first wave: the requester must be an
+	// agent, and one that can fetch the artifact while the others are
+	// stopped.
+	ctx := t.Context()
+	up, err := agents[0].client().UploadArtifact(ctx, bins["v2"])
+	require.NoError(t, err)
+	req := upgrade.TriggerRequest{Version: "2.0.0", ArtifactSHA256: up.SHA256, DryRun: true,
+		Options: plan.Options{Batch: 1, MinHealthy: time.Second, Deadline: time.Minute}}
+	var res upgrade.TriggerResult
+	for try := 0; res.PlanID == "" && try < 40; try++ {
+		got, err := agents[0].client().Trigger(ctx, req)
+		require.NoError(t, err)
+		if got.Waves[0].Nodes[0] == agents[0].name {
+			res = got
+		}
+	}
+	require.NotEmpty(t, res.PlanID)
+	require.Len(t, res.Plan.Members, 4, "the rogue is in the snapshot")
+	requester := byName(agents, res.Waves[0].Nodes[0])
+	var others []*agent
+	for _, a := range agents {
+		if a != requester {
+			others = append(others, a)
+		}
+	}
+
+	// The rogue: its own vote, honest (granted), and a forged grant in
+	// each stopped agent's name, signed by itself.
+	forgers := map[string]*serf.Serf{}
+	for _, o := range others {
+		forgers[o.name] = serfWithKey(t, o.name, nil, nil)
+	}
+	var mu sync.Mutex
+	forged, queries := 0, 0
+	stop := make(chan struct{})
+	rogueDone := make(chan struct{})
+	go func() {
+		defer close(rogueDone)
+		for {
+			var ev serf.Event
+			select {
+			case ev = <-r.events:
+			case <-stop:
+				return
+			}
+			q, ok := ev.(*serf.Query)
+			if !ok || q.Name != "peerd-lease" {
+				continue
+			}
+			var req lease.Request
+			if identity.Open("peerd/lease-request/1", q.Payload, &req, func(any) (identity.PublicKey, error) { return nil, errNoCheck }) != errNoCheck ||
+				req.Release || req.Renew {
+				continue
+			}
+			answer := func(voter string) []byte {
+				b, _ := r.key.Seal("peerd/lease-answer/1", leaseAnswerDoc{Voter: voter, PlanID: req.PlanID, Wave: req.Wave,
+					Node: req.Node, Nonce: req.Nonce, Granted: true, For: time.Minute})
+				return b
+			}
+			n := 0
+			for name, f := range forgers {
+				if respondAs(q, f, answer(name)) == nil {
+					n++
+				}
+			}
+			_ = q.Respond(answer(r.name))
+			mu.Lock()
+			queries++
+			forged += n
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		<-rogueDone
+	})
+
+	_, err = agents[0].client().Trigger(ctx, upgrade.TriggerRequest{PlanID: res.PlanID})
+	require.NoError(t, err)
+	eventually(t, 20*time.Second, func() error {
+		_, err := os.Stat(filepath.Join(requester.dir, "hooks", "at-"+string(upgrade.PhasePrepare)))
+		return err
+	})
+	for _, o := range others {
+		o.signal(syscall.SIGSTOP)
+	}
+	t.Cleanup(func() {
+		for _, o := range others {
+			o.signal(syscall.SIGCONT)
+		}
+	})
+	obs := observe([]*agent{requester})
+	setHook(t, requester, prep, false)
+
+	// The requester asks, and asks again, and gets no lease.
+	const notCounted = "lease answers that do not verify were not counted"
+	eventually(t, 40*time.Second, func() error {
+		log, _ := os.ReadFile(requester.logPath)
+		mu.Lock()
+		f, q := forged, queries
+		mu.Unlock()
+		if strings.Contains(string(log), "phase=apply") {
+			return nil // it went offline: the checks below say so
+		}
+		if n := strings.Count(string(log), notCounted); n < 2 || f < 4 {
+			return fmt.Errorf("%d lease rounds with forgeries refused, %d forged answers sent to %d queries", n, f, q)
+		}
+		return nil
+	})
+	samples, bad := obs.finish()
+	log, err := os.ReadFile(requester.logPath)
+	require.NoError(t, err)
+	mu.Lock()
+	t.Logf("%d forged answers to %d lease queries; %d rounds logged %q; %d samples of %s",
+		forged, queries, strings.Count(string(log), notCounted), notCounted, len(samples), requester.name)
+	mu.Unlock()
+	for _, l := range strings.Split(string(log), "\n") {
+		if strings.Contains(l, notCounted) || strings.Contains(l, "lease not granted yet") {
+			t.Logf("%s: %s", requester.name, l)
+		}
+	}
+	assert.Contains(t, string(log), "2 answer(s) did not verify", "the refusal names the forgeries")
+	assert.NotContains(t, string(log), "phase=apply", "%s went offline on forged votes", requester.name)
+	for _, s := range samples {
+		assert.Empty(t, s.down, "%s unreachable at %s while forgeries were sent", requester.name, s.at.Format("15:04:05.000"))
+	}
+	_ = bad // the stopped agents are seen failed, as they should be
+	info, err := requester.info()
+	require.NoError(t, err)
+	assert.Equal(t, "1.0.0", info.Build.Version)
+	assert.Equal(t, pids[requester.name], requester.pid())
+
+	// The rogue goes; the real granters come back; the rollout completes.
+	close(stop)
+	<-rogueDone
+	require.NoError(t, r.s.Leave())
+	for _, o := range others {
+		o.signal(syscall.SIGCONT)
+		setHook(t, o, prep, false)
+	}
+	eventually(t, 90*time.Second, func() error {
+		if st := statusFrom(t, agents); st.State != upgrade.StateComplete {
+			return fmt.Errorf("rollout %s: %d/%d done", st.State, st.Done, st.Total)
+		}
+		return nil
+	})
+	for _, a := range agents {
+		info, err := a.info()
+		require.NoError(t, err)
+		assert.Equal(t, "2.0.0", info.Build.Version, a.name)
+	}
+}
+
+// errNoCheck stops identity.Open after decoding: the rogue reads requests
+// without checking them.
+var errNoCheck = errors.New("not checked")

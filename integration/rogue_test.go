@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"io"
 	"log"
+	"reflect"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/serf/serf"
@@ -73,6 +75,23 @@ func (r *rogue) query(name string, payload []byte, timeout time.Duration) map[st
 		out[a.From] = a.Payload
 	}
 	return out
+}
+
+// respondAs answers query q in the name of another member: it sends, from
+// forger (a Serf instance that holds the gossip key but never joined, named
+// as the member it speaks for), the response q's own Respond would send.
+// Serf takes the sender's name from the response itself, so the asker
+// sees an answer from that member.
+func respondAs(q *serf.Query, forger *serf.Serf, payload []byte) error {
+	fq := &serf.Query{LTime: q.LTime, Name: q.Name, Payload: q.Payload}
+	src, dst := reflect.ValueOf(q).Elem(), reflect.ValueOf(fq).Elem()
+	for _, f := range []string{"id", "addr", "port", "sourceNode", "deadline", "relayFactor"} {
+		s, d := src.FieldByName(f), dst.FieldByName(f)
+		reflect.NewAt(d.Type(), unsafe.Pointer(d.UnsafeAddr())).Elem().Set(reflect.NewAt(s.Type(), unsafe.Pointer(s.UnsafeAddr())).Elem())
+	}
+	d := dst.FieldByName("serf")
+	reflect.NewAt(d.Type(), unsafe.Pointer(d.UnsafeAddr())).Elem().Set(reflect.ValueOf(forger))
+	return fq.Respond(payload)
 }
 
 // leaseAnswerDoc is a granter's answer as it travels (upgrade.leaseAnswer).
