@@ -305,13 +305,18 @@ func TestPhantomWaveLeaseBlocksNothing(t *testing.T) {
 	const huge = time.Duration(1 << 62)
 	ask := func(as *agent, wave int) map[string]leaseAnswerDoc {
 		t.Helper()
-		req := lease.Request{PlanID: st.PlanID, Wave: wave, Node: as.name, TTL: huge, Nonce: fmt.Sprint(time.Now().UnixNano())}
-		payload, err := nodeKey(t, as).Seal("peerd/lease-request/1", req)
-		require.NoError(t, err)
+		// Serf answers travel over UDP and may be lost on a loaded
+		// machine: ask again (a new request each time) until each agent
+		// answered once.
 		got := map[string]leaseAnswerDoc{}
-		for from, b := range r.query("peerd-lease", payload, 3*time.Second) {
-			if k, ok := keys[from]; ok {
-				got[from] = openAnswer(t, b, k)
+		for try := 0; len(got) < 3 && try < 5; try++ {
+			req := lease.Request{PlanID: st.PlanID, Wave: wave, Node: as.name, TTL: huge, Nonce: fmt.Sprint(time.Now().UnixNano())}
+			payload, err := nodeKey(t, as).Seal("peerd/lease-request/1", req)
+			require.NoError(t, err)
+			for from, b := range r.query("peerd-lease", payload, 3*time.Second) {
+				if k, ok := keys[from]; ok {
+					got[from] = openAnswer(t, b, k)
+				}
 			}
 		}
 		require.Len(t, got, 3, "every agent answered")
@@ -490,7 +495,7 @@ func TestForgedVotesGetNoLease(t *testing.T) {
 		if strings.Contains(string(log), "phase=apply") {
 			return nil // it went offline: the checks below say so
 		}
-		if n := strings.Count(string(log), notCounted); n < 2 || f < 4 {
+		if n := strings.Count(string(log), notCounted); n < 2 || f < 4 || !strings.Contains(string(log), `did not verify" held=0s`) {
 			return fmt.Errorf("%d lease rounds with forgeries refused, %d forged answers sent to %d queries", n, f, q)
 		}
 		return nil
@@ -507,7 +512,8 @@ func TestForgedVotesGetNoLease(t *testing.T) {
 			t.Logf("%s: %s", requester.name, l)
 		}
 	}
-	assert.Contains(t, string(log), "2 answer(s) did not verify", "the refusal names the forgeries")
+	// Two forgeries a round; one may be lost in transit (UDP).
+	assert.Regexp(t, `why="[0-2] granted, 0 refused of 4 \(need 3; [0-9] asked\): [12] answer\(s\) did not verify"`, string(log), "the refusal names the forgeries")
 	assert.NotContains(t, string(log), "phase=apply", "%s went offline on forged votes", requester.name)
 	for _, s := range samples {
 		assert.Empty(t, s.down, "%s unreachable at %s while forgeries were sent", requester.name, s.at.Format("15:04:05.000"))

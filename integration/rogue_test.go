@@ -68,7 +68,7 @@ func newRogue(t testing.TB, name, addr string) *rogue {
 // sender until the timeout.
 func (r *rogue) query(name string, payload []byte, timeout time.Duration) map[string][]byte {
 	r.t.Helper()
-	resp, err := r.s.Query(name, payload, &serf.QueryParam{Timeout: timeout})
+	resp, err := r.s.Query(name, payload, &serf.QueryParam{Timeout: timeout, RelayFactor: 2})
 	require.NoError(r.t, err)
 	out := map[string][]byte{}
 	for a := range resp.ResponseCh() {
