@@ -79,6 +79,10 @@ type Config struct {
 	// HookDir, when set (by tests), pauses the node before a phase: while
 	// the file HookDir/pause-<phase> exists, the node writes
 	// HookDir/at-<phase> and waits there (so a test can kill it at that step).
+	// While HookDir/origin-unchecked exists, a trigger on this node skips
+	// the origin's own checks of version and artifact, as the agent of a
+	// compromised member would, so that tests can show what the other
+	// nodes refuse on their own.
 	HookDir string
 	// Observe, when set (by tests), is called with every state the machine
 	// persisted, in order, so that a checker can record a node's history.

@@ -1169,3 +1169,12 @@ func (m *machine) hook(ph Phase) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// hookSet reports whether a test set the hook file name (Config.HookDir).
+func (e *Engine) hookSet(name string) bool {
+	if e.cfg.HookDir == "" {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(e.cfg.HookDir, name))
+	return err == nil
+}

@@ -21,6 +21,11 @@ import (
 // not kill it on every restart. The node's supervisor restarts it three
 // times; the fourth process fails the node instead of preparing again, it
 // never goes offline, and the rollout halts there.
+//
+// It takes about 10 ms of wall time for minutes of the bubble's fake time:
+// it does crash the node in prepare. Without the attempt count
+// (countPrepareAttempt never failing the node) the victim is killed there
+// 600 times in the 10 fake minutes and the test fails.
 func TestCrashDuringPrepareFailsTheNode(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var mu sync.Mutex
