@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -44,10 +45,21 @@ type Config struct {
 	// advertised to the cluster and listed in every peer's peers list.
 	// With port 0 the application picks the port and reports the address
 	// it bound in the file EnvAddrFile names; until it has, the instance is
-	// advertised without an address and is in no peers list.
+	// advertised without an address and is in no peers list. When Listen
+	// is given and Address is empty or has port 0, the address is the one
+	// the first listener bound.
 	Address string
-	Health  HealthConfig
-	Peers   PeersConfig
+	// Listen are sockets the supervisor owns for the application
+	// ("tcp://HOST:PORT", tcp4:// or tcp6://; port 0 picks one): bound once
+	// when the supervisor starts and kept open for its lifetime, across
+	// every restart of the application and every re-exec of peerd, and
+	// passed to each instance as descriptors 3... by the systemd socket
+	// activation protocol (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, each
+	// named after the application). While one instance stops and the next
+	// starts, clients wait in the listen backlog instead of being refused.
+	Listen []string
+	Health HealthConfig
+	Peers  PeersConfig
 	// StopTimeout bounds a graceful stop (SIGTERM) before SIGKILL.
 	StopTimeout time.Duration
 	// Backoff is the first wait before restarting a crashed application; it
@@ -92,6 +104,29 @@ func dynamicPort(addr string) bool {
 	return err == nil && port == "0"
 }
 
+// ParseListen reads a listen entry, "tcp://HOST:PORT" (or tcp4://,
+// tcp6://), into the network and address net.Listen takes.
+func ParseListen(s string) (network, addr string, err error) {
+	network, addr, ok := strings.Cut(s, "://")
+	switch {
+	case !ok:
+		return "", "", errors.New("want tcp://HOST:PORT (or tcp4://, tcp6://)")
+	case network != "tcp" && network != "tcp4" && network != "tcp6":
+		return "", "", fmt.Errorf("scheme %q: want tcp://HOST:PORT (or tcp4://, tcp6://)", network)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", "", fmt.Errorf("%q: want HOST:PORT, such as 127.0.0.1:8080 or :0", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return "", "", fmt.Errorf("port %q: want a number from 0 to 65535", port)
+	}
+	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		return "", "", fmt.Errorf("host %q: want an IP address (or localhost, or nothing for every address)", host)
+	}
+	return network, addr, nil
+}
+
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$`)
 
 // WithDefaults fills in the timings left zero.
@@ -125,13 +160,18 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("app %q: address %q: want host:port", c.Name, c.Address))
 		}
 	}
+	for _, l := range c.Listen {
+		if _, _, err := ParseListen(l); err != nil {
+			errs = append(errs, fmt.Errorf("app %q: listen %q: %w", c.Name, l, err))
+		}
+	}
 	if c.Health.HTTP != "" && len(c.Health.Cmd) > 0 {
 		errs = append(errs, fmt.Errorf("app %q: health: give http or cmd, not both", c.Name))
 	}
 	switch h := c.Health.HTTP; {
 	case h == "", strings.HasPrefix(h, "http://"), strings.HasPrefix(h, "https://"):
 	case strings.HasPrefix(h, "/"):
-		if c.Address == "" {
+		if c.Address == "" && len(c.Listen) == 0 {
 			errs = append(errs, fmt.Errorf("app %q: health http %q is a path on the app's address, but it has none: give an address or a whole URL", c.Name, h))
 		}
 	default:

@@ -64,14 +64,17 @@ func (s Status) Healthy() bool { return s.State == StateRunning }
 
 // Handover is a running application passed from one peerd image to the
 // next across a re-exec: its PID and the read end of its output pipe,
-// inherited as an open file descriptor.
+// inherited as an open file descriptor, and the application's listeners
+// (Config.Listen), inherited the same way. PID 0 hands over only the
+// listeners: no instance was running.
 type Handover struct {
-	Name    string    `json:"name"`
-	PID     int       `json:"pid"`
-	FD      int       `json:"fd"`
-	Version string    `json:"version,omitempty"`
-	Path    string    `json:"path"`
-	Started time.Time `json:"started"`
+	Name      string    `json:"name"`
+	PID       int       `json:"pid,omitempty"`
+	FD        int       `json:"fd,omitempty"`
+	Listeners []int     `json:"listeners,omitempty"`
+	Version   string    `json:"version,omitempty"`
+	Path      string    `json:"path"`
+	Started   time.Time `json:"started"`
 }
 
 // Supervisor runs one application. One goroutine owns its process.
@@ -89,10 +92,15 @@ type Supervisor struct {
 
 	firstOnce sync.Once
 
-	mu     sync.Mutex // guards the fields below
-	status Status
-	proc   *proc
-	peers  []Peer
+	// Set by Start, then read by run and Close (after run has stopped).
+	listeners  []*os.File // the application's listening sockets, Config.Listen's order
+	handedOver bool       // the listeners went to the next peerd image: Close keeps them
+
+	mu          sync.Mutex // guards the fields below
+	status      Status
+	proc        *proc
+	peers       []Peer
+	listenAddrs []string // where listeners are bound
 }
 
 // proc is one running instance.
@@ -123,7 +131,7 @@ func New(cfg Config, dataDir string, logger *slog.Logger) (*Supervisor, error) {
 	}
 	addr := cfg.Address
 	if dynamicPort(addr) {
-		addr = "" // until the instance reports it
+		addr = "" // until the instance reports it, or Start binds Listen
 	}
 	return &Supervisor{
 		cfg:      cfg,
@@ -143,9 +151,18 @@ func (s *Supervisor) Name() string { return s.cfg.Name }
 // Versions is the application's version store.
 func (s *Supervisor) Versions() *versions.Store { return s.store }
 
-// Start runs the application until Close or Detach, adopting the instance
-// h names when the previous peerd image handed one over.
-func (s *Supervisor) Start(ctx context.Context, h *Handover) {
+// Start binds the application's listeners (taking over those h hands over)
+// and runs the application until Close or Detach, adopting the instance h
+// names when the previous peerd image handed one over. It fails only when
+// a listener cannot be bound; nothing runs then, and Close is still safe.
+func (s *Supervisor) Start(ctx context.Context, h *Handover) error {
+	var fds []int
+	if h != nil {
+		fds = slices.Clone(h.Listeners)
+	}
+	if err := s.bindListeners(fds); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
 	s.wg.Add(2)
@@ -157,6 +174,7 @@ func (s *Supervisor) Start(ctx context.Context, h *Handover) {
 		defer s.wg.Done()
 		s.checkHealth(ctx)
 	}()
+	return nil
 }
 
 // Close stops the application (SIGTERM, then SIGKILL after StopTimeout)
@@ -166,6 +184,7 @@ func (s *Supervisor) Close() {
 		s.cancel()
 	}
 	s.wg.Wait()
+	s.closeListeners()
 }
 
 // Detach stops supervising without stopping the application and returns
@@ -312,7 +331,7 @@ func (s *Supervisor) run(ctx context.Context, h *Handover) {
 	for {
 		var p *proc
 		var err error
-		if h != nil {
+		if h != nil && h.PID > 0 {
 			p, err = s.adopt(h)
 			h = nil
 		} else {
@@ -392,7 +411,7 @@ func (s *Supervisor) pause(ctx context.Context, d time.Duration) bool {
 	case <-t.Chan():
 		return true
 	case reply := <-s.cmds:
-		reply <- nil
+		reply <- s.handover(nil)
 		<-ctx.Done()
 		return false
 	case reply := <-s.restarts:
@@ -462,7 +481,14 @@ func (s *Supervisor) spawn() (*proc, error) {
 	cmd := exec.Command(path, s.cfg.Args...)
 	cmd.Dir = s.dir
 	cmd.Stdout, cmd.Stderr = w, w
-	cmd.Env = os.Environ()
+	cmd.Env = s.activationEnv(os.Environ())
+	if len(s.listeners) > 0 {
+		// Through the shim, which sets LISTEN_PID to the PID it keeps
+		// when it execs path (see ExecShim).
+		cmd.Path, cmd.Args[0] = shimPath, path
+		cmd.ExtraFiles = s.listeners // descriptors 3...
+		cmd.Env = append(cmd.Env, envExecShim+"="+path)
+	}
 	for k, v := range s.cfg.Env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
@@ -477,7 +503,7 @@ func (s *Supervisor) spawn() (*proc, error) {
 	}
 	s.mu.Unlock()
 	cmd.Env = append(cmd.Env, "PEERD_APP_NAME="+s.cfg.Name, "PEERD_APP_DIR="+s.dir, "PEERD_APP_VERSION="+version)
-	if dynamicPort(s.cfg.Address) {
+	if s.reportsAddress() {
 		// A file left by the last instance is not this one's address.
 		if err := os.Remove(s.addrFile()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			r.Close()
@@ -554,8 +580,22 @@ func (s *Supervisor) watch(p *proc) {
 	}()
 }
 
-// handover detaches from p for the next peerd image.
+// handover detaches from p (nil: none runs) and the listeners for the
+// next peerd image; nil when there is nothing to hand over.
 func (s *Supervisor) handover(p *proc) *Handover {
+	fds, err := s.listenerFDs()
+	if err != nil {
+		s.log.Error("hand the listeners over; the next peerd image binds afresh", "err", err)
+		fds = nil
+	}
+	s.handedOver = len(fds) > 0
+	if p == nil {
+		if len(fds) == 0 {
+			return nil
+		}
+		s.log.Info("handing the listeners over to the next peerd image (the app is not running)")
+		return &Handover{Name: s.cfg.Name, Listeners: fds}
+	}
 	// Stop the reader without closing the pipe: a read deadline wakes it.
 	_ = p.out.SetReadDeadline(time.Now())
 	<-p.reader
@@ -563,10 +603,13 @@ func (s *Supervisor) handover(p *proc) *Handover {
 	fd := int(p.out.Fd())
 	if _, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_SETFD, 0); errno != 0 {
 		s.log.Error("keep the output pipe open across exec", "err", errno)
-		return nil
+		if len(fds) == 0 {
+			return nil
+		}
+		return &Handover{Name: s.cfg.Name, Listeners: fds}
 	}
 	s.log.Info("handing over to the next peerd image", "pid", p.process.Pid)
-	return &Handover{Name: s.cfg.Name, PID: p.process.Pid, FD: fd, Version: p.version, Path: p.path, Started: p.started}
+	return &Handover{Name: s.cfg.Name, PID: p.process.Pid, FD: fd, Listeners: fds, Version: p.version, Path: p.path, Started: p.started}
 }
 
 // stop ends p gracefully, then forcefully.
@@ -643,9 +686,16 @@ const addrPollInterval = 50 * time.Millisecond
 // forgetAddressLocked drops the address an instance reported when it stops:
 // the next one may bind another.
 func (s *Supervisor) forgetAddressLocked() {
-	if dynamicPort(s.cfg.Address) {
+	if s.reportsAddress() {
 		s.status.Address = ""
 	}
+}
+
+// reportsAddress tells whether the instance reports the address it bound
+// (EnvAddrFile): its address has port 0 and the supervisor binds no
+// listener for it, whose address would be the instance's.
+func (s *Supervisor) reportsAddress() bool {
+	return dynamicPort(s.cfg.Address) && len(s.cfg.Listen) == 0
 }
 
 // awaitingAddress reports whether an instance runs whose address is not
@@ -653,7 +703,7 @@ func (s *Supervisor) forgetAddressLocked() {
 func (s *Supervisor) awaitingAddress() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.proc != nil && s.status.Address == ""
+	return s.reportsAddress() && s.proc != nil && s.status.Address == ""
 }
 
 // learnAddress reads the address the running instance reported, when its

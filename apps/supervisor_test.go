@@ -23,7 +23,12 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain is also the exec shim (apps.ExecShim) when a test's app has
+// listeners: the supervisor runs its own executable, this test binary.
+func TestMain(m *testing.M) {
+	apps.ExecShim()
+	goleak.VerifyTestMain(m)
+}
 
 // script is a small application: it records its env peers list, appends
 // "hup" and the peers file on SIGHUP, exits 3 on its first run when asked
@@ -95,7 +100,7 @@ func TestSuperviseTellPeersAndStop(t *testing.T) {
 	sup, dir, logs := newApp(t, nil)
 	peers := []apps.Peer{{Name: "b", Addr: "10.0.0.2:9999", Version: "1.0.0"}, {Name: "a", Addr: "10.0.0.1:9999", Version: "1.0.0"}}
 	require.NoError(t, sup.SetPeers(peers))
-	sup.Start(context.Background(), nil)
+	require.NoError(t, sup.Start(context.Background(), nil))
 
 	st := waitState(t, sup, apps.StateRunning) // no health check: running is healthy
 	assert.NotZero(t, st.PID)
@@ -126,7 +131,7 @@ func TestSuperviseTellPeersAndStop(t *testing.T) {
 func TestCrashIsRestartedWithBackoff(t *testing.T) {
 	sup, dir, logs := newApp(t, nil)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "crash-once"), nil, 0o644))
-	sup.Start(context.Background(), nil)
+	require.NoError(t, sup.Start(context.Background(), nil))
 	defer sup.Close()
 	require.Eventually(t, func() bool { return sup.Status().Restarts == 1 && sup.Status().PID != 0 }, 10*time.Second, 5*time.Millisecond)
 	require.Eventually(t, func() bool { return strings.Count(read(t, filepath.Join(dir, "pids")), "\n") == 2 },
@@ -137,7 +142,7 @@ func TestCrashIsRestartedWithBackoff(t *testing.T) {
 func TestHealthCheck(t *testing.T) {
 	okFile := filepath.Join(t.TempDir(), "ok")
 	sup, _, _ := newApp(t, func(c *apps.Config) { c.Health.Cmd = []string{"test", "-f", okFile} })
-	sup.Start(context.Background(), nil)
+	require.NoError(t, sup.Start(context.Background(), nil))
 	defer sup.Close()
 	st := waitState(t, sup, apps.StateUnhealthy)
 	assert.Contains(t, st.Reason, "health cmd")
@@ -147,7 +152,7 @@ func TestHealthCheck(t *testing.T) {
 
 func TestNotInstalled(t *testing.T) {
 	sup, _, _ := newApp(t, func(c *apps.Config) { c.Binary = "" })
-	sup.Start(context.Background(), nil)
+	require.NoError(t, sup.Start(context.Background(), nil))
 	defer sup.Close()
 	st := waitState(t, sup, apps.StateNotInstalled)
 	assert.Contains(t, st.Reason, "not installed")
@@ -158,7 +163,7 @@ func TestNewerStoredVersionWins(t *testing.T) {
 	v2 := filepath.Join(t.TempDir(), "app-v2.sh")
 	require.NoError(t, os.WriteFile(v2, []byte(strings.Replace(script, "hello from the app", "hello from v2", 1)), 0o755))
 	require.NoError(t, sup.Versions().Install(v2, "2.0.0", ""))
-	sup.Start(context.Background(), nil)
+	require.NoError(t, sup.Start(context.Background(), nil))
 	defer sup.Close()
 	st := waitState(t, sup, apps.StateRunning)
 	assert.Equal(t, "2.0.0", st.Version)
@@ -176,7 +181,7 @@ func TestStoredBundleReportsItsProtocol(t *testing.T) {
 	manifest := `{"name":"kv","version":"2.0.0","os":"linux","arch":"amd64","protocol_min":1,"protocol_max":2,"command":["bin/kv"]}`
 	require.NoError(t, os.WriteFile(filepath.Join(tree, artifact.BundleManifestName), []byte(manifest), 0o644))
 	require.NoError(t, sup.Versions().InstallTree(tree, "bin/kv", "2.0.0", ""))
-	sup.Start(context.Background(), nil)
+	require.NoError(t, sup.Start(context.Background(), nil))
 	defer sup.Close()
 	st := waitState(t, sup, apps.StateRunning)
 	assert.Equal(t, "2.0.0", st.Version)
@@ -205,7 +210,7 @@ func TestPortZeroAddressIsReported(t *testing.T) {
 	sup, dir, _ := newApp(t, func(c *apps.Config) { c.Address, c.Health.HTTP = "127.0.0.1:0", "/health" })
 	addrFile := filepath.Join(dir, "addr")
 	require.NoError(t, os.WriteFile(addrFile, []byte("127.0.0.1:1\n"), 0o644)) // a last run's
-	sup.Start(context.Background(), nil)
+	require.NoError(t, sup.Start(context.Background(), nil))
 	defer sup.Close()
 
 	require.Eventually(t, func() bool { return strings.TrimSpace(read(t, filepath.Join(dir, "env-addr-file"))) == addrFile },

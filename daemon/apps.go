@@ -8,6 +8,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/peerd/peerd/apps"
@@ -53,7 +54,9 @@ func (a *Agent) startApps(ctx context.Context) error {
 	for _, sup := range a.apps {
 		h := handovers[sup.Name()]
 		delete(handovers, sup.Name())
-		sup.Start(ctx, h)
+		if err := sup.Start(ctx, h); err != nil {
+			return err
+		}
 	}
 	// Advertise the apps before their engines look for plans in the tags.
 	a.syncApps()
@@ -81,6 +84,12 @@ func (a *Agent) startApps(ctx context.Context) error {
 	}
 	for name, h := range handovers {
 		// The app left the config while peerd re-executed: stop it.
+		for _, fd := range h.Listeners {
+			syscall.Close(fd)
+		}
+		if h.PID <= 0 {
+			continue // only its listeners were handed over
+		}
 		a.log.Warn("stopping an application no longer configured", "app", name, "pid", h.PID)
 		if p, err := os.FindProcess(h.PID); err == nil {
 			_ = p.Signal(os.Interrupt)
@@ -222,7 +231,9 @@ func AppHandoverEnv(hs []apps.Handover) string {
 	return EnvAppHandover + "=" + string(b)
 }
 
-// AppHandoversFromEnv reads and removes EnvAppHandover.
+// AppHandoversFromEnv reads and removes EnvAppHandover, and marks the
+// applications' listeners close-on-exec at once: nothing peerd starts
+// before their supervisors take them may inherit them.
 func AppHandoversFromEnv() ([]apps.Handover, error) {
 	v := os.Getenv(EnvAppHandover)
 	if v == "" {
@@ -232,6 +243,11 @@ func AppHandoversFromEnv() ([]apps.Handover, error) {
 	var hs []apps.Handover
 	if err := json.Unmarshal([]byte(v), &hs); err != nil {
 		return nil, fmt.Errorf("%s: %w", EnvAppHandover, err)
+	}
+	for _, h := range hs {
+		for _, fd := range h.Listeners {
+			syscall.CloseOnExec(fd)
+		}
 	}
 	return hs, nil
 }

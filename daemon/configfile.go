@@ -56,6 +56,7 @@ type fileApp struct {
 	Version     *string           `hcl:"version,optional"`
 	Env         map[string]string `hcl:"env,optional"`
 	Address     *string           `hcl:"address,optional"`
+	Listen      []string          `hcl:"listen,optional"`
 	StopTimeout *string           `hcl:"stop_timeout,optional"`
 	Health      *struct {
 		HTTP     *string  `hcl:"http,optional"`
@@ -77,7 +78,7 @@ func (f fileApp) appConfig(pos string) (apps.Config, error) {
 		}
 		return *p
 	}
-	c := apps.Config{Name: f.Name, Version: deref(f.Version), Env: f.Env, Address: deref(f.Address)}
+	c := apps.Config{Name: f.Name, Version: deref(f.Version), Env: f.Env, Address: deref(f.Address), Listen: f.Listen}
 	if len(f.Command) > 0 {
 		c.Binary, c.Args = f.Command[0], f.Command[1:]
 	}

@@ -114,3 +114,27 @@ app "kv" {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "address", "a misspelt key names the right one")
 }
+
+func TestAppListen(t *testing.T) {
+	cfg, err := loadConfig(t, `data_dir = "/tmp/x"
+app "kv" {
+  command = ["/bin/true"]
+  listen  = ["tcp://127.0.0.1:0"]
+  health { http = "/health" }
+}
+`)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"tcp://127.0.0.1:0"}, cfg.Apps[0].Listen)
+	assert.NoError(t, cfg.Apps[0].Validate())
+
+	cfg, err = loadConfig(t, `data_dir = "/tmp/x"
+app "kv" {
+  command = ["/bin/true"]
+  listen  = ["unix:///run/kv.sock", "tcp://127.0.0.1"]
+}
+`)
+	require.NoError(t, err)
+	err = cfg.Validate() // the agent's check, as 'peerd validate' runs it
+	assert.Contains(t, err.Error(), `app "kv": listen "unix:///run/kv.sock": scheme "unix"`)
+	assert.Contains(t, err.Error(), `app "kv": listen "tcp://127.0.0.1": "127.0.0.1": want HOST:PORT`)
+}

@@ -78,6 +78,14 @@ log_level = "info"
 #   version = "1.0.0"                             # what peers are told it runs
 #   address = ":8080"                             # peers reach it at this node's address, port 8080
 #   env     = { KV_NAME = "node-1" }
+#   # listen: sockets peerd binds once and keeps open across every restart and
+#   # upgrade of the app (and its own re-exec), passed to each instance as
+#   # fds 3... by systemd's protocol (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES):
+#   # clients wait in the backlog during an upgrade instead of being refused.
+#   # tcp://, tcp4:// or tcp6://HOST:PORT; port 0 picks one, which becomes the
+#   # app's address when address is not given or has port 0. kv serves on the
+#   # first one passed and ignores --listen then.
+#   # listen  = ["tcp://0.0.0.0:8080"]
 #   health {
 #     http     = "http://127.0.0.1:8080/health"   # or: cmd = ["/usr/local/bin/kv-check"]
 #     interval = "2s"

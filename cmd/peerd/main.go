@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/peerd/peerd/apps"
 	"github.com/peerd/peerd/buildinfo"
 	"github.com/urfave/cli/v2"
 )
@@ -21,6 +22,7 @@ func init() {
 }
 
 func main() {
+	apps.ExecShim() // first: as the shim it must exec the app before anything else runs
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }
 

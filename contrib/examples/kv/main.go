@@ -24,6 +24,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
 )
 
 // Set at build time, e.g. -ldflags "-X main.version=2.0.0 -X main.protocol=2".
@@ -149,9 +151,9 @@ func serve(cfg config, log *slog.Logger) error {
 		return err
 	}
 	defer st.Close()
-	ln, err := net.Listen("tcp", cfg.listen)
+	ln, err := listen(cfg.listen, log)
 	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+		return err
 	}
 	defer ln.Close()
 	// With port 0 only now is the address known: it names this instance
@@ -223,6 +225,41 @@ loop:
 	}
 	log.Info("kv stopped")
 	return nil
+}
+
+// listen is the socket to serve on: the first one passed by socket
+// activation (peerd's `listen` for this app, or a systemd .socket unit),
+// which was listening before this process started and goes on listening
+// after it exits, so that a restart refuses no client; else addr, bound
+// now. activation checks LISTEN_PID, so a child that inherited the
+// variables from its parent does not take descriptors meant for it.
+func listen(addr string, log *slog.Logger) (net.Listener, error) {
+	lns, err := activation.Listeners()
+	if err != nil {
+		return nil, fmt.Errorf("listen on the sockets passed by socket activation: %w", err)
+	}
+	var ln net.Listener
+	for _, l := range lns {
+		switch {
+		case l == nil: // not a stream socket
+		case ln == nil:
+			ln = l
+		default:
+			l.Close() // one HTTP address is all kv serves
+		}
+	}
+	if ln != nil {
+		log.Info("serving on the socket passed by socket activation; --listen is ignored", "address", ln.Addr().String(), "passed", len(lns))
+		return ln, nil
+	}
+	if len(lns) > 0 {
+		return nil, fmt.Errorf("socket activation passed %d descriptors, none a listening stream socket", len(lns))
+	}
+	ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	return ln, nil
 }
 
 // writeAtomic replaces path with data, so that a reader polling for it
