@@ -151,10 +151,15 @@ func serve(cfg config, log *slog.Logger) error {
 		return err
 	}
 	defer st.Close()
-	ln, err := listen(cfg.listen, log)
+	raw, err := listen(cfg.listen, log)
 	if err != nil {
 		return err
 	}
+	// Every connection this instance accepts is answered before it exits:
+	// http.Server.Shutdown can return while a connection just accepted is
+	// not yet tracked, and exiting then drops it (an EOF for a client
+	// whose connect succeeded on the socket the next instance serves).
+	ln := &trackingListener{Listener: raw}
 	defer ln.Close()
 	// With port 0 only now is the address known: it names this instance
 	// when --name does not, tells it apart in a peers list, and goes to
@@ -219,6 +224,7 @@ loop:
 		runErr = fmt.Errorf("shutdown: %w", err)
 	}
 	wg.Wait()
+	ln.wait(shutCtx)
 	n.client.CloseIdleConnections()
 	if runErr != nil {
 		return runErr
@@ -278,4 +284,42 @@ func writeAtomic(path string, data []byte) error {
 		return err
 	}
 	return os.Rename(f.Name(), path)
+}
+
+// trackingListener counts the connections it accepted until each is
+// closed, so that an exiting instance can wait for them.
+type trackingListener struct {
+	net.Listener
+	open sync.WaitGroup
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.open.Add(1)
+	return &trackedConn{Conn: c, done: l.open.Done}, nil
+}
+
+// wait returns once every accepted connection was closed, or ctx ended.
+func (l *trackingListener) wait(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { l.open.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+type trackedConn struct {
+	net.Conn
+	once sync.Once
+	done func()
+}
+
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.done)
+	return err
 }
