@@ -555,8 +555,24 @@ func trigger(a *agent, args ...string) (upgrade.TriggerResult, error) {
 	if err != nil {
 		return res, fmt.Errorf("peerd upgrade on %s: %w: %s", a.name, err, strings.TrimSpace(stdout+stderr))
 	}
-	if err := json.Unmarshal([]byte(stdout), &res); err != nil {
+	// The CLI's document (docs/json.md): waves from 1, durations as text.
+	var doc struct {
+		PlanID string `json:"plan_id"`
+		Plan   struct {
+			Members []plan.Member `json:"members"`
+		} `json:"plan"`
+		Waves []struct {
+			Wave  int      `json:"wave"`
+			Nodes []string `json:"nodes"`
+		} `json:"waves"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &doc); err != nil {
 		return res, fmt.Errorf("decode the plan %s made: %w: %q", a.name, err, stdout)
+	}
+	res.PlanID = doc.PlanID
+	res.Plan.Members = doc.Plan.Members
+	for _, w := range doc.Waves {
+		res.Waves = append(res.Waves, plan.Wave{Index: w.Wave - 1, Nodes: w.Nodes})
 	}
 	return res, nil
 }
