@@ -797,15 +797,6 @@ func TestFaultsPartitionWithATriggerOnEachSide(t *testing.T) {
 		caughtUp.Round(10*time.Millisecond), len(rounds), obs.eventLog())
 }
 
-func keysOf(m map[string]bool) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
 // ownPhase is a's rollout phase as its own status reports it.
 func ownPhase(t *testing.T, a *agent) (upgrade.Phase, error) {
 	st, err := a.client().RolloutStatus(t.Context())
