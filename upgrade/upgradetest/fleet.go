@@ -842,6 +842,25 @@ func (n *Node) Engine() *upgrade.Engine {
 	return n.engine
 }
 
+// Running waits (fake time, up to a minute) until n has a running engine
+// and returns it: a node that re-execs, rolls back or restarts has none for
+// a while, and a test that asks it then must wait, not dereference nil.
+func (n *Node) Running() *upgrade.Engine {
+	var e *upgrade.Engine
+	if !n.h.WaitFor(time.Minute, func() bool { e = n.Engine(); return e != nil }) {
+		n.h.t.Fatalf("%s has no running engine after a minute: %s", n.Name, n.h.Summary())
+	}
+	return e
+}
+
+// State is n's rollout state, or the zero state while n is down.
+func (n *Node) State() upgrade.NodeState {
+	if e := n.Engine(); e != nil {
+		return e.State()
+	}
+	return upgrade.NodeState{}
+}
+
 // Version is what n runs now.
 func (n *Node) Version() string {
 	n.h.mu.Lock()
@@ -881,11 +900,7 @@ func (h *Hub) AllAt(version string) bool {
 func (h *Hub) Summary() string {
 	count := map[string]int{}
 	for _, n := range h.Nodes() {
-		st := upgrade.NodeState{}
-		if e := n.Engine(); e != nil {
-			st = e.State()
-		}
-		count[fmt.Sprintf("%s/%s", n.Version(), st.Phase)]++
+		count[fmt.Sprintf("%s/%s", n.Version(), n.State().Phase)]++
 	}
 	var keys []string
 	for k := range count {
