@@ -106,13 +106,14 @@ type round struct {
 
 // nodeSeen is what one node answered in one round.
 type nodeSeen struct {
-	answered bool // its peer API and its control socket both answered
-	health   int  // /v1/health's HTTP status (0: no answer)
-	reason   string
-	plan     string
-	phase    upgrade.Phase
-	state    string
-	alive    []string // every fifth round: the members it sees alive
+	answered  bool  // its peer API answered /v1/health
+	statusErr error // its control socket's status failed (phase, plan unknown)
+	health    int   // /v1/health's HTTP status (0: no answer)
+	reason    string
+	plan      string
+	phase     upgrade.Phase
+	state     string
+	alive     []string // every fifth round: the members it sees alive
 }
 
 // faultEvent is one fault put in place or lifted, for the report.
@@ -233,7 +234,11 @@ func (o *netObserver) poll(a *agent, members, faulted bool) nodeSeen {
 			}
 		}
 	}
-	s.answered = err == nil && s.health != 0
+	// Serving is answering on the peer port: a control socket slow to
+	// compute a status (it asks failed nodes for their reasons) is not a
+	// node offline, and counting it so once read as two waves offline.
+	s.answered = s.health != 0
+	s.statusErr = err
 	if members && s.answered {
 		if ms, err := a.client().Members(ctx, "alive"); err == nil {
 			for _, m := range ms {
@@ -355,10 +360,15 @@ func wavesOf(st upgrade.Status) map[string]int {
 // had stopped or killed; it returns how many rounds saw a node offline.
 func checkOneWaveOffline(t *testing.T, rounds []round, waveOf map[string]int) int {
 	t.Helper()
-	saw, bad := 0, 0
+	saw, bad, slow := 0, 0, 0
+	var slowWhy error
 	for _, r := range rounds {
 		waves := map[int][]string{}
 		for name, s := range r.nodes {
+			if s.answered && s.statusErr != nil {
+				slow++
+				slowWhy = fmt.Errorf("%s at %s: %w", name, r.start.Format("15:04:05.000"), s.statusErr)
+			}
 			if s.offline() && !r.faulted[name] {
 				w, ok := waveOf[name]
 				if !ok {
@@ -374,6 +384,9 @@ func checkOneWaveOffline(t *testing.T, rounds []round, waveOf map[string]int) in
 			bad++
 			t.Errorf("at %s nodes of %d waves were offline at once: %v", r.start.Format("15:04:05.000"), len(waves), waves)
 		}
+	}
+	if slow > 0 {
+		t.Logf("%d polls found a node serving whose control socket gave no status in time (its phase unknown there); the last: %v", slow, slowWhy)
 	}
 	return saw
 }
@@ -893,6 +906,7 @@ func TestFaultsStoppedProcesses(t *testing.T) {
 	stoppedFor := resumed.Sub(stopped)
 
 	waitPhase(t, second, time.Minute, upgrade.PhaseDone)
+	secondDoneAt := time.Now()
 	waitFailedInView(t, agents, granter.name, granter)
 	granter.signal(syscall.SIGCONT)
 	obs.faultOff(granter.name, "SIGCONT")
@@ -968,21 +982,22 @@ func TestFaultsStoppedProcesses(t *testing.T) {
 			}
 		}
 	}
-	// Wave 2 took its lease and finished while the granter was stopped
-	// (the test waited for its done before SIGCONT); its offline window
-	// itself is short since the sockets are handed across the re-exec,
-	// and a loaded observer may poll past it, so it is logged, not asked.
+	// Wave 2 took its lease and finished while the granter was stopped:
+	// waitPhase saw its done before the SIGCONT (at secondDoneAt). Its
+	// offline window is short since the sockets are handed across the
+	// re-exec, and the rounds between its done and the granter's first
+	// answer are few (a round waits out the stopped granter's poll), so
+	// what the observer caught of either is logged, not asked.
 	secondDone := 0
 	for _, r := range rounds {
 		if r.faulted[granter.name] && r.nodes[second.name].phase == upgrade.PhaseDone {
 			secondDone++
 		}
 	}
-	require.Positive(t, secondDone, "wave 2 was done while the granter %s was stopped", granter.name)
-	t.Logf("waves %v; %s stopped %s in its health gate, done %s after it resumed (last seen in the gate %s after); granter %s stopped %s, wave 2 offline in %d rounds meanwhile; %s stopped %s (deadline %s): %s; %d rounds observed\n%s",
+	t.Logf("waves %v; %s stopped %s in its health gate, done %s after it resumed (last seen in the gate %s after); granter %s stopped %s, wave 2 done %s after it stopped, seen offline in %d rounds and done in %d rounds meanwhile; %s stopped %s (deadline %s): %s; %d rounds observed\n%s",
 		order, first.name, stoppedFor.Round(10*time.Millisecond), doneAt.Sub(resumed).Round(10*time.Millisecond), dwellAfter.Round(10*time.Millisecond),
-		granter.name, granterFor.Round(10*time.Millisecond), secondOffline, third.name, thirdFor.Round(10*time.Millisecond), deadline,
-		failedWhy, len(rounds), obs.eventLog())
+		granter.name, granterFor.Round(10*time.Millisecond), secondDoneAt.Sub(granterStopped).Round(10*time.Millisecond), secondOffline, secondDone,
+		third.name, thirdFor.Round(10*time.Millisecond), deadline, failedWhy, len(rounds), obs.eventLog())
 }
 
 // TestFaultsConcurrentTriggers: two nodes of five are asked for the same
@@ -1121,12 +1136,14 @@ func TestFaultsLateJoiners(t *testing.T) {
 	}
 	waveOf := wavesOf(st)
 	offline := checkOneWaveOffline(t, rounds, waveOf)
-	// Each late joiner was seen offline, and only after it joined: in a
-	// wave of its own (checkOneWaveOffline gives each its own).
+	// Each late joiner was seen in its wave's lease (offline, or in the
+	// health gate that follows: its 2 s are sure to be sampled, an offline
+	// window of a few hundred milliseconds is not), and only after it
+	// joined; checkOneWaveOffline gives each its own wave.
 	var order []string
 	for _, a := range late {
-		at := firstSeen(rounds, a.name, joined, func(s nodeSeen) bool { return s.phase.Offline() })
-		require.False(t, at.IsZero(), "the observer saw %s offline", a.name)
+		at := firstSeen(rounds, a.name, joined, func(s nodeSeen) bool { return s.phase.HoldsLease() })
+		require.False(t, at.IsZero(), "the observer saw %s in its wave's lease", a.name)
 		order = append(order, fmt.Sprintf("%s at %s", a.name, at.Format("15:04:05.000")))
 	}
 	var snapshotRunning int
@@ -1135,14 +1152,14 @@ func TestFaultsLateJoiners(t *testing.T) {
 			continue
 		}
 		for _, a := range agents {
-			if r.nodes[a.name].phase.Offline() {
+			if r.nodes[a.name].phase.HoldsLease() {
 				snapshotRunning++
 				break
 			}
 		}
 	}
-	require.Positive(t, snapshotRunning, "the late joiners joined while a wave of the snapshot was still to go offline")
-	t.Logf("plan %s, waves %v; late joiners %v offline first: %s; %d rounds with a node offline, %d of them with a snapshot wave offline after the joins, of %d\n%s",
+	require.Positive(t, snapshotRunning, "the late joiners joined while a wave of the snapshot still held the lease")
+	t.Logf("plan %s, waves %v; late joiners %v in the lease first: %s; %d rounds with a node offline; %d rounds with a snapshot wave in the lease after the joins, of %d\n%s",
 		res.PlanID[:8], waveOrder(res), names(late), strings.Join(order, ", "), offline, snapshotRunning, len(rounds), obs.eventLog())
 }
 

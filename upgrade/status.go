@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/peerd/peerd/cluster"
@@ -58,6 +59,12 @@ type NodeStatus struct {
 // Status computes the rollout's progress from every member's tag, and asks
 // failed nodes for their reason.
 func (e *Engine) Status(ctx context.Context) (Status, error) {
+	// What a status asks of other nodes (a plan this node has not fetched,
+	// failed nodes' reasons) shares one short deadline: in a partition
+	// those nodes may not answer at all, and a status that hangs is worse
+	// than one that says a reason is unavailable.
+	ctx, cancel := context.WithTimeout(ctx, statusBudget)
+	defer cancel()
 	st := e.State()
 	id := st.PlanID
 	e.mu.Lock()
@@ -71,6 +78,13 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 		return Status{State: StateNone, SafeMode: safe}, nil
 	}
 	p, err := e.planByID(ctx, id)
+	if err != nil && id != st.PlanID {
+		// Announced here but not fetched: every node that holds it is cut
+		// off, paused or slow. A plan runs, and this node cannot say more;
+		// failing the status would read as this node being down.
+		return Status{PlanID: id, State: StateRunning, SafeMode: safe,
+			Hint: fmt.Sprintf("plan %s was announced to this node, which has not fetched it yet (%v): ask a node that has it, or wait", short(id), err)}, nil
+	}
 	if err != nil {
 		return Status{}, err
 	}
@@ -116,6 +130,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 		out.Waves = append(out.Waves, ws)
 	}
 	aborted := false
+	var failed []*NodeStatus
 	for wi := range out.Waves {
 		for ni := range out.Waves[wi].Nodes {
 			ns := &out.Waves[wi].Nodes[ni]
@@ -129,10 +144,18 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 			case PhaseAborted:
 				aborted = true
 			case PhaseFailed:
-				ns.Reason = e.reasonOf(ctx, members[ns.Name])
-				out.Failed = append(out.Failed, *ns)
+				failed = append(failed, ns)
 			}
 		}
+	}
+	// Asked all at once, so that the deadline bounds them together.
+	var wg sync.WaitGroup
+	for _, ns := range failed {
+		wg.Go(func() { ns.Reason = e.reasonOf(ctx, members[ns.Name]) })
+	}
+	wg.Wait()
+	for _, ns := range failed {
+		out.Failed = append(out.Failed, *ns)
 	}
 	switch {
 	case aborted:
@@ -174,13 +197,14 @@ func (e *Engine) newerPlan(ctx context.Context, a, b string) bool {
 	return pa.Newer(pb.Plan)
 }
 
+// statusBudget bounds, all together, what one status asks of other nodes.
+const statusBudget = 1500 * time.Millisecond
+
 // reasonOf asks a failed node why (the tag has no room for it).
 func (e *Engine) reasonOf(ctx context.Context, m cluster.Member) string {
 	if m.Name == e.net.LocalMember().Name {
 		return e.State().Reason
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
 	st, err := e.peers.Node(ctx, m)
 	if err != nil {
 		return "(reason unavailable: " + err.Error() + ")"

@@ -402,6 +402,10 @@ func printStatus(w io.Writer, st upgrade.Status) {
 		fmt.Fprintln(w, "no rollout")
 		return
 	}
+	if len(st.Waves) == 0 { // announced, not fetched by this node
+		fmt.Fprintf(w, "plan %s: %s\n%s\n", st.PlanID[:8], st.State, st.Hint)
+		return
+	}
 	fmt.Fprintf(w, "plan %s: %s to %s — %s, %d/%d nodes done\n", st.PlanID[:8], st.Target, st.Version, st.State, st.Done, st.Total)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "WAVE\tNODE\tPHASE\tVERSION\tMEMBER\tREASON")

@@ -110,3 +110,75 @@ func TestRollbackHasOneMeaning(t *testing.T) {
 		}
 	})
 }
+
+// TestStatusDoesNotWaitForFrozenNodes: a status asks failed nodes for
+// their reasons; with those nodes frozen (SIGSTOP, or across a partition)
+// it still answers, within its one shared deadline, saying the reason is
+// unavailable. Before, each frozen node could hold it for seconds, and a
+// fault test read a node slow to give its status as a node offline.
+func TestStatusDoesNotWaitForFrozenNodes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := New(t, Options{Nodes: 5, Seed: 1})
+		h.SetBad("2.0.0")
+		_, err := h.Trigger("node0001", "2.0.0", plan.Options{Batch: 1, MinHealthy: time.Second, Deadline: 30 * time.Second})
+		require.NoError(t, err)
+		var failed string
+		require.True(t, h.WaitFor(10*time.Minute, func() bool {
+			for _, n := range h.Nodes() {
+				if n.State().Phase == upgrade.PhaseFailed {
+					failed = n.Name
+					return true
+				}
+			}
+			return false
+		}), "no node failed: %s", h.Summary())
+		asker := "node0001"
+		if failed == asker {
+			asker = "node0002"
+		}
+		var st upgrade.Status
+		require.True(t, h.WaitFor(time.Minute, func() bool {
+			st, err = h.Node(asker).Running().Status(context.Background())
+			return err == nil && len(st.Failed) == 1
+		}), "%s never saw %s failed: %v", asker, failed, err)
+		require.NotContains(t, st.Failed[0].Reason, "reason unavailable", "answered while %s runs", failed)
+
+		h.Pause(failed)
+		begun := time.Now()
+		st, err = h.Node(asker).Running().Status(context.Background())
+		took := time.Since(begun) // fake time: what the status waited for
+		require.NoError(t, err)
+		require.Len(t, st.Failed, 1, "the frozen node still shows as failed")
+		assert.Contains(t, st.Failed[0].Reason, "reason unavailable", "it could not say why")
+		assert.Less(t, took, 2*time.Second, "the status waited %s for a frozen node (a status waits at most 1.5 s in all)", took)
+		assert.Positive(t, took, "the status did ask the frozen node")
+		h.Resume(failed)
+	})
+}
+
+// TestStatusOfAPlanNotFetchedYet: a node that was told of a plan but
+// cannot fetch it (the origin, the only holder, froze right after the
+// announcement) answers a status anyway: the plan runs, and the hint says
+// this node has not fetched it. It used to fail the status, which a fault
+// test read as the node being down (two cut-off nodes: two waves offline).
+func TestStatusOfAPlanNotFetchedYet(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := New(t, Options{Nodes: 3, Seed: 1})
+		res, err := h.Trigger("node0001", "2.0.0", plan.Options{Batch: 1, MinHealthy: time.Second, Deadline: 30 * time.Second})
+		require.NoError(t, err)
+		h.Pause("node0001")
+		n := h.Node("node0002")
+		require.True(t, h.WaitFor(time.Minute, func() bool {
+			st, err := n.Running().Status(context.Background())
+			return err == nil && st.PlanID == res.PlanID
+		}), "node0002 never heard of the plan")
+		require.Empty(t, n.State().PlanID, "node0002 has not adopted the plan: it could not fetch it")
+		st, err := n.Running().Status(context.Background())
+		require.NoError(t, err)
+		assert.Equal(t, upgrade.StateRunning, st.State)
+		assert.Empty(t, st.Waves, "it does not know the waves")
+		assert.Contains(t, st.Hint, "has not fetched it yet")
+		h.Resume("node0001")
+		require.True(t, h.WaitFor(10*time.Minute, func() bool { return h.AllAt("2.0.0") }), "%s", h.Summary())
+	})
+}
