@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,7 +12,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/internal/jitter"
 	"github.com/peerd/peerd/upgrade/plan"
 	"github.com/peerd/peerd/upgrade/versions"
 )
@@ -51,8 +52,8 @@ type machine struct {
 	op         *runningOp
 	keeper     *runningOp // a renewal of the lease, beside op
 	opGen      uint64
-	retryAt    time.Time // no step before then (a backoff)
-	backoff    time.Duration
+	retryAt    time.Time                   // no step before then (a backoff)
+	leaseWait  *backoff.ExponentialBackOff // between refused lease requests
 	prepSince  time.Time
 	prepNoted  string // the plan whose prepare this process counted (prepattempts.go)
 	health     healthGate
@@ -189,6 +190,7 @@ func newMachine(e *Engine, st NodeState) *machine {
 		st:         st,
 		candidates: map[string]bool{},
 		seen:       map[string]bool{},
+		leaseWait:  jitter.Backoff(leaseBackoffMin, leaseBackoffMax),
 	}
 }
 
@@ -490,11 +492,10 @@ func (m *machine) finish(r opResult) {
 			// lapse first. Back off with jitter, so that requesters racing
 			// for one wave do not keep colliding.
 			log.Debug("lease not granted yet", "why", r.why, "held", r.held)
-			m.backoff = min(max(2*m.backoff, leaseBackoffMin), leaseBackoffMax)
-			m.retryIn(m.backoff/2 + rand.N(m.backoff/2+1))
+			m.retryIn(m.leaseWait.NextBackOff())
 			return
 		}
-		m.backoff = 0
+		m.leaseWait.Reset()
 		m.held(r.started, r.held)
 		m.hook(PhaseApply)
 		st := m.st
@@ -1044,7 +1045,8 @@ func (m *machine) applyControl() {
 			m.cancelOp()
 		}
 		if c.Action == ActionResume {
-			m.retryAt, m.backoff = time.Time{}, 0
+			m.retryAt = time.Time{}
+			m.leaseWait.Reset()
 		}
 	}
 }
