@@ -429,12 +429,20 @@ func (m *machine) step() bool {
 	return false
 }
 
-// startOp runs fn on its own goroutine under a context that cancelOp and
+// startOp runs fn as the step's op, under a context that cancelOp and
 // Close cancel; its result comes back to run.
 func (m *machine) startOp(kind opKind, fn func(context.Context) opResult) {
+	m.spawn(&m.op, kind, fn)
+}
+
+// spawn runs fn on its own goroutine, noted in *slot (the step's op, or
+// the keeper beside it), under a context that Close cancels; its result,
+// stamped with kind, a new generation and when it ran, comes back to run,
+// which matches the generation against *slot to drop a stale one.
+func (m *machine) spawn(slot **runningOp, kind opKind, fn func(context.Context) opResult) {
 	m.opGen++
 	octx, cancel := context.WithCancel(m.ctx)
-	m.op = &runningOp{kind: kind, gen: m.opGen, cancel: cancel}
+	*slot = &runningOp{kind: kind, gen: m.opGen, cancel: cancel}
 	gen, started := m.opGen, m.e.clock.Now()
 	m.wg.Add(1)
 	go func() {
@@ -738,21 +746,10 @@ func (m *machine) keepLease() {
 	// Renew while the hold is known; once it may have lapsed (a restart,
 	// refusals) ask for it afresh, as a restart must.
 	p, w, renew := m.cur, m.st.Wave, m.e.clock.Now().Before(m.leaseUntil)
-	m.opGen++
-	ctx, cancel := context.WithCancel(m.ctx)
-	m.keeper = &runningOp{kind: opRenew, gen: m.opGen, cancel: cancel}
-	gen, started := m.opGen, m.e.clock.Now()
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		defer cancel()
+	m.spawn(&m.keeper, opRenew, func(ctx context.Context) opResult {
 		held, why := m.e.leases.Request(ctx, p, w, renew)
-		r := opResult{kind: opRenew, gen: gen, started: started, ended: m.e.clock.Now(), held: held, why: why}
-		select {
-		case m.results <- r:
-		case <-ctx.Done():
-		}
-	}()
+		return opResult{held: held, why: why}
+	})
 }
 
 // renewed takes a renewal's answer.
