@@ -64,7 +64,8 @@ type Config struct {
 	StopTimeout time.Duration
 	// Backoff is the first wait before restarting a crashed application; it
 	// doubles up to MaxBackoff and resets once the application ran for
-	// MaxBackoff.
+	// MaxBackoff. Each wait is drawn at random from the upper half of its
+	// step (internal/jitter).
 	Backoff, MaxBackoff time.Duration
 	// HealthInterval paces the health check.
 	HealthInterval time.Duration

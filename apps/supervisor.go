@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/peerd/peerd/internal/durable"
+	"github.com/peerd/peerd/internal/jitter"
 	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/peerd/peerd/upgrade/versions"
 )
@@ -324,9 +325,12 @@ func (s *Supervisor) Running() (version, path string) {
 	return s.proc.version, s.proc.path
 }
 
-// run owns the process: start (or adopt), wait, restart with backoff.
+// run owns the process: start (or adopt), wait, restart with backoff. The
+// waits are drawn at random: a fault shared by the fleet (a dependency
+// down) crashes the application on every node at once, and the restarts
+// should not hit that dependency in lockstep.
 func (s *Supervisor) run(ctx context.Context, h *Handover) {
-	backoff := s.cfg.Backoff
+	backoff := jitter.Backoff(s.cfg.Backoff, s.cfg.MaxBackoff)
 	var restarted chan error // a Restart waiting for the next start
 	for {
 		var p *proc
@@ -358,13 +362,13 @@ func (s *Supervisor) run(ctx context.Context, h *Handover) {
 				state = StateNotInstalled
 			}
 			s.setState(state, err.Error())
+			wait := backoff.NextBackOff()
 			if state == StateBackoff {
-				s.log.Error("start failed", "err", err, "retry_in", backoff)
+				s.log.Error("start failed", "err", err, "retry_in", wait)
 			}
-			if !s.pause(ctx, backoff) {
+			if !s.pause(ctx, wait) {
 				return
 			}
-			backoff = min(2*backoff, s.cfg.MaxBackoff)
 			continue
 		}
 		s.setState(StateStarting, "")
@@ -381,21 +385,21 @@ func (s *Supervisor) run(ctx context.Context, h *Handover) {
 			<-p.reader
 			p.out.Close()
 			if ran >= s.cfg.MaxBackoff {
-				backoff = s.cfg.Backoff
+				backoff.Reset()
 			}
 			s.setState(StateBackoff, fmt.Sprintf("exited: %v", p.waitErr))
-			s.log.Warn("exited; restarting", "err", p.waitErr, "ran", ran.Round(time.Millisecond), "retry_in", backoff)
-			if !s.pause(ctx, backoff) {
+			wait := backoff.NextBackOff()
+			s.log.Warn("exited; restarting", "err", p.waitErr, "ran", ran.Round(time.Millisecond), "retry_in", wait)
+			if !s.pause(ctx, wait) {
 				return
 			}
-			backoff = min(2*backoff, s.cfg.MaxBackoff)
 		case reply := <-s.cmds:
 			reply <- s.handover(p)
 			<-ctx.Done()
 			return
 		case restarted = <-s.restarts:
 			s.stop(p)
-			backoff = s.cfg.Backoff
+			backoff.Reset()
 		case <-ctx.Done():
 			s.stop(p)
 			return

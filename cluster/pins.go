@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"sync"
 
 	"github.com/peerd/peerd/internal/durable"
@@ -22,13 +24,18 @@ const TagKey = "k"
 type pins struct {
 	path string
 
-	mu    sync.Mutex
-	keys  map[string]string
+	mu   sync.Mutex
+	keys map[string]string // member name → its pinned key
+	// names is keys reversed, kept with it: the peer API asks memberOf
+	// on every request, which a scan of a large fleet's pins would slow.
+	// Two names may pin one key (a node renamed on its old data dir);
+	// names then holds the first pinned (on load, the least name).
+	names map[string]string
 	dirty bool
 }
 
 func loadPins(path string) (*pins, error) {
-	p := &pins{path: path, keys: map[string]string{}}
+	p := &pins{path: path, keys: map[string]string{}, names: map[string]string{}}
 	if path == "" {
 		return p, nil
 	}
@@ -47,7 +54,17 @@ func loadPins(path string) (*pins, error) {
 		// would panic the agent under memberlist's lock.
 		p.keys = map[string]string{}
 	}
+	for _, name := range slices.Sorted(maps.Keys(p.keys)) {
+		p.nameKeyLocked(name, p.keys[name])
+	}
 	return p, nil
+}
+
+// nameKeyLocked notes key as name's in names, unless another name has it.
+func (p *pins) nameKeyLocked(name, key string) {
+	if _, ok := p.names[key]; !ok {
+		p.names[key] = name
+	}
 }
 
 // check pins name's key on first sight and refuses another key later. A
@@ -62,6 +79,7 @@ func (p *pins) check(name, key string) error {
 	switch pinned, ok := p.keys[name]; {
 	case !ok:
 		p.keys[name] = key
+		p.nameKeyLocked(name, key)
 		p.dirty = true
 	case pinned != key:
 		return fmt.Errorf("member %s comes with identity key %.12s…, not the key %.12s… this node pinned for it: "+
@@ -81,12 +99,7 @@ func (p *pins) key(name string) string {
 func (p *pins) memberOf(key string) string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for name, k := range p.keys {
-		if k == key {
-			return name
-		}
-	}
-	return ""
+	return p.names[key]
 }
 
 // forget unpins name: its next key is pinned on sight. It returns the key
@@ -95,6 +108,17 @@ func (p *pins) forget(name string) (string, error) {
 	p.mu.Lock()
 	key, ok := p.keys[name]
 	delete(p.keys, name)
+	if ok && p.names[key] == name {
+		delete(p.names, key)
+		// Another name may pin the same key; forgetting is rare, so a
+		// scan for it is fine here.
+		for _, other := range slices.Sorted(maps.Keys(p.keys)) {
+			if p.keys[other] == key {
+				p.names[key] = other
+				break
+			}
+		}
+	}
 	p.dirty = p.dirty || ok
 	p.mu.Unlock()
 	return key, p.save()

@@ -16,12 +16,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/hashicorp/memberlist"
 	"github.com/peerd/peerd/apps"
 	"github.com/peerd/peerd/buildinfo"
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/internal/handoff"
 	"github.com/peerd/peerd/internal/identity"
+	"github.com/peerd/peerd/internal/jitter"
 	"github.com/peerd/peerd/internal/peertls"
 	"github.com/peerd/peerd/upgrade"
 )
@@ -428,31 +430,34 @@ func (a *Agent) httpTag() string {
 	return a.httpAddr
 }
 
-// retryJoin keeps trying the retry-join addresses with exponential backoff
-// until one answers. A protocol refusal ends it: retrying cannot help.
+// retryJoin keeps trying the retry-join addresses, with waits that grow
+// to RetryJoinMaxInterval and are drawn at random (nodes restarted together
+// do not all knock at once), until one answers. A protocol refusal ends
+// it: retrying cannot help.
 func (a *Agent) retryJoin(ctx context.Context, addrs []string) {
-	wait := a.cfg.RetryJoinInterval
-	for attempt := 1; ; attempt++ {
+	attempt := 0
+	join := func() (int, error) {
+		attempt++
 		n, err := a.cluster.Join(addrs)
-		if err == nil {
-			a.log.Info("joined cluster", "contacted", n, "attempt", attempt)
-			a.notifyf("STATUS=%s", a.statusLine())
-			return
-		}
 		if errors.Is(err, cluster.ErrIncompatibleProtocol) {
-			a.fatal <- err
-			return
+			return 0, backoff.Permanent(err)
 		}
-		a.log.Warn("retry-join failed", "attempt", attempt, "retry_in", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		wait = min(wait*2, a.cfg.RetryJoinMaxInterval)
+		return n, err
 	}
+	n, err := backoff.Retry(ctx, join,
+		backoff.WithBackOff(jitter.Backoff(a.cfg.RetryJoinInterval, a.cfg.RetryJoinMaxInterval)),
+		backoff.WithMaxElapsedTime(0), // until it joins or the agent stops: the library's default gives up after 15 min
+		backoff.WithNotify(func(err error, wait time.Duration) {
+			a.log.Warn("retry-join failed", "attempt", attempt, "retry_in", wait, "err", err)
+		}))
+	switch {
+	case err == nil:
+		a.log.Info("joined cluster", "contacted", n, "attempt", attempt)
+		a.notifyf("STATUS=%s", a.statusLine())
+	case errors.Is(err, cluster.ErrIncompatibleProtocol):
+		a.fatal <- err
+	}
+	// Otherwise ctx ended: the agent is stopping.
 }
 
 // Run serves until the agent is told to stop: SIGINT or SIGTERM leave the

@@ -57,8 +57,9 @@ type Config struct {
 	Join []string
 	// RetryJoin lists addresses to keep trying, with backoff, until one answers.
 	RetryJoin []string
-	// RetryJoinInterval is the first wait between retry-join attempts; it
-	// doubles up to RetryJoinMaxInterval.
+	// RetryJoinInterval is the first step of the wait between retry-join
+	// attempts; it doubles up to RetryJoinMaxInterval. Each wait is drawn at
+	// random from the upper half of its step (internal/jitter).
 	RetryJoinInterval    time.Duration
 	RetryJoinMaxInterval time.Duration
 	// DataDir holds the Serf snapshot, the control socket and, later, state.

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -19,41 +17,9 @@ import (
 
 // startKVNodeListening declares kv with a socket peerd owns
 // (listen = ["tcp://127.0.0.1:0"]) and passes to each instance by socket
-// activation; kv's own --listen is then ignored. --addr-file writes the
-// address kv serves on where kvAddr reads it, though peerd does not need it.
+// activation.
 func startKVNodeListening(t *testing.T, name, join string) *kvNode {
-	t.Helper()
-	a := newAgent(t, name, bins["v1"], "--allow-unsigned")
-	cfg := filepath.Join(a.dir, "peerd.hcl")
-	require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`
-app "kv" {
-  command = [%q, "--listen", "127.0.0.1:0", "--addr-file", "addr", "--name", %q, "--data-dir", "kvdata",
-             "--peers-file", "peers.json", "--anti-entropy-interval", "200ms"]
-  version = "1.0.0"
-  listen  = ["tcp://127.0.0.1:0"]
-  health {
-    http     = "/health"
-    interval = "100ms"
-  }
-  peers {
-    file   = "peers.json"
-    signal = "SIGHUP"
-  }
-}
-`, bins["kv"], name)), 0o644))
-	a.args = append(a.args, "--config", cfg)
-	n := &kvNode{agent: a}
-	t.Cleanup(func() {
-		if pid := n.kvPID(); pid > 0 {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-	})
-	if join == "" {
-		a.run()
-	} else {
-		a.run("--join", join)
-	}
-	return n
+	return startKVAgent(t, name, bins["v1"], join, kvApp{bin: bins["kv"], version: "1.0.0", listen: true})
 }
 
 // connectLoop opens a new connection to addr every few milliseconds and

@@ -34,26 +34,54 @@ func startKVNode(t *testing.T, name, peerdBin string, join string) *kvNode {
 // startKVNodeWith declares kv with the given binary and version; a binary
 // that is only a name ("kv", version "") means not installed yet.
 func startKVNodeWith(t *testing.T, name, peerdBin, join, kvBin, kvVersion string, args ...string) *kvNode {
-	t.Helper()
-	a := newAgent(t, name, peerdBin, append([]string{"--allow-unsigned"}, args...)...)
-	cfg := filepath.Join(a.dir, "peerd.hcl")
-	require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`
+	return startKVAgent(t, name, peerdBin, join, kvApp{bin: kvBin, version: kvVersion}, args...)
+}
+
+// kvApp is how a test agent's config declares app "kv".
+type kvApp struct {
+	bin, version string
+	// listen: peerd owns kv's socket (listen = [...]) and passes it by
+	// socket activation; otherwise kv binds a port of its own and reports
+	// it (address = ...), and is told its peers by env too.
+	listen bool
+}
+
+// hcl is the app block for the node called name.
+func (k kvApp) hcl(name string) string {
+	command := fmt.Sprintf(`%q, "--listen", "127.0.0.1:0"`, k.bin)
+	socket := `address = "127.0.0.1:0"`
+	peersEnv := `env    = "KV_PEERS"` + "\n    "
+	if k.listen {
+		// kv's --listen is then ignored. --addr-file writes the address kv
+		// serves on where kvAddr reads it, though peerd does not need it.
+		command += `, "--addr-file", "addr"`
+		socket = `listen  = ["tcp://127.0.0.1:0"]`
+		peersEnv = ""
+	}
+	return fmt.Sprintf(`
 app "kv" {
-  command = [%q, "--listen", "127.0.0.1:0", "--name", %q, "--data-dir", "kvdata",
+  command = [%s, "--name", %q, "--data-dir", "kvdata",
              "--peers-file", "peers.json", "--anti-entropy-interval", "200ms"]
   version = %q
-  address = "127.0.0.1:0"
+  %s
   health {
     http     = "/health"
     interval = "100ms"
   }
   peers {
-    env    = "KV_PEERS"
-    file   = "peers.json"
+    %sfile   = "peers.json"
     signal = "SIGHUP"
   }
 }
-`, kvBin, name, kvVersion)), 0o644))
+`, command, name, k.version, socket, peersEnv)
+}
+
+// startKVAgent starts an agent at peerdBin whose config declares app.
+func startKVAgent(t *testing.T, name, peerdBin, join string, app kvApp, args ...string) *kvNode {
+	t.Helper()
+	a := newAgent(t, name, peerdBin, append([]string{"--allow-unsigned"}, args...)...)
+	cfg := filepath.Join(a.dir, "peerd.hcl")
+	require.NoError(t, os.WriteFile(cfg, []byte(app.hcl(name)), 0o644))
 	a.args = append(a.args, "--config", cfg)
 	n := &kvNode{agent: a}
 	// A test that kills the agent with SIGKILL must not leave kv running.

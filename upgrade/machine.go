@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,7 +12,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/internal/jitter"
 	"github.com/peerd/peerd/upgrade/plan"
 	"github.com/peerd/peerd/upgrade/versions"
 )
@@ -51,8 +52,8 @@ type machine struct {
 	op         *runningOp
 	keeper     *runningOp // a renewal of the lease, beside op
 	opGen      uint64
-	retryAt    time.Time // no step before then (a backoff)
-	backoff    time.Duration
+	retryAt    time.Time                   // no step before then (a backoff)
+	leaseWait  *backoff.ExponentialBackOff // between refused lease requests
 	prepSince  time.Time
 	prepNoted  string // the plan whose prepare this process counted (prepattempts.go)
 	health     healthGate
@@ -189,6 +190,7 @@ func newMachine(e *Engine, st NodeState) *machine {
 		st:         st,
 		candidates: map[string]bool{},
 		seen:       map[string]bool{},
+		leaseWait:  jitter.Backoff(leaseBackoffMin, leaseBackoffMax),
 	}
 }
 
@@ -427,12 +429,20 @@ func (m *machine) step() bool {
 	return false
 }
 
-// startOp runs fn on its own goroutine under a context that cancelOp and
+// startOp runs fn as the step's op, under a context that cancelOp and
 // Close cancel; its result comes back to run.
 func (m *machine) startOp(kind opKind, fn func(context.Context) opResult) {
+	m.spawn(&m.op, kind, fn)
+}
+
+// spawn runs fn on its own goroutine, noted in *slot (the step's op, or
+// the keeper beside it), under a context that Close cancels; its result,
+// stamped with kind, a new generation and when it ran, comes back to run,
+// which matches the generation against *slot to drop a stale one.
+func (m *machine) spawn(slot **runningOp, kind opKind, fn func(context.Context) opResult) {
 	m.opGen++
 	octx, cancel := context.WithCancel(m.ctx)
-	m.op = &runningOp{kind: kind, gen: m.opGen, cancel: cancel}
+	*slot = &runningOp{kind: kind, gen: m.opGen, cancel: cancel}
 	gen, started := m.opGen, m.e.clock.Now()
 	m.wg.Add(1)
 	go func() {
@@ -490,11 +500,10 @@ func (m *machine) finish(r opResult) {
 			// lapse first. Back off with jitter, so that requesters racing
 			// for one wave do not keep colliding.
 			log.Debug("lease not granted yet", "why", r.why, "held", r.held)
-			m.backoff = min(max(2*m.backoff, leaseBackoffMin), leaseBackoffMax)
-			m.retryIn(m.backoff/2 + rand.N(m.backoff/2+1))
+			m.retryIn(m.leaseWait.NextBackOff())
 			return
 		}
-		m.backoff = 0
+		m.leaseWait.Reset()
 		m.held(r.started, r.held)
 		m.hook(PhaseApply)
 		st := m.st
@@ -737,21 +746,10 @@ func (m *machine) keepLease() {
 	// Renew while the hold is known; once it may have lapsed (a restart,
 	// refusals) ask for it afresh, as a restart must.
 	p, w, renew := m.cur, m.st.Wave, m.e.clock.Now().Before(m.leaseUntil)
-	m.opGen++
-	ctx, cancel := context.WithCancel(m.ctx)
-	m.keeper = &runningOp{kind: opRenew, gen: m.opGen, cancel: cancel}
-	gen, started := m.opGen, m.e.clock.Now()
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		defer cancel()
+	m.spawn(&m.keeper, opRenew, func(ctx context.Context) opResult {
 		held, why := m.e.leases.Request(ctx, p, w, renew)
-		r := opResult{kind: opRenew, gen: gen, started: started, ended: m.e.clock.Now(), held: held, why: why}
-		select {
-		case m.results <- r:
-		case <-ctx.Done():
-		}
-	}()
+		return opResult{held: held, why: why}
+	})
 }
 
 // renewed takes a renewal's answer.
@@ -1044,7 +1042,8 @@ func (m *machine) applyControl() {
 			m.cancelOp()
 		}
 		if c.Action == ActionResume {
-			m.retryAt, m.backoff = time.Time{}, 0
+			m.retryAt = time.Time{}
+			m.leaseWait.Reset()
 		}
 	}
 }

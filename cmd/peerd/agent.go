@@ -43,7 +43,7 @@ func agentFlags() []cli.Flag {
 		&cli.StringFlag{Name: "advertise", Usage: "gossip `HOST:PORT` other nodes reach this one at, when not --bind (port 0: the bound port)", EnvVars: env("ADVERTISE")},
 		&cli.StringSliceFlag{Name: "join", Usage: "join the cluster at this gossip `ADDR` at start (repeatable); fail if none answers", EnvVars: env("JOIN")},
 		&cli.StringSliceFlag{Name: "retry-join", Usage: "keep trying to join this `ADDR` with backoff until it answers (repeatable)", EnvVars: env("RETRY_JOIN")},
-		&cli.DurationFlag{Name: "retry-join-interval", Usage: "first wait between retry-join attempts; it doubles", DefaultText: "1s", EnvVars: env("RETRY_JOIN_INTERVAL")},
+		&cli.DurationFlag{Name: "retry-join-interval", Usage: "first wait between retry-join attempts; it doubles (each wait is drawn from the upper half of its step)", DefaultText: "1s", EnvVars: env("RETRY_JOIN_INTERVAL")},
 		&cli.DurationFlag{Name: "retry-join-max-interval", Usage: "longest wait between retry-join attempts", DefaultText: "30s", EnvVars: env("RETRY_JOIN_MAX_INTERVAL")},
 		&cli.StringFlag{Name: "data-dir", Usage: "`DIR` for the cluster snapshot, socket and state (required; created 0700)", EnvVars: env("DATA_DIR")},
 		&cli.StringFlag{Name: "encrypt", Usage: "base64 gossip encryption `KEY` (make one with 'peerd keygen')", EnvVars: env("ENCRYPT")},

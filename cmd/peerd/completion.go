@@ -82,10 +82,17 @@ func manCommand() *cli.Command {
 
 // manPage is peerd(1), generated from the app's commands and flags.
 //
-// Not urfave/cli's ToMan: it makes every command a top-level section, leaves
-// out the commands' descriptions, prints `--flag="":` and a zero default next
-// to the default the usage states, and sets flags with hyphens instead of
-// minus signs, so they cannot be copied from the rendered page.
+// Not urfave/cli's ToMan (compared at v2.27.7; its page also renders without
+// groff warnings, but says less and misfiles it): it titles the page
+// section 8 where packages install it as peerd.1; makes every command a
+// top-level section beside an empty COMMANDS, and subcommands bare
+// (".SS list", not "peerd keyring list"); leaves out the commands'
+// descriptions (upgrade's waves and its phase legend), the environment
+// variables, FILES and EXIT STATUS; gives SYNOPSIS as "peerd" alone; prints
+// `--flag="":` even for numbers and durations, and a zero default next to
+// the default the usage states; and sets flags with hyphens, not \-, so
+// groff builds that render "-" as U+2010 (groff_man(7) asks for \-) give
+// options that cannot be copied from the page.
 func manPage(app *cli.App) string {
 	var b strings.Builder
 	// No date: the page of one version is the same whenever it is built.

@@ -274,9 +274,9 @@ func runUpgradeStatus(c *cli.Context) error {
 	return nil
 }
 
-// watch follows a rollout until it ends: one line per change, then the
-// table (or, with --json, only the final status). It exits 0 only when
-// every node runs the target.
+// watch follows a rollout until it ends: one line per change (on a
+// terminal, one line redrawn in place), then the table (or, with --json,
+// only the final status). It exits 0 only when every node runs the target.
 func watch(c *cli.Context, cl *api.Client, planID string) error {
 	if c.Bool("json") {
 		st, err := follow(c, cl, planID, nil)
@@ -288,17 +288,15 @@ func watch(c *cli.Context, cl *api.Client, planID string) error {
 		return err
 	}
 	w := c.App.Writer
-	last := ""
+	progress := newStatusLine(w)
 	st, err := follow(c, cl, planID, func(st upgrade.Status, agentDown bool) {
 		if agentDown {
-			fmt.Fprintln(w, "(the local agent is restarting; waiting for it)")
+			progress.Note("(the local agent is restarting; waiting for it)")
 			return
 		}
-		if line := progressLine(st); line != last {
-			fmt.Fprintln(w, line)
-			last = line
-		}
+		progress.Update(progressLine(st))
 	})
+	progress.Finish()
 	if st.State != "" {
 		printStatus(w, st)
 	}

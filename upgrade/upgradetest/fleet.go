@@ -486,6 +486,34 @@ func (h *Hub) Restart(name string) {
 	h.rejoin(n)
 }
 
+// Supervise plays the nodes' process supervisor until the test ends: a
+// node named on crashed is killed and, a second later, started again on
+// its data dir; restarted, when not nil, is called on the supervisor's
+// goroutine once the node is back. The test's cleanup stops it before the
+// hub closes (cleanups run last-registered first), so no node is
+// restarted into a closing hub.
+func (h *Hub) Supervise(crashed <-chan string, restarted func(name string)) {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case name := <-crashed:
+				h.Kill(name)
+				time.Sleep(time.Second)
+				h.Restart(name)
+				if restarted != nil {
+					restarted(name)
+				}
+			case <-stop:
+				return
+			}
+		}
+	}()
+	h.t.Cleanup(func() { close(stop); <-done })
+}
+
 // Pause freezes n as SIGSTOP does: it sends, answers and observes nothing
 // until Resume; the others see it fail.
 func (h *Hub) Pause(name string) {

@@ -54,23 +54,7 @@ func TestCrashDuringPrepareFailsTheNode(t *testing.T) {
 			}
 		}}
 		h := New(t, opts)
-		// The supervisor: every crashed process is started again.
-		stop := make(chan struct{})
-		supervised := make(chan struct{})
-		go func() {
-			defer close(supervised)
-			for {
-				select {
-				case name := <-crashed:
-					h.Kill(name)
-					time.Sleep(time.Second)
-					h.Restart(name)
-				case <-stop:
-					return
-				}
-			}
-		}()
-		defer func() { close(stop); <-supervised }()
+		h.Supervise(crashed, nil) // every crashed process is started again
 
 		res, err := h.Trigger("node0001", "2.0.0", plan.Options{Batch: 1, MinHealthy: time.Second, Deadline: 5 * time.Minute})
 		require.NoError(t, err)

@@ -74,29 +74,15 @@ func TestStagedBeforeTheLease(t *testing.T) {
 			}
 		}}
 		h = New(t, opts)
-		stop := make(chan struct{})
-		supervised := make(chan struct{})
-		go func() {
-			defer close(supervised)
-			for {
-				select {
-				case name := <-kills:
-					h.Kill(name)
-					time.Sleep(time.Second)
-					h.Restart(name)
-					n := h.Node(name)
-					mu.Lock()
-					back[name] = n.Version()
-					if e := n.Engine(); e != nil {
-						resumed[name] = e.State().Phase
-					}
-					mu.Unlock()
-				case <-stop:
-					return
-				}
+		h.Supervise(kills, func(name string) {
+			n := h.Node(name)
+			mu.Lock()
+			back[name] = n.Version()
+			if e := n.Engine(); e != nil {
+				resumed[name] = e.State().Phase
 			}
-		}()
-		defer func() { close(stop); <-supervised }()
+			mu.Unlock()
+		})
 
 		_, err := h.Trigger("node0001", "2.0.0", plan.Options{Batch: 1, MinHealthy: time.Second, Deadline: 5 * time.Minute})
 		require.NoError(t, err)
