@@ -88,8 +88,17 @@ demo: ## 5 local agents on loopback upgraded 1.0.0 -> 2.0.0 in waves (~20 s)
 demo-app: ## 5 local agents install the example kv store, then upgrade it under writes (~30 s)
 	@bash contrib/demo/demo-app.sh
 
-bench: ## roll 20 real agents v1 -> v2 (batch 4), then 100 (20 %), --min-healthy 1s; report where the time and CPU go
-	$(GO) test -run '^$$' -bench 'BenchmarkRollout(20|100)$$' -benchtime 1x -timeout 60m ./integration/
+# BENCH_N are the fleet sizes of make bench, BENCH_RUNS the runs of each
+# tool at each size, BENCH_KV_N the kv fleet, BENCH_IDLE the idle window.
+BENCH_N      ?= 20,100
+BENCH_RUNS   ?= 2
+BENCH_KV_N   ?= 20
+BENCH_IDLE   ?= 30s
+
+bench: ## peerd vs Ansible serial vs a naive script, side by side (A B C A B C), on BENCH_N (20,100) agents x BENCH_RUNS (2); then kv under load (BENCH_KV_N) and an idle agent beside serf (BENCH_IDLE); ~40 min
+	@command -v ansible-playbook >/dev/null || echo "bench: no ansible-playbook (apt-get install ansible): its column is skipped" >&2
+	BENCH_N=$(BENCH_N) BENCH_RUNS=$(BENCH_RUNS) BENCH_KV_N=$(BENCH_KV_N) BENCH_IDLE=$(BENCH_IDLE) \
+	  $(GO) test -count=1 -run '^$$' -bench '^BenchmarkSideBySide$$' -benchtime 1x -timeout 120m ./integration/
 
 # SIM_NODES is the fleet size of bench-sim.
 SIM_NODES    ?= 1000

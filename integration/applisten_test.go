@@ -21,7 +21,7 @@ import (
 // (listen = ["tcp://127.0.0.1:0"]) and passes to each instance by socket
 // activation; kv's own --listen is then ignored. --addr-file writes the
 // address kv serves on where kvAddr reads it, though peerd does not need it.
-func startKVNodeListening(t *testing.T, name, join string) *kvNode {
+func startKVNodeListening(t testing.TB, name, join string) *kvNode {
 	t.Helper()
 	a := newAgent(t, name, bins["v1"], "--allow-unsigned")
 	cfg := filepath.Join(a.dir, "peerd.hcl")

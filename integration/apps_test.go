@@ -161,7 +161,7 @@ func (n *kvNode) get(key string) (string, error) {
 
 // waitPeers waits until every kv instance was told about want instances
 // (itself included; kv counts the others).
-func waitPeers(t *testing.T, nodes []*kvNode, want int) {
+func waitPeers(t testing.TB, nodes []*kvNode, want int) {
 	t.Helper()
 	for _, n := range nodes {
 		eventually(t, 30*time.Second, func() error {
@@ -174,7 +174,7 @@ func waitPeers(t *testing.T, nodes []*kvNode, want int) {
 	}
 }
 
-func apps(t *testing.T, a *agent) []api.App {
+func apps(t testing.TB, a *agent) []api.App {
 	t.Helper()
 	rows, err := a.client().Apps(context.Background())
 	require.NoError(t, err)

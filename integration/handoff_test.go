@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,12 +24,13 @@ import (
 // probe is one attempt of the hammer: a fresh connection, one request.
 type probe struct {
 	start, end time.Time
-	status     int   // HTTP status; 0 when there was no answer
-	err        error // nil when answered
+	status     int    // HTTP status; 0 when there was no answer
+	version    string // the answer's "version" field (peerd's health, kv's), if any
+	err        error  // nil when answered
 }
 
 // hammer asks one address (a peer HTTP host:port, or a unix socket path)
-// for path over a fresh connection every few milliseconds, one attempt at
+// for path over a fresh connection every pause, one attempt at
 // a time, and records each: a refused connection returns at once, one
 // that waits in the kernel's backlog returns when the agent answers it.
 type hammer struct {
@@ -38,7 +40,7 @@ type hammer struct {
 	probes []probe
 }
 
-func startHammer(name, network, addr, path string) *hammer {
+func startHammer(name, network, addr, path string, pause time.Duration) *hammer {
 	h := &hammer{name: name, stop: make(chan struct{}), done: make(chan struct{})}
 	hc := &http.Client{
 		Timeout: 20 * time.Second, // a connection in the backlog waits for the next image
@@ -56,14 +58,21 @@ func startHammer(name, network, addr, path string) *hammer {
 			select {
 			case <-h.stop:
 				return
-			case <-time.After(3 * time.Millisecond):
+			case <-time.After(pause):
 			}
 			p := probe{start: time.Now()}
 			resp, err := hc.Get("http://peerd" + path)
 			if err == nil {
-				_, err = io.Copy(io.Discard, resp.Body)
+				var body []byte
+				body, err = io.ReadAll(resp.Body)
 				resp.Body.Close()
 				p.status = resp.StatusCode
+				var v struct {
+					Version string `json:"version"`
+				}
+				if json.Unmarshal(body, &v) == nil {
+					p.version = v.Version
+				}
 			}
 			p.end, p.err = time.Now(), err
 			h.probes = append(h.probes, p)
@@ -150,8 +159,8 @@ func runHandoff(t *testing.T, v1, v2 string) handoffRun {
 	pids := pidsOf(agents)
 	var hs, cs []*hammer
 	for _, a := range agents {
-		hs = append(hs, startHammer(a.name, "tcp", a.httpAddr(), "/v1/health"))
-		cs = append(cs, startHammer(a.name, "unix", a.socket(), "/v1/info"))
+		hs = append(hs, startHammer(a.name, "tcp", a.httpAddr(), "/v1/health", 3*time.Millisecond))
+		cs = append(cs, startHammer(a.name, "unix", a.socket(), "/v1/info", 3*time.Millisecond))
 	}
 	from := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -171,9 +171,9 @@ func copyFile(t testing.TB, from, to string) {
 func (a *agent) socket() string  { return filepath.Join(a.dir, "data", "peerd.sock") }
 func (a *agent) dataDir() string { return filepath.Join(a.dir, "data") }
 
-// start runs the agent; it returns once the process is running (not ready).
-func (a *agent) start(extra ...string) {
-	a.t.Helper()
+// argv is the agent command's arguments: the harness's, the agent's own
+// flags, then extra.
+func (a *agent) argv(extra ...string) []string {
 	host := a.host
 	if host == "" {
 		host = "127.0.0.1"
@@ -186,6 +186,13 @@ func (a *agent) start(extra ...string) {
 	}) {
 		args = append(args, "--encrypt", agenttest.GossipKey)
 	}
+	return args
+}
+
+// start runs the agent; it returns once the process is running (not ready).
+func (a *agent) start(extra ...string) {
+	a.t.Helper()
+	args := a.argv(extra...)
 	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	require.NoError(a.t, err)
 	cmd := a.command(args...)

@@ -1,0 +1,408 @@
+package integration
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/peerd/peerd/daemon/agenttest"
+	"github.com/stretchr/testify/require"
+)
+
+// rollKV starts n agents that each supervise kv on a socket peerd owns,
+// puts a client load on them (a writer, and the observer's connections),
+// and rolls kv to 2.0.0 in waves of 20 %.
+func rollKV(b *testing.B, n int, dwell time.Duration) runResult {
+	var nodes []*kvNode
+	var agents []*agent
+	for i := 1; i <= n; i++ {
+		join := ""
+		if i > 1 {
+			join = nodes[0].gossip()
+		}
+		nodes = append(nodes, startKVNodeListening(b, fmt.Sprintf("k%02d", i), join))
+		agents = append(agents, nodes[i-1].agent)
+	}
+	waitAlive(b, agents, n)
+	waitPeers(b, nodes, n)
+	var hs []*hammer
+	for _, kn := range nodes {
+		for _, row := range apps(b, kn.agent) {
+			if row.Node == kn.name {
+				hs = append(hs, startHammer(kn.name, "tcp", row.Address, "/health", observePause))
+			}
+		}
+	}
+	require.Len(b, hs, n, "every node advertises kv's address")
+	w := startWriter(nodes)
+	time.Sleep(200 * time.Millisecond)
+	cpuStart := fleetCPU(b, agents)
+	start := time.Now()
+	appCLI(b, nodes[0], "upgrade", "kv", "--to", "2.0.0", "--artifact", bins["kv2"], "--max-unavailable", "20%",
+		"--min-healthy", dwell.String(), "--deadline", "2m")
+	total := time.Since(start)
+	cpuEnd := fleetCPU(b, agents)
+	acked := w.finish()
+	probes := map[string][]probe{}
+	for _, h := range hs {
+		probes[h.name] = h.finish()
+	}
+	r := observed(probes, start, start.Add(total), waveNames(kvStatus(b, nodes[0])), dwell)
+	r.nodes, r.total, r.agentCPU = n, total, cpuEnd-cpuStart
+	for _, kn := range nodes {
+		if h, err := kn.health(); err == nil && h.Version == "2.0.0" {
+			r.complete++
+		}
+	}
+	r.originCopies = peerdOriginCopies(b, agents)
+	r.failedLines = failedLines(b, agents)
+	r.writes = len(acked)
+	return r
+}
+
+// fleetCPU is the CPU time of the agents' processes so far (kv, which they
+// supervise, is not their child in /proc's sense once it is reaped).
+func fleetCPU(b *testing.B, agents []*agent) time.Duration {
+	var sum time.Duration
+	for _, a := range agents {
+		c, err := a.cpu()
+		require.NoError(b, err)
+		sum += c
+	}
+	return sum
+}
+
+// idleFigures compare idle peerd agents with real serf agents beside them.
+type idleFigures struct {
+	skip              string
+	serfVersion       string
+	window            time.Duration
+	peerdRSS, serfRSS []int64 // KiB, VmRSS at the end of the window
+	peerdCPU, serfCPU []time.Duration
+}
+
+// serfModule is the real Serf agent the idle comparison runs.
+const serfModule = "github.com/hashicorp/serf/cmd/serf@v0.11.0"
+
+// idleBesideSerf runs three peerd agents (lan gossip profile, Serf's
+// defaults) and three `serf agent`s (defaults), each cluster encrypted,
+// side by side and idle, and measures each agent over window.
+func idleBesideSerf(b *testing.B, window time.Duration) idleFigures {
+	fig := idleFigures{window: window}
+	serf, err := serfBinary()
+	if err != nil {
+		fig.skip = err.Error()
+		return fig
+	}
+	if out, err := exec.Command(serf, "version").Output(); err == nil {
+		fig.serfVersion = strings.SplitN(string(out), "\n", 2)[0]
+	}
+	agents := startFleet(b, 3, "--gossip-profile", "lan", "--log-level", "info")
+	var serfs []*exec.Cmd
+	var first string
+	for i := 1; i <= 3; i++ {
+		bind, rpc := freeAddr(b), freeAddr(b)
+		args := []string{"agent", "-node", fmt.Sprintf("s%d", i), "-bind", bind, "-rpc-addr", rpc,
+			"-encrypt", agenttest.GossipKey, "-log-level", "warn"}
+		if first != "" {
+			args = append(args, "-join", first)
+		} else {
+			first = bind
+		}
+		cmd := exec.Command(serf, args...)
+		logf, err := os.Create(filepath.Join(b.TempDir(), "serf.log"))
+		require.NoError(b, err)
+		b.Cleanup(func() { logf.Close() })
+		cmd.Stdout, cmd.Stderr = logf, logf
+		require.NoError(b, cmd.Start())
+		b.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		})
+		serfs = append(serfs, cmd)
+		eventually(b, 20*time.Second, func() error {
+			out, err := exec.Command(serf, "members", "-rpc-addr", rpc, "-status", "alive").Output()
+			if got := strings.Count(string(out), "alive"); err != nil || got != i {
+				return fmt.Errorf("serf s%d sees %d alive (%v)", i, got, err)
+			}
+			return nil
+		})
+	}
+	// Past the joins' first rounds of gossip.
+	time.Sleep(5 * time.Second)
+	cpu := func() (p, s []time.Duration) {
+		for _, a := range agents {
+			c, err := a.cpu()
+			require.NoError(b, err)
+			p = append(p, c)
+		}
+		for _, cmd := range serfs {
+			c, err := procCPU(cmd.Process.Pid)
+			require.NoError(b, err)
+			s = append(s, c)
+		}
+		return p, s
+	}
+	p0, s0 := cpu()
+	time.Sleep(window)
+	p1, s1 := cpu()
+	for i := range agents {
+		fig.peerdCPU = append(fig.peerdCPU, p1[i]-p0[i])
+		fig.peerdRSS = append(fig.peerdRSS, vmKiB(agents[i].pid(), "VmRSS"))
+	}
+	for i, cmd := range serfs {
+		fig.serfCPU = append(fig.serfCPU, s1[i]-s0[i])
+		fig.serfRSS = append(fig.serfRSS, vmKiB(cmd.Process.Pid, "VmRSS"))
+	}
+	return fig
+}
+
+// serfBinary is build/tools/serf, installed from the module proxy when it
+// is not there yet.
+func serfBinary() (string, error) {
+	dir, err := filepath.Abs(filepath.Join("..", "build", "tools"))
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "serf")
+	if _, err := os.Stat(bin); err == nil {
+		return bin, nil
+	}
+	cmd := exec.Command("go", "install", serfModule)
+	cmd.Env = append(os.Environ(), "GOBIN="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go install %s: %v: %s", serfModule, err, strings.TrimSpace(string(out)))
+	}
+	return bin, nil
+}
+
+// freeAddr is a loopback address with a port nothing listens on now.
+func freeAddr(b *testing.B) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(b, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// printTable prints one fleet size's side-by-side figures: medians over
+// the runs, distributions pooled over every node of every run.
+func printTable(n int, cfg benchConfig, res map[string][]runResult) {
+	tools := rollTools()
+	var cols []string
+	fmt.Printf("\n== %d agents: v1 -> v2 in waves of 20 %%, dwell %s; %d runs of each tool, alternating (A B C A B C); observer dials every node every %s ==\n",
+		n, cfg.dwell, cfg.runs, observePause)
+	for _, t := range tools {
+		if t.skip != "" {
+			fmt.Printf("  %s: skipped, %s\n", t.name, t.skip)
+			continue
+		}
+		cols = append(cols, t.name)
+	}
+	// The physical limit: every wave must go offline, restart and dwell,
+	// one after another; the fastest restart seen here stands for the
+	// minimal one.
+	var offline []time.Duration
+	waves := 0
+	for _, rs := range res {
+		for _, r := range rs {
+			offline = append(offline, r.offline...)
+			waves = max(waves, r.waves)
+		}
+	}
+	minRestart := pct(offline, 0)
+	limit := time.Duration(waves) * (cfg.dwell + minRestart)
+	fmt.Printf("  physical limit = waves x (dwell + minimal restart) = %d x (%s + %s) = %s (minimal restart: the shortest offline window of any node in any run here)\n",
+		waves, cfg.dwell, minRestart, limit)
+	peerdTotal := medianOf(res["peerd"], func(r runResult) float64 { return r.total.Seconds() })
+	rows := []struct {
+		name string
+		f    func([]runResult) string
+	}{
+		{"runs where every node reached 2.0.0", func(rs []runResult) string {
+			ok := 0
+			for _, r := range rs {
+				if r.complete == r.nodes {
+					ok++
+				}
+			}
+			return fmt.Sprintf("%d/%d", ok, cfg.runs)
+		}},
+		{"total, trigger -> complete (median)", func(rs []runResult) string {
+			return fmt.Sprintf("%.1f s", medianOf(rs, func(r runResult) float64 { return r.total.Seconds() }))
+		}},
+		{"  / physical limit", func(rs []runResult) string {
+			return fmt.Sprintf("%.2f", medianOf(rs, func(r runResult) float64 { return r.total.Seconds() })/limit.Seconds())
+		}},
+		{"  peerd's total / this total", func(rs []runResult) string {
+			return fmt.Sprintf("%.2f", peerdTotal/medianOf(rs, func(r runResult) float64 { return r.total.Seconds() }))
+		}},
+		{"handoff between waves, p50 / p95", func(rs []runResult) string {
+			var all []time.Duration
+			for _, r := range rs {
+				all = append(all, r.handoffs...)
+			}
+			return fmt.Sprintf("%s / %s", ms(pct(all, 50)), ms(pct(all, 95)))
+		}},
+		{"refused connections: all / worst node", func(rs []runResult) string {
+			all, worst := 0, 0
+			for _, r := range rs {
+				for _, c := range r.refused {
+					all += c
+					worst = max(worst, c)
+				}
+			}
+			return fmt.Sprintf("%d / %d", all, worst)
+		}},
+		{"unreachable per node, p50 / p95 / max", func(rs []runResult) string {
+			var all []time.Duration
+			for _, r := range rs {
+				all = append(all, r.unreachable...)
+			}
+			return fmt.Sprintf("%s / %s / %s", ms(pct(all, 50)), ms(pct(all, 95)), ms(pct(all, 100)))
+		}},
+		{"offline per node, p50 / max", func(rs []runResult) string {
+			var all []time.Duration
+			for _, r := range rs {
+				all = append(all, r.offline...)
+			}
+			return fmt.Sprintf("%s / %s", ms(pct(all, 50)), ms(pct(all, 100)))
+		}},
+		{"most nodes offline at once (max)", func(rs []runResult) string {
+			most := 0
+			for _, r := range rs {
+				most = max(most, r.mostOffline)
+			}
+			return fmt.Sprint(most)
+		}},
+		{"origin bytes / artifact size (median)", func(rs []runResult) string {
+			return fmt.Sprintf("%.1f", medianOf(rs, func(r runResult) float64 { return r.originCopies }))
+		}},
+		{"fleet CPU-s: agents + orchestrator", func(rs []runResult) string {
+			return fmt.Sprintf("%.1f + %.1f", medianOf(rs, func(r runResult) float64 { return r.agentCPU.Seconds() }),
+				medianOf(rs, func(r runResult) float64 { return r.orchCPU.Seconds() }))
+		}},
+		{"dropped after accept (all runs)", func(rs []runResult) string {
+			d := 0
+			for _, r := range rs {
+				d += r.dropped
+			}
+			return fmt.Sprint(d)
+		}},
+		{"'member failed' log lines (all runs)", func(rs []runResult) string {
+			f := 0
+			for _, r := range rs {
+				f += r.failedLines
+			}
+			return fmt.Sprint(f)
+		}},
+	}
+	fmt.Printf("  %-40s", "")
+	for _, c := range cols {
+		fmt.Printf(" %-27s", c)
+	}
+	fmt.Println()
+	for _, row := range rows {
+		fmt.Printf("  %-40s", row.name)
+		for _, c := range cols {
+			cell := "-"
+			if rs := res[c]; len(rs) > 0 {
+				cell = row.f(rs)
+			}
+			fmt.Printf(" %-27s", cell)
+		}
+		fmt.Println()
+	}
+	for _, c := range cols {
+		for _, r := range res[c] {
+			if len(r.errs) > 0 {
+				fmt.Printf("  %s: dropped connections, e.g. %v\n", c, r.errs)
+				break
+			}
+		}
+	}
+}
+
+func printKV(cfg benchConfig, rs []runResult) {
+	fmt.Printf("\n== managed kv app, %d agents: kv 1.0.0 -> 2.0.0 (sockets peerd owns), waves of 20 %%, dwell %s, a writer and the observer as client load; %d runs ==\n",
+		cfg.kvNodes, cfg.dwell, len(rs))
+	if len(rs) == 0 {
+		fmt.Println("  no run completed")
+		return
+	}
+	var unreach, handoffs, offline []time.Duration
+	refused, worst, dropped, complete, most, writes := 0, 0, 0, 0, 0, 0
+	for _, r := range rs {
+		unreach = append(unreach, r.unreachable...)
+		handoffs = append(handoffs, r.handoffs...)
+		offline = append(offline, r.offline...)
+		for _, c := range r.refused {
+			refused += c
+			worst = max(worst, c)
+		}
+		dropped += r.dropped
+		most = max(most, r.mostOffline)
+		writes += r.writes
+		if r.complete == r.nodes {
+			complete++
+		}
+	}
+	limit := time.Duration(rs[0].waves) * (cfg.dwell + pct(offline, 0))
+	total := medianOf(rs, func(r runResult) float64 { return r.total.Seconds() })
+	fmt.Printf("  runs where every instance reached 2.0.0   %d/%d\n", complete, len(rs))
+	fmt.Printf("  total (median)                            %.1f s  (%.2f x its physical limit, %d x (%s + %s))\n",
+		total, total/limit.Seconds(), rs[0].waves, cfg.dwell, pct(offline, 0))
+	fmt.Printf("  handoff between waves, p50 / p95          %s / %s\n", ms(pct(handoffs, 50)), ms(pct(handoffs, 95)))
+	fmt.Printf("  refused connections: all / worst node     %d / %d\n", refused, worst)
+	fmt.Printf("  unreachable per instance, p50 / p95 / max %s / %s / %s\n", ms(pct(unreach, 50)), ms(pct(unreach, 95)), ms(pct(unreach, 100)))
+	fmt.Printf("  offline per instance, p50 / max            %s / %s\n", ms(pct(offline, 50)), ms(pct(offline, 100)))
+	fmt.Printf("  most instances offline at once            %d\n", most)
+	fmt.Printf("  dropped after accept / writes acknowledged %d / %d\n", dropped, writes)
+	fmt.Printf("  origin bytes / artifact size (median)     %.1f\n", medianOf(rs, func(r runResult) float64 { return r.originCopies }))
+	fmt.Printf("  agents' CPU-s (median)                    %.1f\n", medianOf(rs, func(r runResult) float64 { return r.agentCPU.Seconds() }))
+}
+
+func printIdle(fig idleFigures) {
+	fmt.Printf("\n== idle agent beside a real serf agent (3 of each, encrypted, LAN timings, idle %s) ==\n", fig.window)
+	if fig.skip != "" {
+		fmt.Printf("  skipped: %s\n", fig.skip)
+		return
+	}
+	pr, sr := medianInt(fig.peerdRSS), medianInt(fig.serfRSS)
+	pc, sc := pct(fig.peerdCPU, 50), pct(fig.serfCPU, 50)
+	fmt.Printf("  serf: %s (%s), peerd %s built with %s\n", serfModule, fig.serfVersion, "1.0.0", runtime.Version())
+	fmt.Printf("  RSS (VmRSS), median agent        peerd %.1f MiB  serf %.1f MiB  ratio %.2f\n", float64(pr)/1024, float64(sr)/1024, float64(pr)/float64(max(1, sr)))
+	fmt.Printf("  CPU over the window, median      peerd %s  serf %s  ratio %.2f\n", pc, sc, pc.Seconds()/max(0.01, sc.Seconds()))
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%d ms", d.Milliseconds()) }
+
+func medianOf(rs []runResult, f func(runResult) float64) float64 {
+	if len(rs) == 0 {
+		return 0
+	}
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = f(r)
+	}
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+func medianInt(v []int64) int64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
