@@ -20,18 +20,11 @@ import (
 // puts a client load on them (a writer, and the observer's connections),
 // and rolls kv to 2.0.0 in waves of 20 %.
 func rollKV(b *testing.B, n int, dwell time.Duration) runResult {
-	var nodes []*kvNode
+	nodes := kvFleetWith(b, "k", n, startKVNodeListening)
 	var agents []*agent
-	for i := 1; i <= n; i++ {
-		join := ""
-		if i > 1 {
-			join = nodes[0].gossip()
-		}
-		nodes = append(nodes, startKVNodeListening(b, fmt.Sprintf("k%02d", i), join))
-		agents = append(agents, nodes[i-1].agent)
+	for _, kn := range nodes {
+		agents = append(agents, kn.agent)
 	}
-	waitAlive(b, agents, n)
-	waitPeers(b, nodes, n)
 	var hs []*hammer
 	for _, kn := range nodes {
 		for _, row := range apps(b, kn.agent) {
@@ -191,40 +184,57 @@ func freeAddr(b *testing.B) string {
 	return l.Addr().String()
 }
 
-// printTable prints one fleet size's side-by-side figures: medians over
-// the runs, distributions pooled over every node of every run.
+// printTable prints one fleet size's side-by-side figures.
 func printTable(n int, cfg benchConfig, res map[string][]runResult) {
-	tools := rollTools()
-	var cols []string
 	fmt.Printf("\n== %d agents: v1 -> v2 in waves of 20 %%, dwell %s; %d runs of each tool, alternating (A B C A B C); observer dials every node every %s ==\n",
 		n, cfg.dwell, cfg.runs, observePause)
-	for _, t := range tools {
+	var cols []string
+	for _, t := range rollTools() {
 		if t.skip != "" {
 			fmt.Printf("  %s: skipped, %s\n", t.name, t.skip)
 			continue
 		}
 		cols = append(cols, t.name)
 	}
+	printColumns(cols, res, cfg.dwell)
+}
+
+func printKV(cfg benchConfig, rs []runResult) {
+	fmt.Printf("\n== managed kv app, %d agents: kv 1.0.0 -> 2.0.0 (sockets peerd owns), waves of 20 %%, dwell %s, under a writer's load and the observer's; %d runs ==\n",
+		cfg.kvNodes, cfg.dwell, len(rs))
+	printColumns([]string{"kv"}, map[string][]runResult{"kv": rs}, cfg.dwell)
+	writes := 0
+	for _, r := range rs {
+		writes += r.writes
+	}
+	fmt.Printf("  writes acknowledged during the rollouts: %d\n", writes)
+}
+
+// printColumns prints a table of the runs of each column: medians over the
+// runs, distributions pooled over every node of every run.
+func printColumns(cols []string, res map[string][]runResult, dwell time.Duration) {
 	// The physical limit: every wave must go offline, restart and dwell,
 	// one after another; the fastest restart seen here stands for the
 	// minimal one.
 	var offline []time.Duration
 	waves := 0
 	for _, rs := range res {
+		offline = append(offline, pooled(rs, func(r runResult) []time.Duration { return r.offline })...)
 		for _, r := range rs {
-			offline = append(offline, r.offline...)
 			waves = max(waves, r.waves)
 		}
 	}
 	minRestart := pct(offline, 0)
-	limit := time.Duration(waves) * (cfg.dwell + minRestart)
+	limit := time.Duration(waves) * (dwell + minRestart)
 	fmt.Printf("  physical limit = waves x (dwell + minimal restart) = %d x (%s + %s) = %s (minimal restart: the shortest offline window of any node in any run here)\n",
-		waves, cfg.dwell, minRestart, limit)
-	peerdTotal := medianOf(res["peerd"], func(r runResult) float64 { return r.total.Seconds() })
-	rows := []struct {
+		waves, dwell, minRestart, limit)
+	total := func(r runResult) float64 { return r.total.Seconds() }
+	peerd, hasPeerd := res["peerd"]
+	type row struct {
 		name string
 		f    func([]runResult) string
-	}{
+	}
+	rows := []row{
 		{"runs where every node reached 2.0.0", func(rs []runResult) string {
 			ok := 0
 			for _, r := range rs {
@@ -232,22 +242,25 @@ func printTable(n int, cfg benchConfig, res map[string][]runResult) {
 					ok++
 				}
 			}
-			return fmt.Sprintf("%d/%d", ok, cfg.runs)
+			return fmt.Sprintf("%d/%d", ok, len(rs))
 		}},
-		{"total, trigger -> complete (median)", func(rs []runResult) string {
-			return fmt.Sprintf("%.1f s", medianOf(rs, func(r runResult) float64 { return r.total.Seconds() }))
+		{"total, trigger -> complete (median)", func(rs []runResult) string { return fmt.Sprintf("%.1f s", medianOf(rs, total)) }},
+		{"  / physical limit", func(rs []runResult) string { return fmt.Sprintf("%.2f", medianOf(rs, total)/limit.Seconds()) }},
+	}
+	if hasPeerd {
+		rows = append(rows, row{"  peerd's total / this total", func(rs []runResult) string {
+			return fmt.Sprintf("%.2f", medianOf(peerd, total)/medianOf(rs, total))
+		}})
+	}
+	rows = append(rows, []row{
+		{"  trigger -> first node offline (median)", func(rs []runResult) string {
+			return fmt.Sprintf("%.2f s", medianOf(rs, func(r runResult) float64 { return r.firstOff.Seconds() }))
 		}},
-		{"  / physical limit", func(rs []runResult) string {
-			return fmt.Sprintf("%.2f", medianOf(rs, func(r runResult) float64 { return r.total.Seconds() })/limit.Seconds())
-		}},
-		{"  peerd's total / this total", func(rs []runResult) string {
-			return fmt.Sprintf("%.2f", peerdTotal/medianOf(rs, func(r runResult) float64 { return r.total.Seconds() }))
+		{"  last node back -> complete (median)", func(rs []runResult) string {
+			return fmt.Sprintf("%.2f s", medianOf(rs, func(r runResult) float64 { return r.lastBack.Seconds() }))
 		}},
 		{"handoff between waves, p50 / p95", func(rs []runResult) string {
-			var all []time.Duration
-			for _, r := range rs {
-				all = append(all, r.handoffs...)
-			}
+			all := pooled(rs, func(r runResult) []time.Duration { return r.handoffs })
 			return fmt.Sprintf("%s / %s", ms(pct(all, 50)), ms(pct(all, 95)))
 		}},
 		{"refused connections: all / worst node", func(rs []runResult) string {
@@ -261,25 +274,15 @@ func printTable(n int, cfg benchConfig, res map[string][]runResult) {
 			return fmt.Sprintf("%d / %d", all, worst)
 		}},
 		{"unreachable per node, p50 / p95 / max", func(rs []runResult) string {
-			var all []time.Duration
-			for _, r := range rs {
-				all = append(all, r.unreachable...)
-			}
+			all := pooled(rs, func(r runResult) []time.Duration { return r.unreachable })
 			return fmt.Sprintf("%s / %s / %s", ms(pct(all, 50)), ms(pct(all, 95)), ms(pct(all, 100)))
 		}},
 		{"offline per node, p50 / max", func(rs []runResult) string {
-			var all []time.Duration
-			for _, r := range rs {
-				all = append(all, r.offline...)
-			}
+			all := pooled(rs, func(r runResult) []time.Duration { return r.offline })
 			return fmt.Sprintf("%s / %s", ms(pct(all, 50)), ms(pct(all, 100)))
 		}},
 		{"most nodes offline at once (max)", func(rs []runResult) string {
-			most := 0
-			for _, r := range rs {
-				most = max(most, r.mostOffline)
-			}
-			return fmt.Sprint(most)
+			return fmt.Sprint(foldRuns(rs, func(r runResult) int { return r.mostOffline }, maxInt))
 		}},
 		{"origin bytes / artifact size (median)", func(rs []runResult) string {
 			return fmt.Sprintf("%.1f", medianOf(rs, func(r runResult) float64 { return r.originCopies }))
@@ -289,20 +292,12 @@ func printTable(n int, cfg benchConfig, res map[string][]runResult) {
 				medianOf(rs, func(r runResult) float64 { return r.orchCPU.Seconds() }))
 		}},
 		{"dropped after accept (all runs)", func(rs []runResult) string {
-			d := 0
-			for _, r := range rs {
-				d += r.dropped
-			}
-			return fmt.Sprint(d)
+			return fmt.Sprint(foldRuns(rs, func(r runResult) int { return r.dropped }, add))
 		}},
 		{"'member failed' log lines (all runs)", func(rs []runResult) string {
-			f := 0
-			for _, r := range rs {
-				f += r.failedLines
-			}
-			return fmt.Sprint(f)
+			return fmt.Sprint(foldRuns(rs, func(r runResult) int { return r.failedLines }, add))
 		}},
-	}
+	}...)
 	fmt.Printf("  %-40s", "")
 	for _, c := range cols {
 		fmt.Printf(" %-27s", c)
@@ -329,43 +324,23 @@ func printTable(n int, cfg benchConfig, res map[string][]runResult) {
 	}
 }
 
-func printKV(cfg benchConfig, rs []runResult) {
-	fmt.Printf("\n== managed kv app, %d agents: kv 1.0.0 -> 2.0.0 (sockets peerd owns), waves of 20 %%, dwell %s, a writer and the observer as client load; %d runs ==\n",
-		cfg.kvNodes, cfg.dwell, len(rs))
-	if len(rs) == 0 {
-		fmt.Println("  no run completed")
-		return
-	}
-	var unreach, handoffs, offline []time.Duration
-	refused, worst, dropped, complete, most, writes := 0, 0, 0, 0, 0, 0
+func pooled(rs []runResult, f func(runResult) []time.Duration) []time.Duration {
+	var all []time.Duration
 	for _, r := range rs {
-		unreach = append(unreach, r.unreachable...)
-		handoffs = append(handoffs, r.handoffs...)
-		offline = append(offline, r.offline...)
-		for _, c := range r.refused {
-			refused += c
-			worst = max(worst, c)
-		}
-		dropped += r.dropped
-		most = max(most, r.mostOffline)
-		writes += r.writes
-		if r.complete == r.nodes {
-			complete++
-		}
+		all = append(all, f(r)...)
 	}
-	limit := time.Duration(rs[0].waves) * (cfg.dwell + pct(offline, 0))
-	total := medianOf(rs, func(r runResult) float64 { return r.total.Seconds() })
-	fmt.Printf("  runs where every instance reached 2.0.0   %d/%d\n", complete, len(rs))
-	fmt.Printf("  total (median)                            %.1f s  (%.2f x its physical limit, %d x (%s + %s))\n",
-		total, total/limit.Seconds(), rs[0].waves, cfg.dwell, pct(offline, 0))
-	fmt.Printf("  handoff between waves, p50 / p95          %s / %s\n", ms(pct(handoffs, 50)), ms(pct(handoffs, 95)))
-	fmt.Printf("  refused connections: all / worst node     %d / %d\n", refused, worst)
-	fmt.Printf("  unreachable per instance, p50 / p95 / max %s / %s / %s\n", ms(pct(unreach, 50)), ms(pct(unreach, 95)), ms(pct(unreach, 100)))
-	fmt.Printf("  offline per instance, p50 / max            %s / %s\n", ms(pct(offline, 50)), ms(pct(offline, 100)))
-	fmt.Printf("  most instances offline at once            %d\n", most)
-	fmt.Printf("  dropped after accept / writes acknowledged %d / %d\n", dropped, writes)
-	fmt.Printf("  origin bytes / artifact size (median)     %.1f\n", medianOf(rs, func(r runResult) float64 { return r.originCopies }))
-	fmt.Printf("  agents' CPU-s (median)                    %.1f\n", medianOf(rs, func(r runResult) float64 { return r.agentCPU.Seconds() }))
+	return all
+}
+
+func add(x, y int) int    { return x + y }
+func maxInt(x, y int) int { return max(x, y) }
+
+func foldRuns(rs []runResult, f func(runResult) int, fold func(x, y int) int) int {
+	acc := 0
+	for _, r := range rs {
+		acc = fold(acc, f(r))
+	}
+	return acc
 }
 
 func printIdle(fig idleFigures) {

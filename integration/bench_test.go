@@ -1,9 +1,7 @@
 package integration
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -17,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/peerd/peerd/daemon/api"
 	"github.com/stretchr/testify/require"
 )
 
@@ -27,8 +24,9 @@ import (
 // a dwell of 1 s; then a managed kv app under client load; then an idle
 // agent beside a real `serf agent`. It prints one table per fleet size and
 // makes no timing asserts. BENCH_N (sizes, "20,100"), BENCH_RUNS (runs of
-// each tool, 2), BENCH_KV_N (kv fleet, 20) and BENCH_IDLE (the idle
-// comparison, 30s) make a quick run possible.
+// each tool, 2), BENCH_TOOLS (a subset of "peerd,ansible,naive"),
+// BENCH_KV_N (kv fleet, 20; 0 leaves it out) and BENCH_IDLE (the idle
+// comparison, 30s; 0 leaves it out) make a quick run possible.
 func BenchmarkSideBySide(b *testing.B) {
 	cfg := benchConfigFromEnv(b)
 	// The scripts start agents that outlive the shells that started them;
@@ -54,14 +52,18 @@ func BenchmarkSideBySide(b *testing.B) {
 			}
 			printTable(n, cfg, results)
 		}
-		var kv []runResult
-		for run := 1; run <= cfg.runs; run++ {
-			b.Run(fmt.Sprintf("kv/N=%d/%d", cfg.kvNodes, run), func(b *testing.B) {
-				kv = append(kv, rollKV(b, cfg.kvNodes, cfg.dwell))
-			})
+		if cfg.kvNodes > 0 {
+			var kv []runResult
+			for run := 1; run <= cfg.runs; run++ {
+				b.Run(fmt.Sprintf("kv/N=%d/%d", cfg.kvNodes, run), func(b *testing.B) {
+					kv = append(kv, rollKV(b, cfg.kvNodes, cfg.dwell))
+				})
+			}
+			printKV(cfg, kv)
 		}
-		printKV(cfg, kv)
-		b.Run("idle-beside-serf", func(b *testing.B) { printIdle(idleBesideSerf(b, cfg.idle)) })
+		if cfg.idle > 0 {
+			b.Run("idle-beside-serf", func(b *testing.B) { printIdle(idleBesideSerf(b, cfg.idle)) })
+		}
 	}
 }
 
@@ -90,19 +92,24 @@ func benchConfigFromEnv(b *testing.B) benchConfig {
 			cfg.sizes = append(cfg.sizes, n)
 		}
 	}
-	for name, dst := range map[string]*int{"BENCH_RUNS": &cfg.runs, "BENCH_KV_N": &cfg.kvNodes} {
+	for name, v := range map[string]struct {
+		dst   *int
+		least int
+	}{"BENCH_RUNS": {&cfg.runs, 1}, "BENCH_KV_N": {&cfg.kvNodes, 0}} {
 		if s := os.Getenv(name); s != "" {
 			n, err := strconv.Atoi(s)
-			if err != nil || n < 1 {
-				errs = append(errs, fmt.Errorf("%s=%q: want a whole number of at least 1", name, s))
+			if err != nil || n < v.least {
+				errs = append(errs, fmt.Errorf("%s=%q: want a whole number of at least %d", name, s, v.least))
 			}
-			*dst = n
+			*v.dst = n
 		}
 	}
 	if s := os.Getenv("BENCH_IDLE"); s != "" {
 		d, err := time.ParseDuration(s)
-		if err != nil || d < time.Second {
-			errs = append(errs, fmt.Errorf("BENCH_IDLE=%q: want a duration of at least 1s", s))
+		if s == "0" {
+			d, err = 0, nil
+		} else if err != nil || d < time.Second {
+			errs = append(errs, fmt.Errorf("BENCH_IDLE=%q: want a duration of at least 1s, or 0", s))
 		}
 		cfg.idle = d
 	}
@@ -133,6 +140,8 @@ type runResult struct {
 	unreachable     []time.Duration // per node: the longest time without any HTTP answer
 	offline         []time.Duration // per node: last healthy answer at v1 to the first at v2
 	mostOffline     int             // most nodes offline at one instant
+	firstOff        time.Duration   // trigger to the first node offline
+	lastBack        time.Duration   // the last node back to complete
 	originCopies    float64         // artifact bytes from the origin / artifact size
 	agentCPU        time.Duration   // every agent process, trigger to complete
 	orchCPU         time.Duration   // the orchestrator's processes (CLI, ansible-playbook, bash)
@@ -169,7 +178,7 @@ func rollFleet(b *testing.B, tool rollTool, n int, dwell time.Duration) runResul
 	r := observed(probes, start, start.Add(total), f.waves(tool), dwell)
 	r.nodes, r.total, r.agentCPU, r.orchCPU = n, total, cpuEnd-cpuStart, orch
 	for _, a := range agents {
-		if v, err := healthVersion(a.httpAddr()); err == nil && v == "2.0.0" {
+		if h, _, err := peerHealth(a.httpAddr()); err == nil && h.Version == "2.0.0" {
 			r.complete++
 		}
 	}
@@ -208,6 +217,18 @@ func observed(probes map[string][]probe, from, to time.Time, waves [][]string, d
 			r.offline = append(r.offline, sp.back.Sub(sp.off))
 			edges = append(edges, offEdge{sp.off, 1}, offEdge{sp.back, -1})
 		}
+	}
+	if len(edges) > 0 {
+		first, last := edges[0].at, edges[0].at
+		for _, e := range edges {
+			if e.at.Before(first) {
+				first = e.at
+			}
+			if e.at.After(last) {
+				last = e.at
+			}
+		}
+		r.firstOff, r.lastBack = first.Sub(from), to.Sub(last)
 	}
 	sort.Slice(edges, func(i, j int) bool {
 		if edges[i].at.Equal(edges[j].at) {
@@ -289,19 +310,6 @@ func offlineSpan(ps []probe, from, to time.Time, version string) (offSpan, bool)
 		s.back = ps[max(change, lastBad)].end
 	}
 	return s, true
-}
-
-// healthVersion is the version a peer HTTP address reports.
-func healthVersion(addr string) (string, error) {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get("http://" + addr + "/v1/health")
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	var h api.Health
-	err = json.NewDecoder(resp.Body).Decode(&h)
-	return h.Version, err
 }
 
 // peerdOriginCopies is how many copies of the artifact the origin (the
@@ -406,16 +414,8 @@ func stopScripted(a *agent) {
 }
 
 func parentOf(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 2 {
+	f, err := procStat(pid)
+	if err != nil || len(f) < 2 {
 		return 0
 	}
 	ppid, _ := strconv.Atoi(f[1])

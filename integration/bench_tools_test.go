@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -25,6 +26,13 @@ func rollTools() []rollTool {
 	tools := []rollTool{{name: "peerd", roll: rollPeerd}, {name: "ansible", roll: rollAnsible}, {name: "naive", roll: rollNaive}}
 	if _, err := exec.LookPath("ansible-playbook"); err != nil {
 		tools[1].skip = "no ansible-playbook on PATH (apt-get install ansible)"
+	}
+	if only := os.Getenv("BENCH_TOOLS"); only != "" {
+		for i := range tools {
+			if !slices.Contains(strings.Split(only, ","), tools[i].name) {
+				tools[i].skip = "not in BENCH_TOOLS=" + only
+			}
+		}
 	}
 	return tools
 }
@@ -98,7 +106,7 @@ func rollAnsible(ctx context.Context, f *benchFleet) (time.Duration, string, err
 const naiveScript = `#!/bin/bash
 set -u
 one() { # dir http
-	"$1/stop.sh" && cp %s "$1/bin/peerd" && "$1/start.sh" || return 1
+	"$1/stop.sh" && cp %s "$1/bin/peerd.new" && mv "$1/bin/peerd.new" "$1/bin/peerd" && "$1/start.sh" || return 1
 	until curl -fsS -o /dev/null --max-time 2 "http://$2/v1/health"; do sleep 0.1; done
 }
 while read -r batch; do
