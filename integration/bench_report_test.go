@@ -19,7 +19,8 @@ import (
 // rollKV starts n agents that each supervise kv on a socket peerd owns,
 // puts a client load on them (a writer, and the observer's connections),
 // and rolls kv to 2.0.0 in waves of 20 %.
-func rollKV(b *testing.B, n int, dwell time.Duration) runResult {
+func rollKV(b *testing.B, cfg benchConfig) runResult {
+	n, dwell := cfg.kvNodes, cfg.dwell
 	nodes := kvFleetWith(b, "k", n, startKVNodeListening)
 	var agents []*agent
 	for _, kn := range nodes {
@@ -29,26 +30,26 @@ func rollKV(b *testing.B, n int, dwell time.Duration) runResult {
 	for _, kn := range nodes {
 		for _, row := range apps(b, kn.agent) {
 			if row.Node == kn.name {
-				hs = append(hs, startHammer(kn.name, "tcp", row.Address, "/health", observePause))
+				hs = append(hs, startHammer(kn.name, "tcp", row.Address, "/health", cfg.observe))
 			}
 		}
 	}
 	require.Len(b, hs, n, "every node advertises kv's address")
 	w := startWriter(nodes)
 	time.Sleep(200 * time.Millisecond)
-	cpuStart := fleetCPU(b, agents)
+	cpuStart, selfStart := fleetCPU(b, agents), selfCPU()
 	start := time.Now()
 	appCLI(b, nodes[0], "upgrade", "kv", "--to", "2.0.0", "--artifact", bins["kv2"], "--max-unavailable", "20%",
 		"--min-healthy", dwell.String(), "--deadline", "2m")
 	total := time.Since(start)
-	cpuEnd := fleetCPU(b, agents)
+	cpuEnd, selfEnd := fleetCPU(b, agents), selfCPU()
 	acked := w.finish()
 	probes := map[string][]probe{}
 	for _, h := range hs {
 		probes[h.name] = h.finish()
 	}
 	r := observed(probes, start, start.Add(total), waveNames(kvStatus(b, nodes[0])), dwell)
-	r.nodes, r.total, r.agentCPU = n, total, cpuEnd-cpuStart
+	r.nodes, r.total, r.agentCPU, r.observerCPU = n, total, cpuEnd-cpuStart, selfEnd-selfStart
 	for _, kn := range nodes {
 		if h, err := kn.health(); err == nil && h.Version == "2.0.0" {
 			r.complete++
@@ -187,7 +188,7 @@ func freeAddr(b *testing.B) string {
 // printTable prints one fleet size's side-by-side figures.
 func printTable(n int, cfg benchConfig, res map[string][]runResult) {
 	fmt.Printf("\n== %d agents: v1 -> v2 in waves of 20 %%, dwell %s; %d runs of each tool, alternating (A B C A B C); observer dials every node every %s ==\n",
-		n, cfg.dwell, cfg.runs, observePause)
+		n, cfg.dwell, cfg.runs, cfg.observe)
 	var cols []string
 	for _, t := range rollTools() {
 		if t.skip != "" {
@@ -290,6 +291,9 @@ func printColumns(cols []string, res map[string][]runResult, dwell time.Duration
 		{"fleet CPU-s: agents + orchestrator", func(rs []runResult) string {
 			return fmt.Sprintf("%.1f + %.1f", medianOf(rs, func(r runResult) float64 { return r.agentCPU.Seconds() }),
 				medianOf(rs, func(r runResult) float64 { return r.orchCPU.Seconds() }))
+		}},
+		{"observer's CPU-s (median)", func(rs []runResult) string {
+			return fmt.Sprintf("%.1f", medianOf(rs, func(r runResult) float64 { return r.observerCPU.Seconds() }))
 		}},
 		{"dropped after accept (all runs)", func(rs []runResult) string {
 			return fmt.Sprint(foldRuns(rs, func(r runResult) int { return r.dropped }, add))

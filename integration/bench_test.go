@@ -25,8 +25,9 @@ import (
 // agent beside a real `serf agent`. It prints one table per fleet size and
 // makes no timing asserts. BENCH_N (sizes, "20,100"), BENCH_RUNS (runs of
 // each tool, 2), BENCH_TOOLS (a subset of "peerd,ansible,naive"),
-// BENCH_KV_N (kv fleet, 20; 0 leaves it out) and BENCH_IDLE (the idle
-// comparison, 30s; 0 leaves it out) make a quick run possible.
+// BENCH_KV_N (kv fleet, 20; 0 leaves it out), BENCH_IDLE (the idle
+// comparison, 30s; 0 leaves it out) make a quick run possible;
+// BENCH_OBSERVE (20ms) is how often the observer dials every node.
 func BenchmarkSideBySide(b *testing.B) {
 	cfg := benchConfigFromEnv(b)
 	// The scripts start agents that outlive the shells that started them;
@@ -44,7 +45,7 @@ func BenchmarkSideBySide(b *testing.B) {
 						continue
 					}
 					b.Run(fmt.Sprintf("N=%d/%s/%d", n, tool.name, run), func(b *testing.B) {
-						r := rollFleet(b, tool, n, cfg.dwell)
+						r := rollFleet(b, tool, n, cfg)
 						results[tool.name] = append(results[tool.name], r)
 						b.ReportMetric(r.total.Seconds(), "total-s")
 					})
@@ -56,7 +57,7 @@ func BenchmarkSideBySide(b *testing.B) {
 			var kv []runResult
 			for run := 1; run <= cfg.runs; run++ {
 				b.Run(fmt.Sprintf("kv/N=%d/%d", cfg.kvNodes, run), func(b *testing.B) {
-					kv = append(kv, rollKV(b, cfg.kvNodes, cfg.dwell))
+					kv = append(kv, rollKV(b, cfg))
 				})
 			}
 			printKV(cfg, kv)
@@ -76,10 +77,12 @@ type benchConfig struct {
 	kvNodes int
 	dwell   time.Duration
 	idle    time.Duration
+	// observe is how often the outside observer dials every node.
+	observe time.Duration
 }
 
 func benchConfigFromEnv(b *testing.B) benchConfig {
-	cfg := benchConfig{sizes: []int{20, 100}, runs: 2, kvNodes: 20, dwell: time.Second, idle: 30 * time.Second}
+	cfg := benchConfig{sizes: []int{20, 100}, runs: 2, kvNodes: 20, dwell: time.Second, idle: 30 * time.Second, observe: 20 * time.Millisecond}
 	var errs []error
 	if s := os.Getenv("BENCH_N"); s != "" {
 		cfg.sizes = nil
@@ -113,6 +116,13 @@ func benchConfigFromEnv(b *testing.B) benchConfig {
 		}
 		cfg.idle = d
 	}
+	if s := os.Getenv("BENCH_OBSERVE"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < time.Millisecond {
+			errs = append(errs, fmt.Errorf("BENCH_OBSERVE=%q: want a duration of at least 1ms", s))
+		}
+		cfg.observe = d
+	}
 	require.NoError(b, errors.Join(errs...))
 	return cfg
 }
@@ -126,9 +136,6 @@ func benchArgs(n int) []string {
 	}
 	return args
 }
-
-// observePause is how often the outside observer dials every node.
-const observePause = 20 * time.Millisecond
 
 // runResult is what one rollout of one fleet measured.
 type runResult struct {
@@ -145,6 +152,7 @@ type runResult struct {
 	originCopies    float64         // artifact bytes from the origin / artifact size
 	agentCPU        time.Duration   // every agent process, trigger to complete
 	orchCPU         time.Duration   // the orchestrator's processes (CLI, ansible-playbook, bash)
+	observerCPU     time.Duration   // this process: the observer's probes, mostly
 	failedLines     int             // "member failed" log lines: false failure detections
 	errs            []string        // dropped connections (accepted, then no answer), a few
 	dropped         int
@@ -153,30 +161,30 @@ type runResult struct {
 
 // rollFleet starts a fresh v1 fleet of n agents, has the tool roll it to
 // v2 with every node's peer HTTP port observed from outside, and measures.
-func rollFleet(b *testing.B, tool rollTool, n int, dwell time.Duration) runResult {
+func rollFleet(b *testing.B, tool rollTool, n int, cfg benchConfig) runResult {
 	agents := startFleet(b, n, benchArgs(n)...)
-	f := newBenchFleet(b, agents, dwell)
+	f := newBenchFleet(b, agents, cfg.dwell)
 	hs := make([]*hammer, len(agents))
 	for i, a := range agents {
-		hs[i] = startHammer(a.name, "tcp", a.httpAddr(), "/v1/health", observePause)
+		hs[i] = startHammer(a.name, "tcp", a.httpAddr(), "/v1/health", cfg.observe)
 	}
 	// Every node answers the observer before the trigger.
 	time.Sleep(200 * time.Millisecond)
-	cpuStart := f.cpu()
+	cpuStart, selfStart := f.cpu(), selfCPU()
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	orch, out, err := tool.roll(ctx, f)
 	total := time.Since(start)
-	cpuEnd := f.cpu()
+	cpuEnd, selfEnd := f.cpu(), selfCPU()
 	probes := map[string][]probe{}
 	for _, h := range hs {
 		probes[h.name] = h.finish()
 	}
 	require.NoError(b, err, "%s:\n%s", tool.name, tail(out, 40))
 
-	r := observed(probes, start, start.Add(total), f.waves(tool), dwell)
-	r.nodes, r.total, r.agentCPU, r.orchCPU = n, total, cpuEnd-cpuStart, orch
+	r := observed(probes, start, start.Add(total), f.waves(tool), cfg.dwell)
+	r.nodes, r.total, r.agentCPU, r.orchCPU, r.observerCPU = n, total, cpuEnd-cpuStart, orch, selfEnd-selfStart
 	for _, a := range agents {
 		if h, _, err := peerHealth(a.httpAddr()); err == nil && h.Version == "2.0.0" {
 			r.complete++
@@ -490,6 +498,15 @@ func vmKiB(pid int, field string) int64 {
 		}
 	}
 	return 0
+}
+
+// selfCPU is this process's CPU time so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func processCPU(ps *os.ProcessState) time.Duration {
