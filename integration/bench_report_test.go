@@ -292,6 +292,9 @@ func printColumns(cols []string, res map[string][]runResult, dwell time.Duration
 			return fmt.Sprintf("%.1f + %.1f", medianOf(rs, func(r runResult) float64 { return r.agentCPU.Seconds() }),
 				medianOf(rs, func(r runResult) float64 { return r.orchCPU.Seconds() }))
 		}},
+		{"observer's mean interval per node (median)", func(rs []runResult) string {
+			return ms(time.Duration(medianOf(rs, func(r runResult) float64 { return float64(r.probeEvery) })))
+		}},
 		{"observer's CPU-s (median)", func(rs []runResult) string {
 			return fmt.Sprintf("%.1f", medianOf(rs, func(r runResult) float64 { return r.observerCPU.Seconds() }))
 		}},
@@ -302,13 +305,13 @@ func printColumns(cols []string, res map[string][]runResult, dwell time.Duration
 			return fmt.Sprint(foldRuns(rs, func(r runResult) int { return r.failedLines }, add))
 		}},
 	}...)
-	fmt.Printf("  %-40s", "")
+	fmt.Printf("  %-44s", "")
 	for _, c := range cols {
 		fmt.Printf(" %-27s", c)
 	}
 	fmt.Println()
 	for _, row := range rows {
-		fmt.Printf("  %-40s", row.name)
+		fmt.Printf("  %-44s", row.name)
 		for _, c := range cols {
 			cell := "-"
 			if rs := res[c]; len(rs) > 0 {

@@ -153,6 +153,7 @@ type runResult struct {
 	agentCPU        time.Duration   // every agent process, trigger to complete
 	orchCPU         time.Duration   // the orchestrator's processes (CLI, ansible-playbook, bash)
 	observerCPU     time.Duration   // this process: the observer's probes, mostly
+	probeEvery      time.Duration   // the observer's mean interval between a node's probes
 	failedLines     int             // "member failed" log lines: false failure detections
 	errs            []string        // dropped connections (accepted, then no answer), a few
 	dropped         int
@@ -204,6 +205,7 @@ func rollFleet(b *testing.B, tool rollTool, n int, cfg benchConfig) runResult {
 // complete, with the waves the nodes went offline in.
 func observed(probes map[string][]probe, from, to time.Time, waves [][]string, dwell time.Duration) runResult {
 	r := runResult{waves: len(waves)}
+	attempts := 0
 	spans := map[string]offSpan{}
 	var edges []offEdge
 	names := make([]string, 0, len(probes))
@@ -214,6 +216,7 @@ func observed(probes map[string][]probe, from, to time.Time, waves [][]string, d
 	for _, name := range names {
 		ps := probes[name]
 		s := statsOf(ps, from, to)
+		attempts += s.attempts
 		r.refused = append(r.refused, s.refused)
 		r.unreachable = append(r.unreachable, s.noAnswer)
 		r.dropped += s.other
@@ -225,6 +228,9 @@ func observed(probes map[string][]probe, from, to time.Time, waves [][]string, d
 			r.offline = append(r.offline, sp.back.Sub(sp.off))
 			edges = append(edges, offEdge{sp.off, 1}, offEdge{sp.back, -1})
 		}
+	}
+	if attempts > 0 {
+		r.probeEvery = to.Sub(from) * time.Duration(len(probes)) / time.Duration(attempts)
 	}
 	if len(edges) > 0 {
 		first, last := edges[0].at, edges[0].at
