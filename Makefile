@@ -88,8 +88,22 @@ demo: ## 5 local agents on loopback upgraded 1.0.0 -> 2.0.0 in waves (~20 s)
 demo-app: ## 5 local agents install the example kv store, then upgrade it under writes (~30 s)
 	@bash contrib/demo/demo-app.sh
 
-bench: ## roll 20 real agents v1 -> v2 (batch 4), then 100 (20 %), --min-healthy 1s; report where the time and CPU go
-	$(GO) test -run '^$$' -bench 'BenchmarkRollout(20|100)$$' -benchtime 1x -timeout 60m ./integration/
+# BENCH_N are the fleet sizes of make bench, BENCH_RUNS the runs of each
+# tool at each size, BENCH_TOOLS a subset of peerd,ansible,naive, BENCH_KV_N
+# the kv fleet and BENCH_IDLE the idle window (0 leaves either out),
+# BENCH_OBSERVE how often the observer dials every node. A quick run:
+# make bench BENCH_N=10 BENCH_RUNS=1 BENCH_KV_N=5 BENCH_IDLE=5s
+BENCH_N      ?= 20,100
+BENCH_RUNS   ?= 2
+BENCH_TOOLS  ?= peerd,ansible,naive
+BENCH_KV_N   ?= 20
+BENCH_IDLE   ?= 30s
+BENCH_OBSERVE ?= 20ms
+
+bench: ## peerd vs Ansible serial: vs a naive script (BENCH_TOOLS), side by side A B C A B C, on BENCH_N (20,100) agents x BENCH_RUNS (2); then kv under load (BENCH_KV_N) and an idle agent beside serf (BENCH_IDLE); ~20 min
+	@command -v ansible-playbook >/dev/null || echo "bench: no ansible-playbook (apt-get install ansible): its column is skipped" >&2
+	BENCH_N=$(BENCH_N) BENCH_RUNS=$(BENCH_RUNS) BENCH_TOOLS=$(BENCH_TOOLS) BENCH_KV_N=$(BENCH_KV_N) BENCH_IDLE=$(BENCH_IDLE) BENCH_OBSERVE=$(BENCH_OBSERVE) \
+	  $(GO) test -count=1 -run '^$$' -bench '^BenchmarkSideBySide$$' -benchtime 1x -timeout 120m ./integration/
 
 # SIM_NODES is the fleet size of bench-sim.
 SIM_NODES    ?= 1000

@@ -18,7 +18,7 @@ import (
 // startKVNodeListening declares kv with a socket peerd owns
 // (listen = ["tcp://127.0.0.1:0"]) and passes to each instance by socket
 // activation.
-func startKVNodeListening(t *testing.T, name, join string) *kvNode {
+func startKVNodeListening(t testing.TB, name, join string) *kvNode {
 	return startKVAgent(t, name, bins["v1"], join, kvApp{bin: bins["kv"], version: "1.0.0", listen: true})
 }
 

@@ -117,7 +117,7 @@ func waveNames(st upgrade.Status) [][]string {
 }
 
 // appCLI runs a peerd client command against node n.
-func appCLI(t *testing.T, n *kvNode, args ...string) string {
+func appCLI(t testing.TB, n *kvNode, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -128,7 +128,7 @@ func appCLI(t *testing.T, n *kvNode, args ...string) string {
 	return string(out)
 }
 
-func kvStatus(t *testing.T, n *kvNode) upgrade.Status {
+func kvStatus(t testing.TB, n *kvNode) upgrade.Status {
 	t.Helper()
 	st, err := n.client().ForTarget("kv").RolloutStatus(context.Background())
 	require.NoError(t, err)
@@ -188,7 +188,7 @@ func converged(t *testing.T, nodes []*kvNode, acked map[string]string) {
 	}
 }
 
-func kvVersion(t *testing.T, n *kvNode) string {
+func kvVersion(t testing.TB, n *kvNode) string {
 	t.Helper()
 	h, err := n.health()
 	require.NoError(t, err)

@@ -27,13 +27,13 @@ type kvNode struct {
 // startKVNode starts an agent whose config declares app "kv": the real
 // example store on a port it picks (and reports to peerd), told its peers
 // by env, peers file and SIGHUP.
-func startKVNode(t *testing.T, name, peerdBin string, join string) *kvNode {
+func startKVNode(t testing.TB, name, peerdBin string, join string) *kvNode {
 	return startKVNodeWith(t, name, peerdBin, join, bins["kv"], "1.0.0")
 }
 
 // startKVNodeWith declares kv with the given binary and version; a binary
 // that is only a name ("kv", version "") means not installed yet.
-func startKVNodeWith(t *testing.T, name, peerdBin, join, kvBin, kvVersion string, args ...string) *kvNode {
+func startKVNodeWith(t testing.TB, name, peerdBin, join, kvBin, kvVersion string, args ...string) *kvNode {
 	return startKVAgent(t, name, peerdBin, join, kvApp{bin: kvBin, version: kvVersion}, args...)
 }
 
@@ -77,7 +77,7 @@ app "kv" {
 }
 
 // startKVAgent starts an agent at peerdBin whose config declares app.
-func startKVAgent(t *testing.T, name, peerdBin, join string, app kvApp, args ...string) *kvNode {
+func startKVAgent(t testing.TB, name, peerdBin, join string, app kvApp, args ...string) *kvNode {
 	t.Helper()
 	a := newAgent(t, name, peerdBin, append([]string{"--allow-unsigned"}, args...)...)
 	cfg := filepath.Join(a.dir, "peerd.hcl")
@@ -102,6 +102,14 @@ func startKVAgent(t *testing.T, name, peerdBin, join string, app kvApp, args ...
 // supervising kv 1.0.0, and waits until every instance knows the others.
 func kvFleet(t *testing.T, prefix string, n int) []*kvNode {
 	t.Helper()
+	return kvFleetWith(t, prefix, n, func(t testing.TB, name, join string) *kvNode {
+		return startKVNode(t, name, bins["v1"], join)
+	})
+}
+
+// kvFleetWith is kvFleet with each node started by start.
+func kvFleetWith(t testing.TB, prefix string, n int, start func(t testing.TB, name, join string) *kvNode) []*kvNode {
+	t.Helper()
 	var nodes []*kvNode
 	var agents []*agent
 	for i := 1; i <= n; i++ {
@@ -109,7 +117,7 @@ func kvFleet(t *testing.T, prefix string, n int) []*kvNode {
 		if i > 1 {
 			join = nodes[0].gossip()
 		}
-		nodes = append(nodes, startKVNode(t, fmt.Sprintf("%s%d", prefix, i), bins["v1"], join))
+		nodes = append(nodes, start(t, fmt.Sprintf("%s%d", prefix, i), join))
 		agents = append(agents, nodes[i-1].agent)
 	}
 	waitAlive(t, agents, n)
@@ -189,7 +197,7 @@ func (n *kvNode) get(key string) (string, error) {
 
 // waitPeers waits until every kv instance was told about want instances
 // (itself included; kv counts the others).
-func waitPeers(t *testing.T, nodes []*kvNode, want int) {
+func waitPeers(t testing.TB, nodes []*kvNode, want int) {
 	t.Helper()
 	for _, n := range nodes {
 		eventually(t, 30*time.Second, func() error {
@@ -202,7 +210,7 @@ func waitPeers(t *testing.T, nodes []*kvNode, want int) {
 	}
 }
 
-func apps(t *testing.T, a *agent) []api.App {
+func apps(t testing.TB, a *agent) []api.App {
 	t.Helper()
 	rows, err := a.client().Apps(context.Background())
 	require.NoError(t, err)

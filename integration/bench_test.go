@@ -1,13 +1,15 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
-	"os/exec"
+	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,98 +18,492 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// BenchmarkRollout20 rolls 20 real agents from 1.0.0 to 2.0.0 in waves of 4
-// with --min-healthy 1s and reports where the time and the CPU go. Run it
-// with `make bench`; it makes no timing asserts.
-func BenchmarkRollout20(b *testing.B) {
-	benchRollout(b, 20, nil, "--batch", "4")
-}
-
-// BenchmarkRollout100 is the same with 100 agents in waves of 20 %, with
-// the gossip profile for many agents on one host: the size at which the
-// rollout used to starve a two-core machine (false failure detections, a
-// first wave that never got its lease).
-func BenchmarkRollout100(b *testing.B) {
-	benchRollout(b, 100, []string{"--gossip-profile", "local-large"}, "--max-unavailable", "20%")
-}
-
-// benchRollout starts a fleet of v1 agents with extra agent flags,
-// measures it idle for a while, then rolls it to v2 with the given wave
-// options.
-func benchRollout(b *testing.B, nodes int, agentArgs []string, waves ...string) {
+// BenchmarkSideBySide rolls the same fleet of real agents from 1.0.0 to
+// 2.0.0 with peerd, with an Ansible playbook (`serial: "20%"`) and with a
+// naive batch script, alternating runs (A B C A B C), in waves of 20 % with
+// a dwell of 1 s; then a managed kv app under client load; then an idle
+// agent beside a real `serf agent`. It prints one table per fleet size and
+// makes no timing asserts. BENCH_N (sizes, "20,100"), BENCH_RUNS (runs of
+// each tool, 2), BENCH_TOOLS (a subset of "peerd,ansible,naive"),
+// BENCH_KV_N (kv fleet, 20; 0 leaves it out), BENCH_IDLE (the idle
+// comparison, 30s; 0 leaves it out) make a quick run possible;
+// BENCH_OBSERVE (20ms) is how often the observer dials every node.
+func BenchmarkSideBySide(b *testing.B) {
+	cfg := benchConfigFromEnv(b)
+	// The scripts start agents that outlive the shells that started them;
+	// they are reparented to this process, which reaps them by PID when it
+	// stops them (this machine's PID 1 reaps nothing).
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0); errno != 0 {
+		b.Fatalf("prctl(PR_SET_CHILD_SUBREAPER): %v", errno)
+	}
 	for range b.N {
-		agents := startFleet(b, nodes, append([]string{"--allow-unsigned", "--log-level", "info"}, agentArgs...)...)
-		// The fleet's cost when nothing happens (gossip, probes, the
-		// engines' resyncs), for comparison with a rollout's.
-		idleStart, _ := fleetCPU(b, agents)
-		time.Sleep(idleWindow)
-		idleEnd, _ := fleetCPU(b, agents)
-
-		obs := observeEvery(agents, observerPause)
-		selfStart := selfCPU()
-		cpuStart, pidsStart := fleetCPU(b, agents)
-		start := time.Now()
-		// A bound, so that a stalled rollout fails the run instead of
-		// holding it until the test binary's timeout.
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-		cmd := exec.CommandContext(ctx, agents[0].bin, append([]string{"upgrade", "--to", "2.0.0", "--artifact", bins["v2"],
-			"--min-healthy", "1s", "--deadline", "2m"}, waves...)...)
-		cmd.Env = append(os.Environ(), "PEERD_SOCKET="+agents[0].socket())
-		out, err := cmd.CombinedOutput()
-		cancel()
-		total := time.Since(start)
-		cpuEnd, pidsEnd := fleetCPU(b, agents)
-		selfUsed := selfCPU() - selfStart
-		samples, bad := obs.finish()
-		require.NoError(b, err, "%s", out)
-		report(b, agents, samples, total, strings.Join(waves, " "), cpuFigures{
-			rollout: cpuEnd - cpuStart, idle: idleEnd - idleStart,
-			observer: selfUsed, cli: processCPU(cmd.ProcessState),
-			pids: len(pidsStart) + len(pidsEnd) - len(intersect(pidsStart, pidsEnd)),
-		}, bad)
-	}
-}
-
-// idleWindow is how long the idle fleet is measured.
-const idleWindow = 10 * time.Second
-
-// observerPause is the pause between the observer's rounds of polls (the
-// rollout tests use 20 ms). Its polls are answered by the agents, so they
-// count in the fleet's CPU: at 20 ms, in perf, 9% of a 100-agent
-// rollout's. Every offline window lasts well over 100 ms.
-const observerPause = 100 * time.Millisecond
-
-// cpuFigures is what a rollout cost in CPU time.
-type cpuFigures struct {
-	rollout  time.Duration // every agent process, trigger to complete
-	idle     time.Duration // the same fleet over idleWindow before the trigger
-	observer time.Duration // this test process (the observer's polls) during the rollout
-	cli      time.Duration // the `peerd upgrade` client
-	pids     int           // distinct agent PIDs seen at the trigger and at the end
-}
-
-// fleetCPU is the CPU time every agent's processes used so far, and their
-// PIDs now.
-func fleetCPU(b *testing.B, agents []*agent) (time.Duration, map[int]bool) {
-	var sum time.Duration
-	pids := map[int]bool{}
-	for _, a := range agents {
-		c, err := a.cpu()
-		require.NoError(b, err)
-		sum += c
-		pids[a.pid()] = true
-	}
-	return sum, pids
-}
-
-func intersect(x, y map[int]bool) map[int]bool {
-	out := map[int]bool{}
-	for k := range x {
-		if y[k] {
-			out[k] = true
+		for _, n := range cfg.sizes {
+			results := map[string][]runResult{}
+			for run := 1; run <= cfg.runs; run++ {
+				for _, tool := range rollTools() {
+					if tool.skip != "" {
+						continue
+					}
+					b.Run(fmt.Sprintf("N=%d/%s/%d", n, tool.name, run), func(b *testing.B) {
+						r := rollFleet(b, tool, n, cfg)
+						results[tool.name] = append(results[tool.name], r)
+						b.ReportMetric(r.total.Seconds(), "total-s")
+					})
+				}
+			}
+			printTable(n, cfg, results)
+		}
+		if cfg.kvNodes > 0 {
+			var kv []runResult
+			for run := 1; run <= cfg.runs; run++ {
+				b.Run(fmt.Sprintf("kv/N=%d/%d", cfg.kvNodes, run), func(b *testing.B) {
+					kv = append(kv, rollKV(b, cfg))
+				})
+			}
+			printKV(cfg, kv)
+		}
+		if cfg.idle > 0 {
+			b.Run("idle-beside-serf", func(b *testing.B) { printIdle(idleBesideSerf(b, cfg.idle)) })
 		}
 	}
+}
+
+// prSetChildSubreaper is PR_SET_CHILD_SUBREAPER from linux/prctl.h.
+const prSetChildSubreaper = 36
+
+type benchConfig struct {
+	sizes   []int
+	runs    int
+	kvNodes int
+	dwell   time.Duration
+	idle    time.Duration
+	// observe is how often the outside observer dials every node.
+	observe time.Duration
+}
+
+func benchConfigFromEnv(b *testing.B) benchConfig {
+	cfg := benchConfig{sizes: []int{20, 100}, runs: 2, kvNodes: 20, dwell: time.Second, idle: 30 * time.Second, observe: 20 * time.Millisecond}
+	var errs []error
+	if s := os.Getenv("BENCH_N"); s != "" {
+		cfg.sizes = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 5 {
+				errs = append(errs, fmt.Errorf("BENCH_N=%q: want sizes of at least 5, separated by commas", s))
+				break
+			}
+			cfg.sizes = append(cfg.sizes, n)
+		}
+	}
+	for name, v := range map[string]struct {
+		dst   *int
+		least int
+	}{"BENCH_RUNS": {&cfg.runs, 1}, "BENCH_KV_N": {&cfg.kvNodes, 0}} {
+		if s := os.Getenv(name); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < v.least {
+				errs = append(errs, fmt.Errorf("%s=%q: want a whole number of at least %d", name, s, v.least))
+			}
+			*v.dst = n
+		}
+	}
+	if s := os.Getenv("BENCH_IDLE"); s != "" {
+		d, err := time.ParseDuration(s)
+		if s == "0" {
+			d, err = 0, nil
+		} else if err != nil || d < time.Second {
+			errs = append(errs, fmt.Errorf("BENCH_IDLE=%q: want a duration of at least 1s, or 0", s))
+		}
+		cfg.idle = d
+	}
+	if s := os.Getenv("BENCH_OBSERVE"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < time.Millisecond {
+			errs = append(errs, fmt.Errorf("BENCH_OBSERVE=%q: want a duration of at least 1ms", s))
+		}
+		cfg.observe = d
+	}
+	require.NoError(b, errors.Join(errs...))
+	return cfg
+}
+
+// benchArgs are the fleet's agent flags at size n: the gossip profile for
+// many agents on one host from 50 on (the harness's `fast` below).
+func benchArgs(n int) []string {
+	args := []string{"--allow-unsigned", "--log-level", "info"}
+	if n >= 50 {
+		args = append(args, "--gossip-profile", "local-large")
+	}
+	return args
+}
+
+// runResult is what one rollout of one fleet measured.
+type runResult struct {
+	nodes, complete int           // fleet size; nodes at 2.0.0 after it
+	total           time.Duration // trigger to complete
+	waves           int
+	handoffs        []time.Duration // per wave after the first: its first node offline - the wave before's last back - dwell
+	refused         []int           // per node: connections refused
+	unreachable     []time.Duration // per node: the longest time without any HTTP answer
+	offline         []time.Duration // per node: last healthy answer at v1 to the first at v2
+	mostOffline     int             // most nodes offline at one instant
+	firstOff        time.Duration   // trigger to the first node offline
+	lastBack        time.Duration   // the last node back to complete
+	originCopies    float64         // artifact bytes from the origin / artifact size
+	agentCPU        time.Duration   // every agent process, trigger to complete
+	orchCPU         time.Duration   // the orchestrator's processes (CLI, ansible-playbook, bash)
+	observerCPU     time.Duration   // this process: the observer's probes, mostly
+	probeEvery      time.Duration   // the observer's mean interval between a node's probes
+	failedLines     int             // "member failed" log lines: false failure detections
+	errs            []string        // dropped connections (accepted, then no answer), a few
+	dropped         int
+	writes          int // kv: writes acknowledged during the rollout
+}
+
+// rollFleet starts a fresh v1 fleet of n agents, has the tool roll it to
+// v2 with every node's peer HTTP port observed from outside, and measures.
+func rollFleet(b *testing.B, tool rollTool, n int, cfg benchConfig) runResult {
+	agents := startFleet(b, n, benchArgs(n)...)
+	f := newBenchFleet(b, agents, cfg.dwell)
+	hs := make([]*hammer, len(agents))
+	for i, a := range agents {
+		hs[i] = startHammer(a.name, "tcp", a.httpAddr(), "/v1/health", cfg.observe)
+	}
+	// Every node answers the observer before the trigger.
+	time.Sleep(200 * time.Millisecond)
+	cpuStart, selfStart := f.cpu(), selfCPU()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	orch, out, err := tool.roll(ctx, f)
+	total := time.Since(start)
+	cpuEnd, selfEnd := f.cpu(), selfCPU()
+	probes := map[string][]probe{}
+	for _, h := range hs {
+		probes[h.name] = h.finish()
+	}
+	require.NoError(b, err, "%s:\n%s", tool.name, tail(out, 40))
+
+	r := observed(probes, start, start.Add(total), f.waves(tool), cfg.dwell)
+	r.nodes, r.total, r.agentCPU, r.orchCPU, r.observerCPU = n, total, cpuEnd-cpuStart, orch, selfEnd-selfStart
+	for _, a := range agents {
+		if h, _, err := peerHealth(a.httpAddr()); err == nil && h.Version == "2.0.0" {
+			r.complete++
+		}
+	}
+	if tool.name == "peerd" {
+		r.originCopies = peerdOriginCopies(b, agents)
+	} else {
+		// Every host copies the artifact from the control machine.
+		r.originCopies = float64(n)
+	}
+	r.failedLines = failedLines(b, agents)
+	return r
+}
+
+// observed sums up the observer's probes of every node from trigger to
+// complete, with the waves the nodes went offline in.
+func observed(probes map[string][]probe, from, to time.Time, waves [][]string, dwell time.Duration) runResult {
+	r := runResult{waves: len(waves)}
+	attempts := 0
+	spans := map[string]offSpan{}
+	var edges []offEdge
+	names := make([]string, 0, len(probes))
+	for name := range probes {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		ps := probes[name]
+		s := statsOf(ps, from, to)
+		attempts += s.attempts
+		r.refused = append(r.refused, s.refused)
+		r.unreachable = append(r.unreachable, s.noAnswer)
+		r.dropped += s.other
+		if len(r.errs) < 3 {
+			r.errs = append(r.errs, s.errs...)
+		}
+		if sp, ok := offlineSpan(ps, from, to, "2.0.0"); ok {
+			spans[name] = sp
+			r.offline = append(r.offline, sp.back.Sub(sp.off))
+			edges = append(edges, offEdge{sp.off, 1}, offEdge{sp.back, -1})
+		}
+	}
+	if attempts > 0 {
+		r.probeEvery = to.Sub(from) * time.Duration(len(probes)) / time.Duration(attempts)
+	}
+	if len(edges) > 0 {
+		first, last := edges[0].at, edges[0].at
+		for _, e := range edges {
+			if e.at.Before(first) {
+				first = e.at
+			}
+			if e.at.After(last) {
+				last = e.at
+			}
+		}
+		r.firstOff, r.lastBack = first.Sub(from), to.Sub(last)
+	}
+	sort.Slice(edges, func(i, j int) bool {
+		if edges[i].at.Equal(edges[j].at) {
+			return edges[i].d < edges[j].d
+		}
+		return edges[i].at.Before(edges[j].at)
+	})
+	for now, i := 0, 0; i < len(edges); i++ {
+		now += edges[i].d
+		r.mostOffline = max(r.mostOffline, now)
+	}
+	for w := 1; w < len(waves); w++ {
+		var back, off time.Time
+		for _, n := range waves[w-1] {
+			if s, ok := spans[n]; ok && s.back.After(back) {
+				back = s.back
+			}
+		}
+		for _, n := range waves[w] {
+			if s, ok := spans[n]; ok && (off.IsZero() || s.off.Before(off)) {
+				off = s.off
+			}
+		}
+		if !back.IsZero() && !off.IsZero() {
+			r.handoffs = append(r.handoffs, off.Sub(back)-dwell)
+		}
+	}
+	return r
+}
+
+// offSpan is when a node last answered healthy at the old version and
+// when it first answered healthy at the new one.
+type offSpan struct{ off, back time.Time }
+
+type offEdge struct {
+	at time.Time
+	d  int
+}
+
+// offlineSpan is a node's offline span between from and to: from the end
+// of its last healthy answer at the old version, before any answer that
+// was not a 200 or came from the new version, to the end of the first
+// healthy answer at the new version after the last one that was not a 200.
+// A restart the kernel's backlog hides (the probe waits, then the new
+// version answers 200) counts from the old version's last answer.
+func offlineSpan(ps []probe, from, to time.Time, version string) (offSpan, bool) {
+	healthy := func(p probe) bool { return p.err == nil && p.status == http.StatusOK }
+	var s offSpan
+	change, lastBad := -1, -1
+	for i, p := range ps {
+		if p.start.Before(from) || p.start.After(to) {
+			continue
+		}
+		if change < 0 && healthy(p) && p.version != version {
+			s.off = p.end
+		}
+		if !healthy(p) || p.version == version {
+			if change < 0 {
+				change = i
+			}
+			if !healthy(p) {
+				lastBad = i
+			}
+		}
+	}
+	if change < 0 {
+		return offSpan{}, false
+	}
+	if s.off.IsZero() {
+		s.off = ps[change].start
+	}
+	for _, p := range ps[max(change, lastBad+1):] {
+		if healthy(p) && p.version == version {
+			s.back = p.end
+			break
+		}
+	}
+	if s.back.IsZero() {
+		s.back = ps[max(change, lastBad)].end
+	}
+	return s, true
+}
+
+// peerdOriginCopies is how many copies of the artifact the origin (the
+// first agent, which the CLI handed the file) served, from the fetch log
+// lines: counters in memory do not survive the nodes' own restarts.
+func peerdOriginCopies(b *testing.B, agents []*agent) float64 {
+	n := 0
+	for _, a := range agents {
+		l, err := os.ReadFile(a.logPath)
+		require.NoError(b, err)
+		for _, line := range strings.Split(string(l), "\n") {
+			if strings.Contains(line, `msg="fetched artifact"`) && strings.Contains(line, " from="+agents[0].name+" ") {
+				n++
+			}
+		}
+	}
+	return float64(n)
+}
+
+// failedLines counts the "member failed" lines in every agent's log (all
+// of its processes append to it). A node that restarts is never gone long
+// enough to be declared failed, so every one is a false failure detection.
+func failedLines(b *testing.B, agents []*agent) int {
+	n := 0
+	for _, a := range agents {
+		l, err := os.ReadFile(a.logPath)
+		require.NoError(b, err)
+		n += strings.Count(string(l), `msg="member failed"`)
+	}
+	return n
+}
+
+// benchFleet is a running fleet as the scripts see it: per node a PID
+// file, a start and a stop script in its directory.
+type benchFleet struct {
+	b      *testing.B
+	dir    string
+	agents []*agent
+	dwell  time.Duration
+	// batches are 20 % of the inventory each, in its order, as Ansible's
+	// serial: "20%" cuts them.
+	batches [][]*agent
+}
+
+func newBenchFleet(b *testing.B, agents []*agent, dwell time.Duration) *benchFleet {
+	f := &benchFleet{b: b, dir: b.TempDir(), agents: agents, dwell: dwell}
+	size := max(1, len(agents)*20/100)
+	for i := 0; i < len(agents); i += size {
+		f.batches = append(f.batches, agents[i:min(len(agents), i+size)])
+	}
+	for i, a := range agents {
+		// A restarted agent joins a node of the batch before or after its
+		// own: one of them is up (a graceful leave forgets the peers).
+		var join []string
+		for _, j := range []int{i - size, i + size} {
+			if j >= 0 && j < len(agents) {
+				join = append(join, "--join", agents[j].gossip())
+			}
+		}
+		argv := slices.Concat([]string{a.bin}, a.argv(join...))
+		start := fmt.Sprintf("#!/bin/sh\n# Start the agent in the background, detached, and record its PID.\ncd %s || exit 1\nsetsid %s >>%s 2>&1 </dev/null &\necho $! >%s\n",
+			shellQuote(a.dir), shellJoin(argv), shellQuote(a.logPath), shellQuote(a.pidFile()))
+		// A stopped agent that nobody reaps stays a zombie: gone for us.
+		stop := fmt.Sprintf("#!/bin/sh\n# Stop the agent by its PID file and wait until it has exited.\npid=$(cat %s) || exit 1\nkill \"$pid\" 2>/dev/null\n"+
+			"while [ -e /proc/$pid ] && [ \"$(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null)\" != Z ]; do sleep 0.05; done\n", shellQuote(a.pidFile()))
+		require.NoError(b, os.WriteFile(filepath.Join(a.dir, "start.sh"), []byte(start), 0o755))
+		require.NoError(b, os.WriteFile(filepath.Join(a.dir, "stop.sh"), []byte(stop), 0o755))
+		require.NoError(b, os.WriteFile(a.pidFile(), []byte(strconv.Itoa(a.pid())+"\n"), 0o644))
+		// Registered after the agent's own cleanup, so run before it
+		// removes the PID file: stop what the scripts started.
+		b.Cleanup(func() { stopScripted(a) })
+	}
+	return f
+}
+
+func (a *agent) pidFile() string { return filepath.Join(a.dir, "agent.pid") }
+
+// scriptedPID is the PID of the agent process a script started, 0 if the
+// PID file still names the harness's own.
+func (a *agent) scriptedPID() int {
+	b, err := os.ReadFile(a.pidFile())
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid == a.pid() {
+		return 0
+	}
+	return pid
+}
+
+// stopScripted kills and reaps the agent a script started, if it is this
+// process's child (reparented to it): a PID of some other process is left.
+func stopScripted(a *agent) {
+	pid := a.scriptedPID()
+	if pid == 0 || parentOf(pid) != os.Getpid() {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	var ws syscall.WaitStatus
+	_, _ = syscall.Wait4(pid, &ws, 0, nil)
+}
+
+func parentOf(pid int) int {
+	f, err := procStat(pid)
+	if err != nil || len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
+// cpu is the CPU time of every agent process so far: the harness's, and
+// those the scripts started.
+func (f *benchFleet) cpu() time.Duration {
+	var sum time.Duration
+	for _, a := range f.agents {
+		c, err := a.cpu()
+		require.NoError(f.b, err)
+		sum += c
+		if pid := a.scriptedPID(); pid != 0 {
+			if c, err := procCPU(pid); err == nil {
+				sum += c
+			}
+		}
+	}
+	return sum
+}
+
+// waves are the node names per wave: peerd's plan, or the scripts' batches.
+func (f *benchFleet) waves(tool rollTool) [][]string {
+	if tool.name == "peerd" {
+		return waveNames(rolloutStatus(f.b, f.agents[0]))
+	}
+	var out [][]string
+	for _, batch := range f.batches {
+		var names []string
+		for _, a := range batch {
+			names = append(names, a.name)
+		}
+		out = append(out, names)
+	}
 	return out
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+func shellJoin(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = shellQuote(a)
+	}
+	return strings.Join(q, " ")
+}
+
+// pct is the p-th percentile of ds, rounded to the millisecond.
+func pct(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := (len(s)*p + 99) / 100
+	return s[max(0, min(len(s)-1, i-1))].Round(time.Millisecond)
+}
+
+// vmKiB is a field of a process's /proc status in KiB (VmRSS, VmHWM).
+func vmKiB(pid int, field string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+			return kb
+		}
+	}
+	return 0
 }
 
 // selfCPU is this process's CPU time so far.
@@ -124,186 +520,4 @@ func processCPU(ps *os.ProcessState) time.Duration {
 		return 0
 	}
 	return ps.UserTime() + ps.SystemTime()
-}
-
-// failedLines counts the "member failed" lines in every agent's log (all
-// of its processes append to it): who declared whom failed. A node that
-// restarts into its new binary is never gone long enough to be declared
-// failed, so every one of these is a false failure detection.
-func failedLines(b *testing.B, agents []*agent) (int, map[string]int) {
-	n, about := 0, map[string]int{}
-	for _, a := range agents {
-		l, err := os.ReadFile(a.logPath)
-		require.NoError(b, err)
-		for _, line := range strings.Split(string(l), "\n") {
-			if !strings.Contains(line, `msg="member failed"`) {
-				continue
-			}
-			n++
-			if _, rest, ok := strings.Cut(line, " member="); ok {
-				about[strings.Fields(rest)[0]]++
-			}
-		}
-	}
-	return n, about
-}
-
-// phaseTimes reads when an agent entered each rollout step from its log.
-type phaseTimes struct{ apply, health, done time.Time }
-
-func readPhases(b *testing.B, a *agent) phaseTimes {
-	f, err := os.Open(a.logPath)
-	require.NoError(b, err)
-	defer f.Close()
-	var pt phaseTimes
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		ts, ok := strings.CutPrefix(line, "time=")
-		if !ok {
-			continue
-		}
-		t, err := time.Parse(time.RFC3339Nano, strings.Fields(ts)[0])
-		if err != nil {
-			continue
-		}
-		switch {
-		case strings.Contains(line, `msg="rollout phase"`) && strings.Contains(line, "phase=apply"):
-			pt.apply = t
-		case strings.Contains(line, "entering the health gate"):
-			pt.health = t
-		case strings.Contains(line, `msg="rollout phase"`) && strings.Contains(line, "phase=done"):
-			pt.done = t
-		}
-	}
-	return pt
-}
-
-func report(b *testing.B, agents []*agent, samples []sample, total time.Duration, waves string, cpu cpuFigures, bad map[string]string) {
-	st := rolloutStatus(b, agents[0])
-	phases := map[string]phaseTimes{}
-	var offline []time.Duration
-	var dwellSum time.Duration
-	for _, a := range agents {
-		pt := readPhases(b, a)
-		phases[a.name] = pt
-		offline = append(offline, pt.health.Sub(pt.apply))
-		dwellSum += pt.done.Sub(pt.health)
-	}
-	var overhead []time.Duration
-	for w := 1; w < len(st.Waves); w++ {
-		var prevDone, nextOff time.Time
-		for _, n := range st.Waves[w-1].Nodes {
-			if d := phases[n.Name].done; d.After(prevDone) {
-				prevDone = d
-			}
-		}
-		for _, n := range st.Waves[w].Nodes {
-			if a := phases[n.Name].apply; nextOff.IsZero() || a.Before(nextOff) {
-				nextOff = a
-			}
-		}
-		overhead = append(overhead, nextOff.Sub(prevDone))
-	}
-	// A node that did not answer outside its own offline window (apply to
-	// health gate) was up but too slow for the observer's 2 s bound: a
-	// starved machine, not an outage. A sample is taken when its polls
-	// end, up to 2 s after they began; a second more of slack.
-	most, mostSlow := 0, 0
-	for _, s := range samples {
-		most = max(most, len(s.down))
-		slow := 0
-		for _, n := range s.down {
-			pt := phases[n]
-			if pt.apply.IsZero() || s.at.Before(pt.apply) || s.at.Add(-3*time.Second).After(pt.health) {
-				slow++
-			}
-		}
-		mostSlow = max(mostSlow, slow)
-	}
-	// Who served whom, from the fetch log lines (counters in memory would
-	// not survive the nodes' own restarts).
-	fromOrigin, fetches := 0, 0
-	var peakRSS int64
-	for _, a := range agents {
-		l, err := os.ReadFile(a.logPath)
-		require.NoError(b, err)
-		for _, line := range strings.Split(string(l), "\n") {
-			if strings.Contains(line, `msg="fetched artifact"`) {
-				fetches++
-				if strings.Contains(line, " from="+agents[0].name+" ") {
-					fromOrigin++
-				}
-			}
-		}
-		peakRSS = max(peakRSS, vmHWM(a.pid()))
-	}
-	size := fileSize(b, bins["v2"])
-	failed, failedAbout := failedLines(b, agents)
-
-	b.ReportMetric(total.Seconds(), "rollout-s")
-	b.ReportMetric(pct(offline, 95).Seconds()*1000, "offline-p95-ms")
-	b.ReportMetric(pct(overhead, 50).Seconds()*1000, "wave-gap-p50-ms")
-	b.ReportMetric(float64(fromOrigin), "origin-copies")
-	b.ReportMetric(cpu.rollout.Seconds(), "fleet-cpu-s")
-	b.ReportMetric(float64(failed), "member-failed-lines")
-	fmt.Printf(`
-rollout of %d real agents, %s, --min-healthy 1s (%d waves), agent flags %v
-  total rollout time (trigger to complete)   %s
-  sum of health dwells (all nodes)            %s
-  coordination overhead per wave (done -> next wave offline)  p50 %s  p95 %s
-  per-node offline window (apply -> new binary in health gate) p50 %s  p95 %s  max %s
-  most nodes unreachable at once (observer, polls %s apart)  %d (at most %d outside their own offline window: up, slower than 2 s)
-  artifact size %d bytes; copies fetched from the origin %d of %d fetches (%.1f MB of origin egress, %.1f MB total)
-  peak RSS of an agent (VmHWM)                                 %.1f MiB
-  fleet CPU, trigger to complete (all agent processes, %d PIDs)  %.1f s  (%.2f cores on average; %.2f CPU-s per node)
-  fleet CPU when idle, same fleet, before the trigger          %.2f cores (%.1f s over %s)
-  observer and test process / upgrade client, during the rollout  %.1f s / %.1f s
-  "member failed" lines in the agents' logs (false failure detections)  %d %v
-  members the observer saw not alive                           %d %v
-`, len(agents), waves, len(st.Waves), agents[0].args, total.Round(time.Millisecond), dwellSum.Round(time.Millisecond),
-		pct(overhead, 50), pct(overhead, 95), pct(offline, 50), pct(offline, 95), pct(offline, 100),
-		observerPause, most, mostSlow, size, fromOrigin, fetches, float64(int64(fromOrigin)*size)/1e6, float64(int64(fetches)*size)/1e6,
-		float64(peakRSS)/1024,
-		cpu.pids, cpu.rollout.Seconds(), cpu.rollout.Seconds()/total.Seconds(), cpu.rollout.Seconds()/float64(len(agents)),
-		cpu.idle.Seconds()/idleWindow.Seconds(), cpu.idle.Seconds(), idleWindow,
-		cpu.observer.Seconds(), cpu.cli.Seconds(),
-		failed, failedAbout, len(bad), bad)
-}
-
-func pct(ds []time.Duration, p int) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := (len(s)*p + 99) / 100
-	return s[max(0, min(len(s)-1, i-1))].Round(time.Millisecond)
-}
-
-// vmHWM is a process's peak resident set in KiB.
-func vmHWM(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			var kb int64
-			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
-			return kb
-		}
-	}
-	return 0
-}
-
-// fileSize is the size of the file at path, 0 if there is none.
-func fileSize(t testing.TB, path string) int64 {
-	st, err := os.Stat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return 0
-	}
-	require.NoError(t, err)
-	return st.Size()
 }

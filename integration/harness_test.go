@@ -171,9 +171,9 @@ func copyFile(t testing.TB, from, to string) {
 func (a *agent) socket() string  { return filepath.Join(a.dir, "data", "peerd.sock") }
 func (a *agent) dataDir() string { return filepath.Join(a.dir, "data") }
 
-// start runs the agent; it returns once the process is running (not ready).
-func (a *agent) start(extra ...string) {
-	a.t.Helper()
+// argv is the agent command's arguments: the harness's, the agent's own
+// flags, then extra.
+func (a *agent) argv(extra ...string) []string {
 	host := a.host
 	if host == "" {
 		host = "127.0.0.1"
@@ -186,6 +186,13 @@ func (a *agent) start(extra ...string) {
 	}) {
 		args = append(args, "--encrypt", agenttest.GossipKey)
 	}
+	return args
+}
+
+// start runs the agent; it returns once the process is running (not ready).
+func (a *agent) start(extra ...string) {
+	a.t.Helper()
+	args := a.argv(extra...)
 	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	require.NoError(a.t, err)
 	cmd := a.command(args...)
@@ -442,17 +449,21 @@ func httpHealth(addr string) (string, error) {
 // httpHealthStatus is httpHealth with the answer's status: 503 while the
 // node is offline for its rollout wave (or not serving gossip).
 func httpHealthStatus(addr string) (string, int, error) {
+	h, code, err := peerHealth(addr)
+	return h.Node, code, err
+}
+
+// peerHealth is a peer HTTP address's /v1/health answer and its status.
+func peerHealth(addr string) (api.Health, int, error) {
+	var h api.Health
 	c := http.Client{Timeout: 2 * time.Second}
 	resp, err := c.Get("http://" + addr + "/v1/health")
 	if err != nil {
-		return "", 0, err
+		return h, 0, err
 	}
 	defer resp.Body.Close()
-	var h api.Health
-	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
-		return "", resp.StatusCode, err
-	}
-	return h.Node, resp.StatusCode, nil
+	err = json.NewDecoder(resp.Body).Decode(&h)
+	return h, resp.StatusCode, err
 }
 
 // cpu is the CPU time (user and system, with waited children) that every
@@ -491,17 +502,10 @@ const clockTick = 10 * time.Millisecond
 // /proc/PID/stat: its own time and that of the children it waited for (the
 // preflight runs the new binary as a child).
 func procCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	f, err := procStat(pid)
 	if err != nil {
 		return 0, err
 	}
-	// The command name (field 2) may hold spaces; fields count from after
-	// its closing parenthesis, where field 3 (state) starts.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat: no command name", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 15 {
 		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(f))
 	}
@@ -514,6 +518,21 @@ func procCPU(pid int) (time.Duration, error) {
 		ticks += n
 	}
 	return time.Duration(ticks) * clockTick, nil
+}
+
+// procStat is a live process's /proc/PID/stat from field 3 (state) on:
+// the command name (field 2) may hold spaces, so fields count from after
+// its closing parenthesis.
+func procStat(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("parse /proc/%d/stat: no command name", pid)
+	}
+	return strings.Fields(string(b[i+1:])), nil
 }
 
 // readIfExists reads a file, or nothing where there is none.
