@@ -117,6 +117,10 @@ func (l List) Check(total int64) error {
 	return nil
 }
 
+// CheckSize reports whether l's piece size is one a list may have (a
+// peer's request names the size it wants pieces of).
+func (l List) CheckSize() error { return checkSize(l.Size) }
+
 // Count is how many pieces l lists.
 func (l List) Count() int { return len(l.SHA256) }
 

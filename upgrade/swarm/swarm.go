@@ -143,6 +143,8 @@ type Result struct {
 	// that served a bad piece.
 	Peers   int
 	Dropped []string
+	// From is the bytes each source served, the origin included.
+	From map[string]int64
 }
 
 type done struct {
@@ -437,6 +439,10 @@ func (f *fetch) settle(d done) error {
 	default:
 		f.missing--
 		f.lastGain = f.cfg.Clock.Now()
+		if f.res.From == nil {
+			f.res.From = map[string]int64{}
+		}
+		f.res.From[d.peer] += d.n
 		if d.peer == f.job.Origin {
 			f.res.FromOrigin += d.n
 		} else {
