@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -225,6 +227,7 @@ func report(b *testing.B, agents []*agent, samples []sample, total time.Duration
 	// Who served whom, from the fetch log lines (counters in memory would
 	// not survive the nodes' own restarts).
 	fromOrigin, fetches := 0, 0
+	var originPieceBytes int64
 	var peakRSS int64
 	for _, a := range agents {
 		l, err := os.ReadFile(a.logPath)
@@ -235,17 +238,23 @@ func report(b *testing.B, agents []*agent, samples []sample, total time.Duration
 				if strings.Contains(line, " from="+agents[0].name+" ") {
 					fromOrigin++
 				}
+				// A fetch by pieces says what it took from the origin.
+				if m := originBytesRe.FindStringSubmatch(line); m != nil {
+					n, _ := strconv.ParseInt(m[1], 10, 64)
+					originPieceBytes += n
+				}
 			}
 		}
 		peakRSS = max(peakRSS, vmHWM(a.pid()))
 	}
 	size := fileSize(b, bins["v2"])
+	originCopies := float64(fromOrigin) + float64(originPieceBytes)/float64(max(size, 1))
 	failed, failedAbout := failedLines(b, agents)
 
 	b.ReportMetric(total.Seconds(), "rollout-s")
 	b.ReportMetric(pct(offline, 95).Seconds()*1000, "offline-p95-ms")
 	b.ReportMetric(pct(overhead, 50).Seconds()*1000, "wave-gap-p50-ms")
-	b.ReportMetric(float64(fromOrigin), "origin-copies")
+	b.ReportMetric(originCopies, "origin-copies")
 	b.ReportMetric(cpu.rollout.Seconds(), "fleet-cpu-s")
 	b.ReportMetric(float64(failed), "member-failed-lines")
 	fmt.Printf(`
@@ -255,7 +264,7 @@ rollout of %d real agents, %s, --min-healthy 1s (%d waves), agent flags %v
   coordination overhead per wave (done -> next wave offline)  p50 %s  p95 %s
   per-node offline window (apply -> new binary in health gate) p50 %s  p95 %s  max %s
   most nodes unreachable at once (observer, polls %s apart)  %d (at most %d outside their own offline window: up, slower than 2 s)
-  artifact size %d bytes; copies fetched from the origin %d of %d fetches (%.1f MB of origin egress, %.1f MB total)
+  artifact size %d bytes; copies fetched from the origin %.2f over %d fetches (%.1f MB of origin egress, %.1f MB total)
   peak RSS of an agent (VmHWM)                                 %.1f MiB
   fleet CPU, trigger to complete (all agent processes, %d PIDs)  %.1f s  (%.2f cores on average; %.2f CPU-s per node)
   fleet CPU when idle, same fleet, before the trigger          %.2f cores (%.1f s over %s)
@@ -264,13 +273,16 @@ rollout of %d real agents, %s, --min-healthy 1s (%d waves), agent flags %v
   members the observer saw not alive                           %d %v
 `, len(agents), waves, len(st.Waves), agents[0].args, total.Round(time.Millisecond), dwellSum.Round(time.Millisecond),
 		pct(overhead, 50), pct(overhead, 95), pct(offline, 50), pct(offline, 95), pct(offline, 100),
-		observerPause, most, mostSlow, size, fromOrigin, fetches, float64(int64(fromOrigin)*size)/1e6, float64(int64(fetches)*size)/1e6,
+		observerPause, most, mostSlow, size, originCopies, fetches, originCopies*float64(size)/1e6, float64(int64(fetches)*size)/1e6,
 		float64(peakRSS)/1024,
 		cpu.pids, cpu.rollout.Seconds(), cpu.rollout.Seconds()/total.Seconds(), cpu.rollout.Seconds()/float64(len(agents)),
 		cpu.idle.Seconds()/idleWindow.Seconds(), cpu.idle.Seconds(), idleWindow,
 		cpu.observer.Seconds(), cpu.cli.Seconds(),
 		failed, failedAbout, len(bad), bad)
 }
+
+// originBytesRe reads what a fetch by pieces took from the origin.
+var originBytesRe = regexp.MustCompile(` origin_bytes=(\d+)`)
 
 func pct(ds []time.Duration, p int) time.Duration {
 	if len(ds) == 0 {
