@@ -53,7 +53,7 @@ test: lint ## vet, staticcheck, every test (integration included) under the race
 	$(GO) test -race -count=1 -timeout 30m ./...
 	@# Under -race the fault schedules run 20 seeds and the harness no
 	@# 500-node rollout; without it, 200 seeds and the 500 nodes.
-	$(GO) test -count=1 -timeout 20m -run '^(TestFaultSchedules|TestRolloutInTheHarness)$$' ./upgrade/upgradetest/
+	$(GO) test -count=1 -timeout 20m -run '^(TestFaultSchedules|TestRolloutInTheHarness|TestSwarmOriginEgress)$$' ./upgrade/upgradetest/
 
 test-faults: ## real faults, as root: agents in network namespaces under partitions, SIGSTOP, kill -9, concurrent triggers, late joiners (~4 min)
 	PEERD_TEST_FAULTS=1 $(GO) test -count=1 -v -timeout 15m -run '^TestFaults' ./integration/

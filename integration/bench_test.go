@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -328,20 +329,32 @@ func offlineSpan(ps []probe, from, to time.Time, version string) (offSpan, bool)
 
 // peerdOriginCopies is how many copies of the artifact the origin (the
 // first agent, which the CLI handed the file) served, from the fetch log
-// lines: counters in memory do not survive the nodes' own restarts.
+// lines: counters in memory do not survive the nodes' own restarts. A
+// whole-blob fetch from the origin is one copy; a fetch by pieces says
+// how many bytes it took from the origin (origin_bytes).
 func peerdOriginCopies(b *testing.B, agents []*agent) float64 {
-	n := 0
+	n, pieceBytes := 0, int64(0)
 	for _, a := range agents {
 		l, err := os.ReadFile(a.logPath)
 		require.NoError(b, err)
 		for _, line := range strings.Split(string(l), "\n") {
-			if strings.Contains(line, `msg="fetched artifact"`) && strings.Contains(line, " from="+agents[0].name+" ") {
+			if !strings.Contains(line, `msg="fetched artifact"`) {
+				continue
+			}
+			if strings.Contains(line, " from="+agents[0].name+" ") {
 				n++
+			}
+			if m := originBytesRe.FindStringSubmatch(line); m != nil {
+				v, _ := strconv.ParseInt(m[1], 10, 64)
+				pieceBytes += v
 			}
 		}
 	}
-	return float64(n)
+	return float64(n) + float64(pieceBytes)/float64(max(fileSize(b, bins["v2"]), 1))
 }
+
+// originBytesRe reads what a fetch by pieces took from the origin.
+var originBytesRe = regexp.MustCompile(` origin_bytes=(\d+)`)
 
 // failedLines counts the "member failed" lines in every agent's log (all
 // of its processes append to it). A node that restarts is never gone long

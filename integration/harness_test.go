@@ -543,3 +543,13 @@ func readIfExists(path string) ([]byte, error) {
 	}
 	return b, err
 }
+
+// fileSize is the size of the file at path, 0 if there is none.
+func fileSize(t testing.TB, path string) int64 {
+	st, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0
+	}
+	require.NoError(t, err)
+	return st.Size()
+}

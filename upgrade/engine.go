@@ -22,6 +22,7 @@ import (
 	"github.com/peerd/peerd/upgrade/artifact"
 	"github.com/peerd/peerd/upgrade/lease"
 	"github.com/peerd/peerd/upgrade/plan"
+	"github.com/peerd/peerd/upgrade/swarm"
 )
 
 // Serf event and query names. Payloads stay far below Serf's limits: plans
@@ -97,6 +98,12 @@ type Config struct {
 	// plans, operator actions and finished state. Its public half must be
 	// in the node's cluster tags (cluster.TagKey).
 	Identity identity.Key
+	// PieceSize is the piece size of the artifacts this node makes plans
+	// for, when the release signature names none; 0: by the artifact's
+	// size (piece.SizeFor). Tests set small ones.
+	PieceSize int64
+	// Swarm paces fetches by pieces (zero fields: swarm's defaults).
+	Swarm swarm.Config
 }
 
 // withDefaults fills in the timings and collaborators that have defaults.
@@ -157,6 +164,7 @@ type Engine struct {
 	done      chan struct{}
 	triggerMu sync.Mutex    // one trigger at a time on this node
 	served    atomic.Int64  // artifact bytes served to peers
+	partials  partials      // blobs being assembled from pieces (pieces.go)
 	seenLTime atomic.Uint64 // the highest Serf Lamport time of an event seen
 	metrics   engineMetrics // counts for Stats (metrics.go)
 	safe      safeMode      // held after a damaged file (safemode.go)

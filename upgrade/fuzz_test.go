@@ -85,6 +85,12 @@ func (p *fuzzPeers) Plan(context.Context, cluster.Member, string) ([]byte, []byt
 func (*fuzzPeers) Artifact(context.Context, cluster.Member, string) (io.ReadCloser, error) {
 	return nil, errors.New("no artifacts here")
 }
+func (*fuzzPeers) Pieces(context.Context, cluster.Member, string, int64) ([]byte, error) {
+	return nil, errors.New("no pieces here")
+}
+func (*fuzzPeers) Piece(context.Context, cluster.Member, string, int64, int) (io.ReadCloser, error) {
+	return nil, errors.New("no pieces here")
+}
 func (*fuzzPeers) Node(context.Context, cluster.Member) (NodeState, error) {
 	return NodeState{}, errors.New("no state here")
 }

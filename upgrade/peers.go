@@ -4,13 +4,17 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/peerd/peerd/cluster"
+	"github.com/peerd/peerd/upgrade/piece"
+	"github.com/peerd/peerd/upgrade/swarm"
 )
 
 // The peer HTTP API of the rollout engine: what one node fetches from
@@ -21,6 +25,13 @@ const (
 	routeArtifact = "/v1/rollout/artifacts/"
 	routeNode     = "/v1/rollout/node"
 	routeStatus   = "/v1/rollout/status"
+
+	// routeArtifact + SHA/pieces/SIZE is a blob's have-bitmap for pieces
+	// of SIZE bytes, and .../SIZE/I its piece I. The piece size is in the
+	// path so that a node serves a complete blob's pieces without knowing
+	// the plan that cut it. Under routeArtifact, they share the daemon's
+	// cap on artifact streams.
+	routePieces = "/pieces/"
 
 	// headerPlanSig carries a plan's origin signature beside its bytes.
 	headerPlanSig = "Peerd-Plan-Signature"
@@ -64,6 +75,33 @@ func (h HTTPPeers) Plan(ctx context.Context, m cluster.Member, id string) ([]byt
 
 func (h HTTPPeers) Artifact(ctx context.Context, m cluster.Member, sha string) (io.ReadCloser, error) {
 	resp, err := h.open(ctx, m, routeArtifact+sha)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+func (h HTTPPeers) Pieces(ctx context.Context, m cluster.Member, sha string, size int64) ([]byte, error) {
+	path := fmt.Sprintf("%s%s%s%d", routeArtifact, sha, routePieces, size)
+	resp, err := h.open(ctx, m, path)
+	if errors.Is(err, errNotFound) {
+		// A node with the piece API answers an empty bitmap for a blob it
+		// lacks: only an agent without the route says 404.
+		return nil, fmt.Errorf("%s: %w", m.Name, swarm.ErrOldPeer)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, piece.MaxCount/8+1))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s from %s: %w", path, m.Name, err)
+	}
+	return b, nil
+}
+
+func (h HTTPPeers) Piece(ctx context.Context, m cluster.Member, sha string, size int64, i int) (io.ReadCloser, error) {
+	resp, err := h.open(ctx, m, fmt.Sprintf("%s%s%s%d/%d", routeArtifact, sha, routePieces, size, i))
 	if err != nil {
 		return nil, err
 	}
@@ -118,10 +156,16 @@ func (h HTTPPeers) open(ctx context.Context, m cluster.Member, path string) (*ht
 	}
 	if resp.StatusCode != http.StatusOK {
 		resp.Body.Close()
+		if resp.StatusCode == http.StatusNotFound {
+			return nil, fmt.Errorf("GET %s from %s: %w", path, m.Name, errNotFound)
+		}
 		return nil, fmt.Errorf("GET %s from %s: %s", path, m.Name, resp.Status)
 	}
 	return resp, nil
 }
+
+// errNotFound is a peer's 404.
+var errNotFound = errors.New("404 Not Found")
 
 // EngineLookup finds the engine a request is for, by its ?target= (""
 // for peerd); it returns an error that says what to do when there is none.
@@ -150,6 +194,37 @@ func PeerRoutes(mux *http.ServeMux, lookup EngineLookup) {
 		defer f.Close()
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Header().Set("Content-Length", fmt.Sprint(size))
+		streamArtifact(w, f)
+	}))
+	mux.HandleFunc("GET "+routeArtifact+"{sha}"+routePieces+"{size}", withEngine(lookup, func(e *Engine, w http.ResponseWriter, r *http.Request) {
+		size, err := strconv.ParseInt(r.PathValue("size"), 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("piece size %q: not a number", r.PathValue("size")))
+			return
+		}
+		bm, err := e.PieceBitmap(r.PathValue("sha"), size)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		_, _ = w.Write(bm)
+	}))
+	mux.HandleFunc("GET "+routeArtifact+"{sha}"+routePieces+"{size}/{i}", withEngine(lookup, func(e *Engine, w http.ResponseWriter, r *http.Request) {
+		size, err1 := strconv.ParseInt(r.PathValue("size"), 10, 64)
+		i, err2 := strconv.Atoi(r.PathValue("i"))
+		if err1 != nil || err2 != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("piece %q of size %q: not numbers", r.PathValue("i"), r.PathValue("size")))
+			return
+		}
+		f, n, err := e.OpenPiece(r.PathValue("sha"), size, i)
+		if err != nil {
+			writeError(w, http.StatusNotFound, err)
+			return
+		}
+		defer f.Close()
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", fmt.Sprint(n))
 		streamArtifact(w, f)
 	}))
 	StateRoutes(mux, lookup)

@@ -152,6 +152,9 @@ func (e *Engine) verifySignature(p *plan.Compiled, data []byte) (string, error) 
 		return "", err
 	}
 	want := artifact.Manifest{Target: p.Target, Version: p.Version, OS: runtime.GOOS, Arch: runtime.GOARCH, SHA256: p.Artifact.SHA256}
+	if l := p.Artifact.Pieces; l != nil {
+		want.PieceRoot, want.PieceSize = l.Root(), l.Size
+	}
 	if err := m.Check(want); err != nil {
 		return "", fmt.Errorf("signature vouches for another artifact: %w", err)
 	}
@@ -175,10 +178,24 @@ func (e *Engine) keptPath() string {
 	return b.Path
 }
 
-// fetch gets a blob by digest from the peers that have it first, then the
-// plan's origin, then its URL, so origin egress stays near one copy however
-// large the fleet. The store checks the digest as it writes.
+// fetch gets a blob by digest: the plan's artifact by pieces when the plan
+// lists them (pieces.go); else, or when that does not complete, whole from
+// the peers that have it first, then the plan's origin, then its URL, so
+// origin egress stays near one copy however large the fleet. The store
+// checks the digest as it writes.
 func (e *Engine) fetch(ctx context.Context, p *plan.Compiled, sha string) error {
+	if sha == p.Artifact.SHA256 && p.Artifact.Pieces != nil {
+		err := e.fetchPieces(ctx, p)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, artifact.ErrBadSignature):
+			return err
+		case ctx.Err() != nil:
+			return fmt.Errorf("fetch %s: %w", short(sha), ctx.Err())
+		}
+		e.log.Info("fetching the artifact whole", "plan", p.Short, "sha256", short(sha), "why", err)
+	}
 	var errs []error
 	for _, m := range e.sources(p, sha) {
 		body, err := e.peers.Artifact(ctx, m, sha)

@@ -40,6 +40,12 @@ type Peers interface {
 	// Plan returns a plan's bytes and its origin's signature.
 	Plan(ctx context.Context, m cluster.Member, id string) (plan, sig []byte, err error)
 	Artifact(ctx context.Context, m cluster.Member, sha string) (io.ReadCloser, error)
+	// Pieces is which of blob sha's pieces of size m holds, its raw
+	// have-bitmap (piece.ParseBitmap checks it); swarm.ErrOldPeer when m
+	// has no piece API (an agent from before pieces).
+	Pieces(ctx context.Context, m cluster.Member, sha string, size int64) ([]byte, error)
+	// Piece streams piece i of blob sha cut in pieces of size.
+	Piece(ctx context.Context, m cluster.Member, sha string, size int64, i int) (io.ReadCloser, error)
 	Node(ctx context.Context, m cluster.Member) (NodeState, error)
 }
 

@@ -97,7 +97,7 @@ func (e *Engine) Trigger(ctx context.Context, req TriggerRequest) (TriggerResult
 	}
 	p := plan.Plan{
 		Target: e.target.Name(), Version: req.Version, Rollback: req.Rollback,
-		Artifact: plan.Artifact{SHA256: sha, Size: size, URL: shareableURL(req.URL), Signature: req.Signature},
+		Artifact: plan.Artifact{SHA256: sha, Size: size, URL: shareableURL(req.URL), Signature: req.Signature, Pieces: e.pieceList(sha, size, req.Signature)},
 		Options:  req.Options,
 		Origin:   e.net.LocalMember().Name,
 		Created:  e.clock.Now().UTC(),

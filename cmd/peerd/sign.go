@@ -13,6 +13,7 @@ import (
 	"github.com/peerd/peerd/internal/durable"
 	"github.com/peerd/peerd/upgrade"
 	"github.com/peerd/peerd/upgrade/artifact"
+	"github.com/peerd/peerd/upgrade/piece"
 	"github.com/urfave/cli/v2"
 )
 
@@ -22,9 +23,10 @@ func signCommand() *cli.Command {
 		Usage:     "sign an artifact with minisign, binding its version, platform and sha256",
 		ArgsUsage: "ARTIFACT",
 		Description: "Writes ARTIFACT.minisig (or --out). The signature's trusted comment names the target,\n" +
-			"version, os/arch and sha256, so a validly signed binary of another version or platform\n" +
+			"version, os/arch, sha256 and the root of its piece list, so a validly signed binary of another version or platform\n" +
 			"cannot be substituted. The same can be made with the minisign tool:\n" +
 			"  minisign -S -s KEY -m ARTIFACT -t \"peerd-artifact target=peerd version=2.0.0 os=linux arch=amd64 sha256=... size=...\"\n" +
+			"(peerd sign adds pieces=ROOT piece_size=N, which agents check against the plan's piece list).\n" +
 			"Agents verify it against their --trust-key files. Make a key pair with 'peerd sign --generate PREFIX'.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "key", Usage: "minisign secret key `FILE`"},
@@ -69,6 +71,15 @@ func signCommand() *cli.Command {
 			}
 			m := artifact.Manifest{Target: c.String("target"), Version: c.String("version"), OS: c.String("os"), Arch: c.String("arch"), SHA256: sha, Size: size,
 				Rollback: c.Bool("rollback")}
+			if size > 0 {
+				// The piece list agents fetch the artifact by: binding its
+				// root here lets them check the plan's list is this one.
+				l, err := piece.Compute(bytes.NewReader(data), size, piece.SizeFor(size))
+				if err != nil {
+					return fmt.Errorf("list the artifact's pieces: %w", err)
+				}
+				m.PieceRoot, m.PieceSize = l.Root(), l.Size
+			}
 			sig, err := artifact.Sign(key, data, m)
 			if err != nil {
 				return err

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/peerd/peerd/upgrade/artifact"
+	"github.com/peerd/peerd/upgrade/piece"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -113,4 +114,28 @@ func TestSignKeysWorkWithMinisign(t *testing.T) {
 	require.Equal(t, 0, code, "peerd signs with minisign's unencrypted secret key")
 	out, err = exec.Command(minisign, "-V", "-p", filepath.Join(dir, "m.pub"), "-m", art, "-x", art+".m.minisig").CombinedOutput()
 	require.NoError(t, err, "minisign -V: %s", out)
+}
+
+// TestSignBindsPieceList: the signature carries the root of the piece list
+// agents fetch the artifact by, and verifies as any other.
+func TestSignBindsPieceList(t *testing.T) {
+	dir := t.TempDir()
+	prefix := filepath.Join(dir, "release")
+	code, _ := runCLI(t, "sign", "--generate", prefix)
+	require.Equal(t, 0, code)
+	bin := filepath.Join(dir, "app")
+	data := []byte(strings.Repeat("peerd ", 1000))
+	require.NoError(t, os.WriteFile(bin, data, 0o755))
+	code, _ = runCLI(t, "sign", "--key", prefix+".key", "--version", "2.0.0", bin)
+	require.Equal(t, 0, code)
+	keys, err := artifact.LoadTrustedKeys(prefix + ".pub")
+	require.NoError(t, err)
+	sig, err := os.ReadFile(bin + ".minisig")
+	require.NoError(t, err)
+	m, err := artifact.VerifySignature(keys, data, sig)
+	require.NoError(t, err)
+	l, err := piece.Compute(strings.NewReader(string(data)), int64(len(data)), piece.DefaultSize)
+	require.NoError(t, err)
+	assert.Equal(t, l.Root(), m.PieceRoot)
+	assert.Equal(t, int64(piece.DefaultSize), m.PieceSize)
 }

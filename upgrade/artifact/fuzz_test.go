@@ -28,6 +28,8 @@ func FuzzParseTrustedComment(f *testing.F) {
 	f.Add(m.TrustedComment())
 	m.Rollback = true
 	f.Add(m.TrustedComment())
+	m.PieceRoot, m.PieceSize = strings.Repeat("cd", 32), 1<<20
+	f.Add(m.TrustedComment())
 	f.Fuzz(func(t *testing.T, s string) {
 		m, err := ParseTrustedComment(s)
 		if err != nil {

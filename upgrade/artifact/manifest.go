@@ -35,6 +35,12 @@ type Manifest struct {
 	// plain release signature (which anyone can replay from a public
 	// release) never allows a node to go down in version.
 	Rollback bool
+	// PieceRoot and PieceSize, when set, bind the artifact's piece list
+	// (piece.List.Root) into the signature, so that a node can tell the
+	// plan's list is the release's before it fetches a piece. Older
+	// signatures have neither, and still verify.
+	PieceRoot string
+	PieceSize int64
 }
 
 var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -48,6 +54,9 @@ func (m Manifest) TrustedComment() string {
 		commentPrefix, m.Target, m.Version, m.OS, m.Arch, m.SHA256, m.Size)
 	if m.Rollback {
 		s += " rollback=1"
+	}
+	if m.PieceRoot != "" {
+		s += fmt.Sprintf(" pieces=%s piece_size=%d", m.PieceRoot, m.PieceSize)
 	}
 	return s
 }
@@ -98,6 +107,14 @@ func ParseTrustedComment(s string) (Manifest, error) {
 				return Manifest{}, fmt.Errorf("%w: manifest rollback %q: want 1", ErrBadSignature, v)
 			}
 			m.Rollback = true
+		case "pieces":
+			m.PieceRoot = v
+		case "piece_size":
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n <= 0 {
+				return Manifest{}, fmt.Errorf("%w: manifest piece_size %q is not a byte count", ErrBadSignature, v)
+			}
+			m.PieceSize = n
 		}
 	}
 	var missing []string
@@ -135,6 +152,14 @@ func (m Manifest) validate() error {
 	if m.Size < 0 {
 		errs = append(errs, fmt.Sprintf("manifest size %d is negative", m.Size))
 	}
+	switch {
+	case m.PieceRoot == "" && m.PieceSize != 0:
+		errs = append(errs, "manifest has a piece_size but no pieces root")
+	case m.PieceRoot != "" && !sha256Hex.MatchString(m.PieceRoot):
+		errs = append(errs, fmt.Sprintf("manifest pieces root %q is not 64 lowercase hex digits", m.PieceRoot))
+	case m.PieceRoot != "" && m.PieceSize <= 0:
+		errs = append(errs, "manifest has a pieces root but no piece_size")
+	}
 	if len(errs) > 0 {
 		return errors.New(strings.Join(errs, "; "))
 	}
@@ -158,6 +183,12 @@ func (m Manifest) Check(want Manifest) error {
 	cmp("sha256", m.SHA256, want.SHA256)
 	if want.Size != 0 && m.Size != want.Size {
 		diffs = append(diffs, fmt.Sprintf("signed size is %d, want %d", m.Size, want.Size))
+	}
+	// A signature without a piece list vouches for the bytes alone (the
+	// plan's list is then the origin's word, checked piece by piece and by
+	// the final sha256); one with a list must name the plan's.
+	if m.PieceRoot != "" && want.PieceRoot != "" && (m.PieceRoot != want.PieceRoot || m.PieceSize != want.PieceSize) {
+		diffs = append(diffs, fmt.Sprintf("signed piece list is %.12s (pieces of %d), the plan's is %.12s (pieces of %d)", m.PieceRoot, m.PieceSize, want.PieceRoot, want.PieceSize))
 	}
 	if len(diffs) > 0 {
 		// One line: operators see it as the reason a rollout was refused.

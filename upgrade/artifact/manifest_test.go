@@ -96,3 +96,34 @@ func TestManifestCheck(t *testing.T) {
 		})
 	}
 }
+
+func TestManifestPieceRoot(t *testing.T) {
+	m := Manifest{Target: "peerd", Version: "2.0.0", OS: "linux", Arch: "amd64", SHA256: strings.Repeat("ab", 32), Size: 12,
+		PieceRoot: strings.Repeat("cd", 32), PieceSize: 1 << 20}
+	got, err := ParseTrustedComment(m.TrustedComment())
+	require.NoError(t, err)
+	assert.Equal(t, m, got)
+	assert.NoError(t, got.Check(m))
+
+	old := m
+	old.PieceRoot, old.PieceSize = "", 0
+	assert.NotContains(t, old.TrustedComment(), "pieces", "a manifest without a list encodes as before")
+	assert.NoError(t, old.Check(m), "a signature without a list vouches for the bytes of any plan's list")
+
+	other := m
+	other.PieceRoot = strings.Repeat("ef", 32)
+	assert.ErrorIs(t, m.Check(other), ErrBadSignature, "another list")
+	other = m
+	other.PieceSize = 2 << 20
+	assert.ErrorIs(t, m.Check(other), ErrBadSignature, "another piece size")
+
+	for _, bad := range []string{
+		old.TrustedComment() + " piece_size=1024",
+		old.TrustedComment() + " pieces=" + strings.Repeat("cd", 32),
+		old.TrustedComment() + " pieces=xyz piece_size=1024",
+		old.TrustedComment() + " pieces=" + strings.Repeat("cd", 32) + " piece_size=-1",
+	} {
+		_, err := ParseTrustedComment(bad)
+		assert.ErrorIs(t, err, ErrBadSignature, bad)
+	}
+}

@@ -147,3 +147,21 @@ func commentSigned(k minisign.PublicKey, s minisign.Signature) bool {
 	msg := append(s.Signature[:], s.TrustedComment...)
 	return ed25519.Verify(ed25519.PublicKey(raw[10:]), msg, s.CommentSignature[:])
 }
+
+// SignedManifest returns the manifest of sig when a key of keys signed its
+// trusted comment, without the artifact's bytes: what a node can know of a
+// release before it has fetched it (its piece list's root, say). Only
+// VerifySignature says the bytes are the release's. Errors wrap
+// ErrBadSignature.
+func SignedManifest(keys []minisign.PublicKey, sig []byte) (Manifest, error) {
+	var s minisign.Signature
+	if err := s.UnmarshalText(bytes.TrimSpace(sig)); err != nil {
+		return Manifest{}, fmt.Errorf("%w: not minisign signature text: %w", ErrBadSignature, err)
+	}
+	for _, k := range keys {
+		if k.ID() == s.KeyID && commentSigned(k, s) {
+			return ParseTrustedComment(s.TrustedComment)
+		}
+	}
+	return Manifest{}, fmt.Errorf("%w: no trusted key signed the trusted comment of key %s", ErrBadSignature, keyID(s.KeyID))
+}

@@ -223,3 +223,22 @@ func TestMinisignCLI(t *testing.T) {
 		assert.Contains(t, out, "Trusted comment: "+m.TrustedComment())
 	})
 }
+
+func TestSignedManifest(t *testing.T) {
+	pub, priv := newKey(t)
+	otherPub, _ := newKey(t)
+	data, m := signedArtifact(t)
+	m.PieceRoot, m.PieceSize = strings.Repeat("ab", 32), 1<<20
+	sig, err := Sign(priv, data, m)
+	require.NoError(t, err)
+	got, err := SignedManifest([]minisign.PublicKey{otherPub, pub}, sig)
+	require.NoError(t, err, "the comment verifies without the bytes")
+	assert.Equal(t, m, got)
+	_, err = SignedManifest([]minisign.PublicKey{otherPub}, sig)
+	assert.ErrorIs(t, err, ErrBadSignature, "an untrusted key")
+	altered := bytes.Replace(sig, []byte("version=2.0.0"), []byte("version=2.0.1"), 1)
+	_, err = SignedManifest([]minisign.PublicKey{pub}, altered)
+	assert.ErrorIs(t, err, ErrBadSignature, "an altered comment")
+	_, err = VerifySignature([]minisign.PublicKey{pub}, data, sig)
+	assert.NoError(t, err, "a signature with a piece list verifies as any other")
+}

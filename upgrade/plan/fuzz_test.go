@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"testing"
 	"time"
+
+	"github.com/peerd/peerd/upgrade/piece"
 )
 
 // FuzzDecodeCompiled: plan bytes fetched from a peer (their hash matches
@@ -27,6 +29,10 @@ func FuzzDecodeCompiled(f *testing.F) {
 	p.Options = Options{MaxUnavailable: "50%", Deadline: time.Minute}
 	b, _ = p.Encode()
 	f.Add(b)
+	// A piece list, as a plan made since pieces carries.
+	p.Artifact.Pieces = &piece.List{Size: piece.MinSize, SHA256: []string{hex.EncodeToString(make([]byte, 32))}}
+	b, _ = p.Encode()
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		sum := sha256.Sum256(b)
 		id := hex.EncodeToString(sum[:])
@@ -34,7 +40,13 @@ func FuzzDecodeCompiled(f *testing.F) {
 		if err != nil {
 			return
 		}
-		_ = c.Validate()
+		if c.Validate() == nil && c.Artifact.Pieces != nil {
+			// A valid plan's list covers exactly the declared size.
+			l := c.Artifact.Pieces
+			if last := l.Count() - 1; l.Offset(last)+l.Len(last, c.Artifact.Size) != c.Artifact.Size {
+				t.Fatalf("pieces of a valid plan cover %d bytes, not %d", l.Offset(last)+l.Len(last, c.Artifact.Size), c.Artifact.Size)
+			}
+		}
 		seen := map[string]int{}
 		for i, w := range c.Waves {
 			if w.Index != i {

@@ -22,6 +22,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/peerd/peerd/upgrade/piece"
 )
 
 // Options are the operator's rollout options.
@@ -56,6 +58,11 @@ type Artifact struct {
 	Size      int64  `json:"size"`
 	URL       string `json:"url,omitempty"`
 	Signature string `json:"signature,omitempty"` // minisign signature text
+	// Pieces, when set, lets nodes fetch the artifact in pieces from
+	// several peers at once, checking each as it arrives (the origin lists
+	// them when it makes the plan). Plans from before pieces have none and
+	// are fetched whole; older agents ignore the field.
+	Pieces *piece.List `json:"pieces,omitempty"`
 }
 
 // Patch is a bsdiff patch from FromVersion to the plan's artifact.
@@ -190,7 +197,15 @@ func (p Plan) Validate() error {
 	if p.Artifact.Size <= 0 {
 		add("artifact size %d: want a non-empty artifact", p.Artifact.Size)
 	}
+	if l := p.Artifact.Pieces; l != nil {
+		if err := l.Check(p.Artifact.Size); err != nil {
+			add("artifact pieces: %v", err)
+		}
+	}
 	if p.Patch != nil {
+		if p.Patch.Pieces != nil {
+			add("patch has a piece list: patches are fetched whole")
+		}
 		if p.Patch.FromVersion == "" {
 			add("patch has no source version: give --patch-from VERSION")
 		}

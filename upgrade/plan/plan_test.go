@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/peerd/peerd/upgrade/piece"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -147,6 +148,7 @@ func TestIDChangesWithEveryField(t *testing.T) {
 		{"artifact size", func(p *Plan) { p.Artifact.Size++ }},
 		{"artifact url", func(p *Plan) { p.Artifact.URL = "" }},
 		{"artifact signature", func(p *Plan) { p.Artifact.Signature += "x" }},
+		{"artifact pieces", func(p *Plan) { p.Artifact.Pieces = &piece.List{Size: 1 << 20, SHA256: []string{digest}} }},
 		{"patch", func(p *Plan) { p.Patch = &Patch{FromVersion: "v1.0.0", Artifact: Artifact{SHA256: digest, Size: 1}} }},
 		{"batch", func(p *Plan) { p.Options.Batch = 2 }},
 		{"max unavailable", func(p *Plan) { p.Options.Batch = 0; p.Options.MaxUnavailable = "1" }},
@@ -248,6 +250,17 @@ func TestValidate(t *testing.T) {
 			assert.Len(t, joined.Unwrap(), len(tt.want), "one error per problem: %v", err)
 		})
 	}
+}
+
+func TestValidatePieces(t *testing.T) {
+	p := testPlan(3)
+	p.Artifact.Pieces = &piece.List{Size: 1 << 20, SHA256: []string{digest}}
+	assert.NoError(t, p.Validate())
+	p.Artifact.Pieces = &piece.List{Size: 1 << 19, SHA256: []string{digest}}
+	assert.ErrorContains(t, p.Validate(), "artifact pieces", "two pieces' bytes, one hash")
+	p.Artifact.Pieces = nil
+	p.Patch = &Patch{FromVersion: "v1.0.0", Artifact: Artifact{SHA256: digest, Size: 1, Pieces: &piece.List{Size: 1 << 20, SHA256: []string{digest}}}}
+	assert.ErrorContains(t, p.Validate(), "patch has a piece list")
 }
 
 func TestParseMaxUnavailable(t *testing.T) {

@@ -54,6 +54,9 @@ type Options struct {
 	Offsets map[string]time.Duration
 	// NoGrantCheck turns off the periodic C2 check (a benchmark's cost).
 	NoGrantCheck bool
+	// ArtifactBytes pads the fake binaries Trigger rolls out to this
+	// size (JSON white space), so that they cut into many pieces.
+	ArtifactBytes int
 }
 
 func (o Options) withDefaults() Options {
@@ -107,6 +110,10 @@ type Hub struct {
 	names       []string
 	ltime       uint64
 	badVersions map[string]bool
+	// served counts the artifact bytes each node served, across its
+	// restarts; corrupt nodes serve bad pieces, old ones no pieces at all.
+	served       map[string]int64
+	corrupt, old map[string]bool
 	// Counts of what the engines asked of the network.
 	tagSets, queries, asked int
 	// pending are the member changes each engine is told of at the end of
@@ -182,6 +189,7 @@ func New(t testing.TB, opts Options) *Hub {
 		t: t, opts: opts, rnd: newSource(opts.Seed), sched: newScheduler(), Rec: newRecorder(t, opts.Seed),
 		dir: dir, ctx: ctx, cancel: cancel,
 		nodes: map[string]*Node{}, badVersions: map[string]bool{},
+		served: map[string]int64{}, corrupt: map[string]bool{}, old: map[string]bool{},
 		pending: map[*upgrade.Engine][]cluster.Member{},
 	}
 	h.sched.afterBatch = h.flush
@@ -571,6 +579,63 @@ func (h *Hub) Heal() {
 	}
 }
 
+// Served is how many artifact bytes node has served to peers, whole or
+// in pieces, over all its processes.
+func (h *Hub) Served(node string) int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.served[node]
+}
+
+func (h *Hub) countServed(node string, n int64) {
+	h.mu.Lock()
+	h.served[node] += n
+	h.mu.Unlock()
+}
+
+// CorruptPieces makes node flip a byte of every piece it serves, as a
+// faulty disk or a hostile member would.
+func (h *Hub) CorruptPieces(node string) {
+	h.mu.Lock()
+	h.corrupt[node] = true
+	h.mu.Unlock()
+}
+
+func (h *Hub) corrupts(node string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.corrupt[node]
+}
+
+// OldPeer makes node answer as an agent from before pieces: it serves
+// artifacts only whole.
+func (h *Hub) OldPeer(node string) {
+	h.mu.Lock()
+	h.old[node] = true
+	h.mu.Unlock()
+}
+
+func (h *Hub) oldPeer(node string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.old[node]
+}
+
+// artifact is the fake binary of version, padded to ArtifactBytes.
+func (h *Hub) artifact(version string) []byte {
+	b := FakeBinary(version)
+	// White space that varies, so that no two pieces are alike.
+	ws := []byte{' ', '\t', '\n', '\r'}
+	x := uint32(2463534242)
+	for len(b) < h.opts.ArtifactBytes {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		b = append(b, ws[x%4])
+	}
+	return b
+}
+
 // SetBad makes a version's health check fail (a bad release).
 func (h *Hub) SetBad(version string) {
 	h.mu.Lock()
@@ -852,7 +917,7 @@ func (h *Hub) Trigger(node, version string, opts plan.Options) (upgrade.TriggerR
 	if e == nil {
 		return upgrade.TriggerResult{}, fmt.Errorf("node %s is not running", node)
 	}
-	sha, _, err := e.ImportArtifact(bytes.NewReader(FakeBinary(version)))
+	sha, _, err := e.ImportArtifact(bytes.NewReader(h.artifact(version)))
 	if err != nil {
 		return upgrade.TriggerResult{}, err
 	}

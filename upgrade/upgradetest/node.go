@@ -1,6 +1,7 @@
 package upgradetest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/peerd/peerd/cluster"
 	"github.com/peerd/peerd/upgrade"
+	"github.com/peerd/peerd/upgrade/swarm"
 )
 
 // errUnreachable is what a call to a node that is down, dead or cut off
@@ -229,9 +231,48 @@ func (p *proc) Plan(ctx context.Context, m cluster.Member, id string) ([]byte, [
 func (p *proc) Artifact(ctx context.Context, m cluster.Member, sha string) (io.ReadCloser, error) {
 	var rc io.ReadCloser
 	err := p.call(ctx, m, func(e *upgrade.Engine) error {
-		f, _, err := e.OpenArtifact(sha)
+		f, n, err := e.OpenArtifact(sha)
 		rc = f
+		if err == nil {
+			p.n.h.countServed(m.Name, n)
+		}
 		return err
+	})
+	return rc, err
+}
+
+func (p *proc) Pieces(ctx context.Context, m cluster.Member, sha string, size int64) ([]byte, error) {
+	var b []byte
+	err := p.call(ctx, m, func(e *upgrade.Engine) error {
+		if p.n.h.oldPeer(m.Name) {
+			return fmt.Errorf("%s: %w", m.Name, swarm.ErrOldPeer)
+		}
+		bm, err := e.PieceBitmap(sha, size)
+		b = bm
+		return err
+	})
+	return b, err
+}
+
+func (p *proc) Piece(ctx context.Context, m cluster.Member, sha string, size int64, i int) (io.ReadCloser, error) {
+	var rc io.ReadCloser
+	err := p.call(ctx, m, func(e *upgrade.Engine) error {
+		f, n, err := e.OpenPiece(sha, size, i)
+		if err != nil {
+			return err
+		}
+		rc = f
+		p.n.h.countServed(m.Name, n)
+		if p.n.h.corrupts(m.Name) {
+			b, err := io.ReadAll(f)
+			f.Close()
+			if err != nil {
+				return err
+			}
+			b[len(b)/2] ^= 0xff
+			rc = io.NopCloser(bytes.NewReader(b))
+		}
+		return nil
 	})
 	return rc, err
 }
