@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -75,8 +76,12 @@ func TestRolloutUpgradesEveryNodeWaveByWave(t *testing.T) {
 	art := agenttest.FakeBinary(t, t.TempDir(), v2)
 
 	// Sample the waves offline while the rollout runs: never two at once.
+	// Each node's own tag says where it is now; one node's gossiped view
+	// of the others may lag (under load it showed a node still restarting
+	// after the next wave had its lease).
 	stop := make(chan struct{})
 	violations := make(chan string, 100)
+	var sawOffline atomic.Int64
 	go func() {
 		for {
 			select {
@@ -86,10 +91,14 @@ func TestRolloutUpgradesEveryNodeWaveByWave(t *testing.T) {
 			case <-time.After(5 * time.Millisecond):
 			}
 			waves := map[int]bool{}
-			for _, m := range nodes[0].Node().Agent.Cluster().Members() {
+			for _, n := range nodes {
+				m := n.Node().Agent.Cluster().LocalMember()
 				if pr, ok := upgrade.ParseProgress(m.Tags[upgrade.TagRollout]); ok && pr.Phase.Offline() {
 					waves[pr.Wave] = true
 				}
+			}
+			if len(waves) > 0 {
+				sawOffline.Add(1)
 			}
 			if len(waves) > 1 {
 				violations <- fmt.Sprint(waves)
@@ -114,6 +123,7 @@ func TestRolloutUpgradesEveryNodeWaveByWave(t *testing.T) {
 	for v := range violations {
 		t.Errorf("two waves offline at once: %s", v)
 	}
+	assert.Positive(t, sawOffline.Load(), "the sampler saw a wave offline")
 	assert.Equal(t, 5, st.Done)
 	for _, s := range nodes {
 		assert.Equal(t, 1, s.Restarts(), "%s restarted once into the new binary", s.Node().Name)

@@ -120,7 +120,7 @@ func (e *Engine) fetchPieces(ctx context.Context, p *plan.Compiled) error {
 	e.partials.put(sha, part)
 	defer e.partials.drop(sha, part)
 	self := e.net.LocalMember().Name
-	t := &pieceTransport{e: e, sha: sha, list: l, members: map[string]cluster.Member{}}
+	t := &pieceTransport{e: e, sha: sha, list: l, members: map[string]cluster.Member{}, settled: map[string]bool{}}
 	h := fnv.New64a()
 	h.Write([]byte(self))
 	cfg := e.cfg.Swarm
@@ -129,8 +129,9 @@ func (e *Engine) fetchPieces(ctx context.Context, p *plan.Compiled) error {
 	}
 	res, err := swarm.Fetch(ctx, cfg, t, part, swarm.Job{
 		Artifact: sha, List: l, Origin: p.Origin, Self: self, Seed: h.Sum64(),
-		Peers: func() []string { return t.refresh(p) },
-		Duty:  e.fetchingAlongside(p),
+		Peers:  func() []string { return t.refresh(p) },
+		Stable: t.done,
+		Duty:   e.fetchingAlongside(p),
 	})
 	if err != nil {
 		part.Abort()
@@ -191,6 +192,7 @@ type pieceTransport struct {
 
 	mu      sync.Mutex
 	members map[string]cluster.Member // by name, as refresh last saw them
+	settled map[string]bool           // by name: done with the plan at the last refresh
 }
 
 // pieceSourcePhases are the phases of the nodes of a plan that hold or
@@ -210,9 +212,17 @@ func (t *pieceTransport) refresh(p *plan.Compiled) []string {
 		}
 		if pr, ok := ParseProgress(m.Tags[t.e.tagKey()]); ok && pr.PlanShort == p.Short && pieceSourcePhases[pr.Phase] {
 			names = append(names, m.Name)
+			t.settled[m.Name] = pr.Phase == PhaseDone
 		}
 	}
 	return names
+}
+
+// done reports whether name was done with the plan at the last refresh.
+func (t *pieceTransport) done(name string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.settled[name]
 }
 
 func (t *pieceTransport) member(name string) (cluster.Member, error) {

@@ -132,6 +132,11 @@ type Job struct {
 	// fetching alongside this one, Self among them).
 	Self string
 	Duty []string
+	// Stable, when set, says which peers are settled (done with the
+	// rollout): a piece is taken from a settled holder when one has room,
+	// since the others are about to go offline (a transfer cut by their
+	// restart is lost) and busy with their own upgrade.
+	Stable func(peer string) bool
 	// Seed seeds the random piece and peer order.
 	Seed uint64
 }
@@ -376,6 +381,11 @@ func (f *fetch) next() (peer string, i int, ok bool) {
 	}
 	if bestPiece >= 0 {
 		slices.Sort(bestPeers) // map order is not the seeded order
+		if f.job.Stable != nil {
+			if stable := slices.DeleteFunc(slices.Clone(bestPeers), func(p string) bool { return !f.job.Stable(p) }); len(stable) > 0 {
+				bestPeers = stable
+			}
+		}
 		return bestPeers[f.rnd.IntN(len(bestPeers))], bestPiece, true
 	}
 	if f.bad[f.job.Origin] || f.cooling[f.job.Origin] || f.load[f.job.Origin] >= f.cfg.PerPeer {

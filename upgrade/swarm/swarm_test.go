@@ -331,3 +331,25 @@ func TestDutyIsSharedOnce(t *testing.T) {
 		assert.Equal(t, 1, c, "piece %d has %d duty holders", i, c)
 	}
 }
+
+// TestSettledHoldersFirst: a piece comes from a holder that is done with
+// the rollout when one has room, not from one about to go offline.
+func TestSettledHoldersFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newNet(t, 8*piece.MinSize)
+		for _, name := range []string{"done", "ready"} {
+			s := n.sink(name)
+			for i := range n.list.Count() {
+				off := n.list.Offset(i)
+				s.got[i] = n.data[off : off+n.list.Len(i, int64(len(n.data)))]
+			}
+		}
+		cfg := testConfig()
+		cfg.Workers, cfg.PerPeer = 4, 4 // the settled holder always has room
+		res, err := Fetch(t.Context(), cfg, n, n.sink("a"), Job{Artifact: "a", List: n.list, Peers: n.names, Origin: n.origin, Self: "a",
+			Stable: func(p string) bool { return p == "done" }})
+		require.NoError(t, err)
+		assert.Equal(t, int64(len(n.data)), res.From["done"], "every piece from the settled holder")
+		assert.Zero(t, res.From["ready"], "none from the one about to restart")
+	})
+}
