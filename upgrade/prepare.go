@@ -73,9 +73,16 @@ func (e *Engine) verify(ctx context.Context, p *plan.Compiled, active int) ([]st
 	if err != nil {
 		return nil, err
 	}
+	// The staged executable is a link to the store's synced blob (and the
+	// version store links to it in turn): the whole binary is written to
+	// disk once per node, not three times, which on a wave of nodes
+	// preparing at once is what the disk and both cores were busy with.
+	// A copy only where the link cannot be made.
 	staged := e.stagedPath(p)
-	if err := durable.WriteFile(staged, data, 0o755); err != nil {
-		return nil, fmt.Errorf("stage artifact: %w", err)
+	if err := durable.Link(e.store.Path(p.Artifact.SHA256), staged, 0o555); err != nil {
+		if err := durable.WriteFile(staged, data, 0o755); err != nil {
+			return nil, fmt.Errorf("stage artifact: %w", err)
+		}
 	}
 	checks, err := e.target.Check(ctx, Check{Staged: staged, Version: p.Version, Rollback: p.Rollback, ActiveProtocol: active})
 	return append([]string{signed}, checks...), err

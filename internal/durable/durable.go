@@ -52,6 +52,50 @@ func replace(path string, data []byte, mode os.FileMode, beforeRename func() err
 	return nil
 }
 
+// Link puts a hard link to src at path, replacing what is there: a link
+// beside path, its mode set, synced, renamed over path, then a sync of the
+// directory. It copies no data (the sync of the inode is cheap when src
+// was synced already), so nothing may ever write src's bytes in place
+// afterwards: every name of the inode would see it (every writer in this
+// package renames a new file over instead). mode is the inode's, so every other name of src gets it too.
+// It fails, changing nothing, where src and path are on different
+// filesystems or the filesystem has no hard links: copy then.
+func Link(src, path string, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	tmp := filepath.Join(dir, "."+filepath.Base(path)+".link")
+	_ = os.Remove(tmp) // one a crash left behind
+	if err := os.Link(src, tmp); err != nil {
+		return fmt.Errorf("link %s: %w", path, err)
+	}
+	defer os.Remove(tmp) // fails harmlessly once renamed
+	err := os.Chmod(tmp, mode)
+	if err == nil {
+		err = syncFile(tmp) // the inode's mode, and its data if src was not synced
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = SyncDir(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("link %s: %w", path, err)
+	}
+	return nil
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 // SyncDir makes the renames in dir durable: without it, power loss can
 // bring back a directory entry as it was before the rename.
 func SyncDir(dir string) error {

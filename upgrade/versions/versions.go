@@ -220,7 +220,10 @@ func (s *Store) Stage(src, version string) error {
 	if err := os.Remove(filepath.Join(vdir, digestFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("version store: stage %s: %w", version, err)
 	}
-	sum, err := s.copyIn(src, vdir)
+	sum, err := s.linkIn(src, vdir)
+	if err != nil {
+		sum, err = s.copyIn(src, vdir)
+	}
 	if err != nil {
 		return fmt.Errorf("version store: stage %s: %w", version, err)
 	}
@@ -354,6 +357,20 @@ func (s *Store) Rollback(version string) error {
 		return err
 	}
 	return s.setLink(previousLink, "")
+}
+
+// linkIn puts src into vdir/name as a hard link and returns its sha256:
+// a staged artifact is a link to the artifact store's synced blob, so the
+// version store shares its inode instead of writing (and syncing) the
+// whole binary once more. It fails where src is on another filesystem;
+// copyIn then.
+func (s *Store) linkIn(src, vdir string) (string, error) {
+	path := filepath.Join(vdir, s.name)
+	if err := durable.Link(src, path, 0o555); err != nil {
+		return "", err
+	}
+	sum, _, err := artifact.DigestFile(path)
+	return sum, err
 }
 
 // copyIn copies src into vdir/name through a synced temp file and returns
