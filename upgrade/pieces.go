@@ -129,9 +129,10 @@ func (e *Engine) fetchPieces(ctx context.Context, p *plan.Compiled) error {
 	}
 	res, err := swarm.Fetch(ctx, cfg, t, part, swarm.Job{
 		Artifact: sha, List: l, Origin: p.Origin, Self: self, Seed: h.Sum64(),
-		Peers:  func() []string { return t.refresh(p) },
-		Stable: t.done,
-		Duty:   e.fetchingAlongside(p),
+		Peers:     func() []string { return t.refresh(p) },
+		Stable:    t.done,
+		Returning: func() bool { return t.returning(p) },
+		Duty:      e.fetchingAlongside(p),
 	})
 	if err != nil {
 		part.Abort()
@@ -210,12 +211,35 @@ func (t *pieceTransport) refresh(p *plan.Compiled) []string {
 		if m.Name == p.Origin {
 			continue
 		}
-		if pr, ok := ParseProgress(m.Tags[t.e.tagKey()]); ok && pr.PlanShort == p.Short && pieceSourcePhases[pr.Phase] {
+		pr, ok := ParseProgress(m.Tags[t.e.tagKey()])
+		if !ok || pr.PlanShort != p.Short {
+			continue
+		}
+		if pieceSourcePhases[pr.Phase] {
 			names = append(names, m.Name)
 			t.settled[m.Name] = pr.Phase == PhaseDone
 		}
 	}
 	return names
+}
+
+// returning reports whether a member of plan p is offline for its restart
+// now (swarm.Job.Returning): past its prepare, so it holds the artifact,
+// and back soon. It reads the member list afresh, not as the last refresh
+// saw it: the node whose piece request just failed went offline since.
+// A member the cluster sees as failed or left counts by the phase it last
+// gossiped (a restart under a supervisor leaves and joins again).
+func (t *pieceTransport) returning(p *plan.Compiled) bool {
+	self := t.e.net.LocalMember().Name
+	for _, m := range t.e.net.Members() {
+		if m.Name == self || m.Name == p.Origin {
+			continue
+		}
+		if pr, ok := ParseProgress(m.Tags[t.e.tagKey()]); ok && pr.PlanShort == p.Short && pr.Phase.Offline() {
+			return true
+		}
+	}
+	return false
 }
 
 // done reports whether name was done with the plan at the last refresh.

@@ -10,7 +10,8 @@
 // by a hash of (artifact, piece, name) among the nodes fetching alongside
 // (Job.Duty). The others wait for the piece to appear at a peer; after
 // each OriginWait without progress the next node in the piece's order
-// takes it on too, so that a duty holder that is down or slow delays the
+// takes it on too (and the first waits one OriginWait too while a holder
+// is only away for its restart, Job.Returning), so that a duty holder that is down or slow delays the
 // fetch rather than stalling it, and passes its pieces to one other node
 // rather than to all. That keeps origin egress near one copy of the
 // artifact however many nodes fetch at once.
@@ -137,6 +138,13 @@ type Job struct {
 	// since the others are about to go offline (a transfer cut by their
 	// restart is lost) and busy with their own upgrade.
 	Stable func(peer string) bool
+	// Returning, when set, reports whether a node that holds the whole
+	// artifact is offline for its restart and will serve again soon (a
+	// node of the rollout past its prepare). The duty holders then give
+	// it one OriginWait before they ask the origin: the wave before this
+	// one going offline while this one fetches is no reason for the
+	// origin to serve a second copy.
+	Returning func() bool
 	// Seed seeds the random piece and peer order.
 	Seed uint64
 }
@@ -305,9 +313,16 @@ func rankKey(artifact string, i int, name string) uint64 {
 func (f *fetch) refresh(ctx context.Context) {
 	clear(f.cooling)
 	var peers []string
+	listed := map[string]bool{}
 	for _, p := range f.job.Peers() {
+		listed[p] = true
 		if p != f.job.Self && p != f.job.Origin && !f.bad[p] && !f.old[p] {
 			peers = append(peers, p)
+		}
+	}
+	for p := range f.have {
+		if !listed[p] {
+			delete(f.have, p) // offline or gone since: Job.Returning covers a restart
 		}
 	}
 	f.rnd.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
@@ -392,6 +407,9 @@ func (f *fetch) next() (peer string, i int, ok bool) {
 		return "", 0, false
 	}
 	takeOver := int(f.cfg.Clock.Since(f.lastGain) / f.cfg.OriginWait)
+	if f.job.Returning != nil && f.job.Returning() {
+		takeOver-- // even the first in a piece's order waits one OriginWait
+	}
 	for _, i := range order {
 		if f.inflight[i] || f.sink.Has(i) || f.held(i) {
 			continue
@@ -443,8 +461,10 @@ func (f *fetch) settle(d done) error {
 		delete(f.have, d.peer)
 	case d.err != nil:
 		// Unreachable, restarting, busy: ask it again next round, not
-		// at once (a refused connection fails fast, and would spin).
-		delete(f.have, d.peer)
+		// at once (a refused connection fails fast, and would spin). Its
+		// pieces still count as held until the next refresh says
+		// otherwise: a holder away for a moment is no reason to send its
+		// pieces' duty holders to the origin.
 		f.cooling[d.peer] = true
 	default:
 		f.missing--
