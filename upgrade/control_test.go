@@ -39,5 +39,7 @@ func TestControlSaysWhenItCannotBeRecorded(t *testing.T) {
 	require.NoError(t, os.RemoveAll(prev))
 	_, err = e.Control(t.Context(), ActionResume)
 	require.NoError(t, err)
-	assert.Equal(t, PhaseWait, e.State().Phase, "recorded before the command returned")
+	// Recorded before the command returned: the node has left the failed
+	// phase, and may already have gone on from wait to prepare.
+	assert.Contains(t, []Phase{PhaseWait, PhasePrepare}, e.State().Phase, "recorded before the command returned")
 }

@@ -2,6 +2,7 @@ package upgradetest
 
 import (
 	"encoding/json"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -23,21 +24,41 @@ import (
 func TestForgedVotesGetNoLease(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := New(t, Options{Nodes: 5, Seed: 3})
-		res, err := h.Trigger("node0001", "2.0.0", plan.Options{Batch: 1, MinHealthy: time.Second, Deadline: 5 * time.Minute})
-		require.NoError(t, err)
-		victim := res.Waves[0].Nodes[0]
-		forger := "node0005"
-		if victim == forger {
-			forger = "node0004"
+		var members []string
+		for i := 1; i <= 5; i++ {
+			members = append(members, fmt.Sprintf("node%04d", i))
 		}
-		members := make([]string, 0, len(res.Plan.Members))
-		for _, m := range res.Plan.Members {
-			members = append(members, m.Name)
-		}
-		fk := h.Node(forger).Key()
+		// The victim is the first wave's node (batch 1), known only once
+		// the plan is made; the hooks go in before the trigger all the
+		// same, since the origin may be that node and then it is ready
+		// the moment the plan is. Cut the victim off with the forger once
+		// it holds the artifact, before it asks for its lease (OnChange
+		// runs within the step, before the next one).
+		var victim, forger atomic.Value // string
+		var cut atomic.Bool
+		h.Rec.OnChange(func(node string, st upgrade.NodeState) {
+			if st.Phase != upgrade.PhaseReady || st.Wave != 0 || !cut.CompareAndSwap(false, true) {
+				return
+			}
+			f := "node0005"
+			if node == f {
+				f = "node0004"
+			}
+			victim.Store(node)
+			forger.Store(f)
+			var rest []string
+			for _, m := range members {
+				if m != node && m != f {
+					rest = append(rest, m)
+				}
+			}
+			h.Partition(rest, []string{node, f})
+		})
 		var forged atomic.Int64
 		h.Forge(func(to, query string, payload []byte) map[string][]byte {
-			if to != forger || query != "peerd-lease" {
+			v, _ := victim.Load().(string)
+			f, _ := forger.Load().(string)
+			if v == "" || to != f || query != "peerd-lease" {
 				return nil
 			}
 			var s identity.Signed
@@ -48,9 +69,10 @@ func TestForgedVotesGetNoLease(t *testing.T) {
 				Nonce  string `json:"nonce"`
 				Renew  bool   `json:"renew"`
 			}
-			if json.Unmarshal(payload, &s) != nil || json.Unmarshal(s.Body, &req) != nil || req.Node != victim {
+			if json.Unmarshal(payload, &s) != nil || json.Unmarshal(s.Body, &req) != nil || req.Node != v {
 				return nil
 			}
+			fk := h.Node(f).Key()
 			out := map[string][]byte{}
 			for _, m := range members {
 				b, _ := fk.Seal("peerd/lease-answer/1", map[string]any{
@@ -61,25 +83,14 @@ func TestForgedVotesGetNoLease(t *testing.T) {
 			forged.Add(int64(len(out)))
 			return out
 		})
-		// Cut the victim off with the forger once it holds the artifact,
-		// before it asks for its lease.
-		var rest []string
-		for _, m := range members {
-			if m != victim && m != forger {
-				rest = append(rest, m)
-			}
-		}
-		var cut atomic.Bool
-		h.Rec.OnChange(func(node string, st upgrade.NodeState) {
-			if node == victim && st.Phase == upgrade.PhaseReady && cut.CompareAndSwap(false, true) {
-				h.Partition(rest, []string{victim, forger})
-			}
-		})
-		require.True(t, h.WaitFor(time.Minute, cut.Load), "%s never got ready: %s", victim, h.Summary())
+		res, err := h.Trigger("node0001", "2.0.0", plan.Options{Batch: 1, MinHealthy: time.Second, Deadline: 5 * time.Minute})
+		require.NoError(t, err)
+		require.Len(t, res.Plan.Members, len(members))
+		require.True(t, h.WaitFor(time.Minute, cut.Load), "the first wave never got ready: %s", h.Summary())
 		time.Sleep(30 * time.Second)
 		assert.Positive(t, forged.Load(), "the forger answered in others' names")
 		_, _, offline := h.Rec.Stats()
-		assert.Zero(t, offline, "%s went offline on forged votes", victim)
+		assert.Zero(t, offline, "%s went offline on forged votes", victim.Load())
 
 		h.Forge(nil)
 		h.Heal()
