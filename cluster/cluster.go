@@ -520,6 +520,25 @@ func (c *Cluster) Members() []Member {
 	return out
 }
 
+// Others counts the members other than this node still in the cluster
+// (not left), and how many of them are alive, without formatting each one
+// as Members does: the peer API's health check asks for it on every
+// probe, which at a hundred members made Members most of its cost.
+func (c *Cluster) Others() (others, alive int) {
+	self := c.serf.LocalMember().Name
+	for _, m := range c.serf.Members() {
+		st := status(m)
+		if m.Name == self || st == serf.StatusLeft {
+			continue
+		}
+		others++
+		if st == serf.StatusAlive {
+			alive++
+		}
+	}
+	return others, alive
+}
+
 // mergeView is the member list as the merge delegate reads it: names,
 // statuses and protocol ranges only. Serf calls the delegate for every
 // alive message, under memberlist's lock, so this stays at one allocation

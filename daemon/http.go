@@ -182,17 +182,7 @@ func (a *Agent) unhealthy() string {
 			return fmt.Sprintf("offline for rollout %s: restarting into %s", shortID(st.PlanID), st.ToVersion)
 		}
 	}
-	others, alive := 0, 0
-	for _, m := range a.cluster.Members() {
-		if m.Name == self.Name || m.Status == "left" {
-			continue
-		}
-		others++
-		if m.Status == "alive" {
-			alive++
-		}
-	}
-	if others > 0 && alive == 0 {
+	if others, alive := a.cluster.Others(); others > 0 && alive == 0 {
 		return fmt.Sprintf("isolated: none of the %d other members still in the cluster is alive in this node's view", others)
 	}
 	return ""
