@@ -24,11 +24,23 @@ func startFleet(t testing.TB, n int, args ...string) []*agent {
 // startFleetWith is startFleet with setup run on each agent before it starts.
 func startFleetWith(t testing.TB, n int, setup func(*agent), args ...string) []*agent {
 	t.Helper()
-	var agents []*agent
-	for i := 1; i <= n; i++ {
-		a := newAgent(t, fmt.Sprintf("n%02d", i), bins["v1"], args...)
+	return startFleetOf(t, n, bins["v1"], func(_ int, a *agent) {
 		if setup != nil {
 			setup(a)
+		}
+	}, args...)
+}
+
+// startFleetOf starts n agents n01, n02, ... of binary bin, each after
+// setup(i, a) (i from 1; nil: none) may change its flags, the first alone
+// and the others joining it, and waits until each sees all of them alive.
+func startFleetOf(t testing.TB, n int, bin string, setup func(i int, a *agent), args ...string) []*agent {
+	t.Helper()
+	var agents []*agent
+	for i := 1; i <= n; i++ {
+		a := newAgent(t, fmt.Sprintf("n%02d", i), bin, args...)
+		if setup != nil {
+			setup(i, a)
 		}
 		if i == 1 {
 			a.run()

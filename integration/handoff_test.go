@@ -153,17 +153,7 @@ type handoffRun struct {
 }
 
 func runHandoff(t *testing.T, v1, v2 string) handoffRun {
-	var agents []*agent
-	for i := 1; i <= 3; i++ {
-		a := newAgent(t, fmt.Sprintf("n%02d", i), v1, "--allow-unsigned")
-		if i == 1 {
-			a.run()
-		} else {
-			a.run("--join", agents[0].gossip())
-		}
-		agents = append(agents, a)
-	}
-	waitAlive(t, agents, 3)
+	agents := startFleetOf(t, 3, v1, nil, "--allow-unsigned")
 	pids := pidsOf(agents)
 	var hs, cs []*hammer
 	for _, a := range agents {

@@ -157,21 +157,11 @@ func TestMemberPlanToOlderReleaseChangesNoNode(t *testing.T) {
 	// Three 1.0.0 agents; the two of role=fleet are upgraded to the signed
 	// 2.0.0 (their launcher stays 1.0.0, as a package's would be below a
 	// rollout), the member n03 stays at 1.0.0.
-	var agents []*agent
-	for i := 1; i <= 3; i++ {
-		args := append([]string{}, trust...)
+	agents := startFleetOf(t, 3, bins["v1"], func(i int, a *agent) {
 		if i < 3 {
-			args = append(args, "--tag", "role=fleet")
+			a.args = append(a.args, "--tag", "role=fleet")
 		}
-		a := newAgent(t, fmt.Sprintf("n%02d", i), bins["v1"], args...)
-		if i == 1 {
-			a.run()
-		} else {
-			a.run("--join", agents[0].gossip())
-		}
-		agents = append(agents, a)
-	}
-	waitAlive(t, agents, 3)
+	}, trust...)
 	fleet, attacker := agents[:2], agents[2]
 	v2 := filepath.Join(t.TempDir(), "peerd")
 	copyFile(t, bins["v2"], v2)

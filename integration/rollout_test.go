@@ -141,26 +141,12 @@ func TestRollingUpgrade(t *testing.T) {
 }
 
 func runRollout(t *testing.T, tc rolloutCase) {
-	var agents []*agent
-	for i := 1; i <= tc.nodes; i++ {
-		args := []string{"--allow-unsigned"}
-		if tc.supervisor {
-			args = append(args, "--restart", "supervisor")
-		}
-		a := newAgent(t, fmt.Sprintf("n%02d", i), bins["v1"], args...)
-		a.supervised = tc.supervisor
-		if i == 1 {
-			a.run()
-		} else {
-			a.run("--join", agents[0].gossip())
-		}
-		agents = append(agents, a)
+	flags := []string{"--allow-unsigned"}
+	if tc.supervisor {
+		flags = append(flags, "--restart", "supervisor")
 	}
-	waitAlive(t, agents, tc.nodes)
-	pids := map[string]int{}
-	for _, a := range agents {
-		pids[a.name] = a.pid()
-	}
+	agents := startFleetOf(t, tc.nodes, bins["v1"], func(_ int, a *agent) { a.supervised = tc.supervisor }, flags...)
+	pids := pidsOf(agents)
 
 	args := []string{"upgrade", "--to", "2.0.0", "--artifact", bins["v2"], "--batch", fmt.Sprint(tc.batch),
 		"--min-healthy", "1s", "--deadline", "2m"}

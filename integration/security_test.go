@@ -3,7 +3,6 @@ package integration
 import (
 	"crypto/tls"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -46,17 +45,7 @@ func joinAsPlainSerf(t *testing.T, name, addr string) error {
 // refused.
 func TestGossipKeyRotation(t *testing.T) {
 	oldKey, newKey := keygen(t), keygen(t)
-	var agents []*agent
-	for i := 1; i <= 3; i++ {
-		a := newAgent(t, fmt.Sprintf("node%d", i), bins["v1"], "--encrypt", oldKey)
-		if i == 1 {
-			a.run()
-		} else {
-			a.run("--join", agents[0].gossip())
-		}
-		agents = append(agents, a)
-	}
-	waitAlive(t, agents, 3)
+	agents := startFleetOf(t, 3, bins["v1"], nil, "--encrypt", oldKey)
 
 	keyring := func(args ...string) api.Keyring {
 		t.Helper()
