@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -39,14 +40,23 @@ func onTmpfs(t *testing.T, a *agent, size int) {
 func fill(t *testing.T, a *agent, keep int64) {
 	t.Helper()
 	var st syscall.Statfs_t
-	require.NoError(t, syscall.Statfs(a.dataDir(), &st))
-	free := int64(st.Bavail) * st.Bsize
 	f, err := os.OpenFile(filepath.Join(a.dataDir(), "fill"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	require.NoError(t, err)
 	defer f.Close()
-	if free > keep {
+	// The agent writes to its data dir meanwhile: space measured free may
+	// be gone by the fallocate (ENOSPC), so measure again and retry.
+	for try := 0; ; try++ {
+		require.NoError(t, syscall.Statfs(a.dataDir(), &st))
+		free := int64(st.Bavail) * st.Bsize
+		if free <= keep {
+			break
+		}
 		off, _ := f.Seek(0, 2)
-		require.NoError(t, syscall.Fallocate(int(f.Fd()), 0, off, free-keep))
+		err := syscall.Fallocate(int(f.Fd()), 0, off, free-keep)
+		if err == nil {
+			break
+		}
+		require.True(t, errors.Is(err, syscall.ENOSPC) && try < 20, "fallocate: %v", err)
 	}
 	if keep == 0 {
 		// Whatever fallocate left (metadata rounding), a write takes.
