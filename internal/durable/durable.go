@@ -57,7 +57,8 @@ func replace(path string, data []byte, mode os.FileMode, beforeRename func() err
 // directory. It copies no data (the sync of the inode is cheap when src
 // was synced already), so nothing may ever write src's bytes in place
 // afterwards: every name of the inode would see it (every writer in this
-// package renames a new file over instead). mode is the inode's, so every other name of src gets it too.
+// package renames a new file over instead). mode is the inode's, so every
+// other name of src gets it too.
 // It fails, changing nothing, where src and path are on different
 // filesystems or the filesystem has no hard links: copy then.
 func Link(src, path string, mode os.FileMode) error {

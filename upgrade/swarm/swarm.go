@@ -11,8 +11,9 @@
 // (Job.Duty). The others wait for the piece to appear at a peer; after
 // each OriginWait without progress the next node in the piece's order
 // takes it on too (and the first waits one OriginWait too while a holder
-// is only away for its restart, Job.Returning), so that a duty holder that is down or slow delays the
-// fetch rather than stalling it, and passes its pieces to one other node
+// is only away for its restart, Job.Returning), so that a duty holder
+// that is down or slow delays the fetch rather than stalling it, and
+// passes its pieces to one other node
 // rather than to all. That keeps origin egress near one copy of the
 // artifact however many nodes fetch at once.
 //
