@@ -145,7 +145,7 @@ func TestListenersOutliveReExec(t *testing.T) {
 	old.Close() // stops nothing: detached
 
 	next, _ := newListenApp(t, data, nil)
-	require.NoError(t, next.Start(context.Background(), h))
+	require.NoError(t, next.Start(context.Background(), reExec(t, h)))
 	defer next.Close()
 	assert.Equal(t, []string{addr}, next.ListenAddrs(), "the handed-over socket, not a new one on another port")
 	assert.Equal(t, first.pid, waitState(t, next, apps.StateRunning).PID, "the instance was adopted, not restarted")
@@ -154,6 +154,34 @@ func TestListenersOutliveReExec(t *testing.T) {
 	second := waitStarts(t, dir, 2)[1]
 	assert.Equal(t, first.fields["fd3"], second.fields["fd3"], "the new image's instance gets the same listener")
 	assert.Equal(t, fmt.Sprint(second.pid), second.fields["pid"])
+}
+
+// reExec does to a hand-over's descriptors what exec does: the next image
+// holds them, and the old image's files are gone. In one test process the
+// old supervisor's files outlive the hand-over, and their finalizers would
+// close the descriptors the next supervisor adopted, whose numbers other
+// files then reuse: a close that fails with "bad file descriptor" in
+// another test, an output reader that never sees EOF (seen with two make
+// test at once). So the next supervisor gets duplicates, and the old
+// descriptors are close-on-exec again, as the old files left them.
+func reExec(t *testing.T, h *apps.Handover) *apps.Handover {
+	t.Helper()
+	dup := func(fd int) int {
+		n, err := syscall.Dup(fd)
+		require.NoError(t, err)
+		syscall.CloseOnExec(fd)
+		syscall.CloseOnExec(n) // as the next image marks what it was handed (AppHandoversFromEnv)
+		return n
+	}
+	next := *h
+	if h.PID != 0 {
+		next.FD = dup(h.FD)
+	}
+	next.Listeners = nil
+	for _, fd := range h.Listeners {
+		next.Listeners = append(next.Listeners, dup(fd))
+	}
+	return &next
 }
 
 // A listener that cannot be bound fails Start, naming the app and the value.

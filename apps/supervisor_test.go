@@ -32,14 +32,16 @@ func TestMain(m *testing.M) {
 
 // script is a small application: it records its env peers list, appends
 // "hup" and the peers file on SIGHUP, exits 3 on its first run when asked
-// to crash, and says hello on its output.
+// to crash, and says hello on its output. The traps come first: the tests
+// signal it once it has written what it records, and a SIGHUP before the
+// trap is set ends sh (seen with two make test at once).
 const script = `#!/bin/sh
 dir=$(pwd)
+trap 'echo hup >> "$dir/hups"; cat peers.json >> "$dir/hups"' HUP
+trap 'echo term >> "$dir/terms"; exit 0' TERM
 echo "$KV_PEERS" > "$dir/env-peers"
 echo "$PEERD_APP_ADDR_FILE" > "$dir/env-addr-file"
 echo $$ >> "$dir/pids"
-trap 'echo hup >> "$dir/hups"; cat peers.json >> "$dir/hups"' HUP
-trap 'echo term >> "$dir/terms"; exit 0' TERM
 echo "hello from the app"
 if [ -f "$dir/crash-once" ]; then rm "$dir/crash-once"; exit 3; fi
 while :; do sleep 1 & wait $!; done
