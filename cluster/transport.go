@@ -84,6 +84,10 @@ type transport struct {
 	wg       sync.WaitGroup
 	shutdown atomic.Bool
 	once     sync.Once
+	// opened is closed by open, closing by Shutdown: the readers wait for
+	// either before they take anything from the sockets.
+	opened, closing chan struct{}
+	openOnce        sync.Once
 }
 
 var _ memberlist.NodeAwareTransport = (*transport)(nil)
@@ -93,11 +97,31 @@ func newTransport(ln Listeners, bindHost string, logger *log.Logger) *transport 
 		ln: ln, bindHost: bindHost, logger: logger,
 		packetCh: make(chan *memberlist.Packet),
 		streamCh: make(chan net.Conn),
+		opened:   make(chan struct{}),
+		closing:  make(chan struct{}),
 	}
 	t.wg.Add(2)
 	go t.tcpListen()
 	go t.udpListen()
 	return t
+}
+
+// open starts handing memberlist what the sockets receive. Serf's Create
+// must have returned: memberlist handles packets from its own Create on,
+// before Serf holds it, and a query answered in between dereferences a
+// nil memberlist. Packets queue in the sockets for that long, and across
+// a re-exec they do: a key query that had waited in a handed-over socket
+// crashed the next image at start (seen in TestGossipKeyRotation).
+func (t *transport) open() { t.openOnce.Do(func() { close(t.opened) }) }
+
+// waitOpen reports whether the transport was opened before it shut down.
+func (t *transport) waitOpen() bool {
+	select {
+	case <-t.opened:
+		return true
+	case <-t.closing:
+		return false
+	}
 }
 
 func (t *transport) port() int { return t.ln.TCP.Addr().(*net.TCPAddr).Port }
@@ -161,6 +185,7 @@ func (t *transport) StreamCh() <-chan net.Conn { return t.streamCh }
 func (t *transport) Shutdown() error {
 	t.once.Do(func() {
 		t.shutdown.Store(true)
+		close(t.closing)
 		t.ln.TCP.Close()
 		t.ln.UDP.Close()
 		t.wg.Wait()
@@ -170,6 +195,9 @@ func (t *transport) Shutdown() error {
 
 func (t *transport) tcpListen() {
 	defer t.wg.Done()
+	if !t.waitOpen() {
+		return
+	}
 	const baseDelay, maxDelay = 5 * time.Millisecond, time.Second
 	var delay time.Duration
 	for {
@@ -190,6 +218,9 @@ func (t *transport) tcpListen() {
 
 func (t *transport) udpListen() {
 	defer t.wg.Done()
+	if !t.waitOpen() {
+		return
+	}
 	for {
 		buf := make([]byte, 65536)
 		n, addr, err := t.ln.UDP.ReadFrom(buf)
