@@ -50,6 +50,8 @@ type Cluster struct {
 
 	// rejoinEvery paces the rejoin loop: the profile's reconnect interval.
 	rejoinEvery time.Duration
+	// querySizeLimit is Serf's: the largest query it sends, encoded.
+	querySizeLimit int
 	// book is the peers file's content: every peer this node knew and
 	// did not see leave. Start reads it; the event loop owns it after.
 	book *peerBook
@@ -156,6 +158,7 @@ func (c *Cluster) Start(ctx context.Context) error {
 	sc := c.cfg.serfConfig(port)
 	sc.Tags = c.tagsLocked()
 	c.rejoinEvery = sc.ReconnectInterval
+	c.querySizeLimit = sc.QuerySizeLimit
 	c.book = newPeerBook(c.cfg.NodeName, c.reconnectTimeout())
 	if c.cfg.SnapshotPath != "" {
 		known := snapshotMembers(c.cfg.SnapshotPath)
@@ -188,6 +191,7 @@ func (c *Cluster) Start(ctx context.Context) error {
 	c.serf = s
 	c.boundAddr = net.JoinHostPort(host, strconv.Itoa(port))
 	c.merge.setLocal(c.mergeView, c.index.lookup)
+	c.transport.open()
 
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.cancel = cancel
@@ -469,8 +473,20 @@ func (c *Cluster) Broadcast(name string, payload []byte) error {
 // per answer, as it arrives, so that a caller can count in O(1)) says the
 // answers so far suffice, the timeout passed, or ctx ended.
 func (c *Cluster) Query(ctx context.Context, name string, payload []byte, nodes []string, timeout time.Duration, enough func(from string, answer []byte) bool) (map[string][]byte, error) {
+	params := &serf.QueryParam{FilterNodes: nodes, Timeout: timeout}
+	var asked map[string]bool // when not nil, the only answers to take
+	if len(nodes) > 0 && querySize(c.cfg.NodeName, name, payload, nodes) > c.querySizeLimit {
+		// Serf refuses a query over its size limit, its node filter
+		// included: a hundred hosts named like ip-10-0-12-34.ec2.internal
+		// do not fit in 1 KiB. Ask everyone, keep the answers asked for.
+		params.FilterNodes = nil
+		asked = make(map[string]bool, len(nodes))
+		for _, n := range nodes {
+			asked[n] = true
+		}
+	}
 	c.localMu.RLock()
-	resp, err := c.serf.Query(name, payload, &serf.QueryParam{FilterNodes: nodes, Timeout: timeout})
+	resp, err := c.serf.Query(name, payload, params)
 	c.localMu.RUnlock()
 	if err != nil {
 		return nil, fmt.Errorf("query %s: %w", name, err)
@@ -484,7 +500,7 @@ func (c *Cluster) Query(ctx context.Context, name string, payload []byte, nodes 
 			if !ok {
 				return out, nil
 			}
-			if _, dup := out[r.From]; dup {
+			if _, dup := out[r.From]; dup || (asked != nil && !asked[r.From]) {
 				continue
 			}
 			out[r.From] = r.Payload
@@ -495,6 +511,17 @@ func (c *Cluster) Query(ctx context.Context, name string, payload []byte, nodes 
 			return out, ctx.Err()
 		}
 	}
+}
+
+// querySize bounds the size of Serf's encoding of a query from node with
+// a filter naming nodes: msgpack's map of the message's fields (about 150
+// bytes besides the strings), each string with its longest header.
+func querySize(node, name string, payload []byte, nodes []string) int {
+	n := 160 + len(node) + len(name) + len(payload)
+	for _, m := range nodes {
+		n += len(m) + 3
+	}
+	return n
 }
 
 // BoundAddr is the gossip address bound (TCP and UDP), with the port

@@ -171,6 +171,13 @@ func (e *Engine) answerLease(payload []byte) []byte {
 	if err != nil {
 		return refuse("lease request refused: %v", err)
 	}
+	if self := e.net.LocalMember().Name; !p.InSnapshot(self) {
+		// Only the snapshot's members grant (a majority of it). A query
+		// that names too many granters for Serf's filter reaches every
+		// member, and the requester drops this answer (not a vote);
+		// a grant recorded here would hold nothing.
+		return answer(leaseAnswer{Reason: fmt.Sprintf("%s is not in plan %s's snapshot: it grants no lease", self, p.Short)})
+	}
 	if req.Release {
 		if err := e.granter.Release(req.PlanID, req.Wave, req.Node); err != nil {
 			return refuse("release: %v", err)
