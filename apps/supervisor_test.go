@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -27,6 +28,12 @@ import (
 // listeners: the supervisor runs its own executable, this test binary.
 func TestMain(m *testing.M) {
 	apps.ExecShim()
+	// A signal ignored when a process starts stays ignored in what it
+	// execs, and sh cannot trap one ignored at its start: under nohup
+	// every test app ignored SIGHUP, and the peers-change test failed.
+	// The agent handles SIGHUP, so its apps start with the default; so
+	// do this process's.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP)
 	goleak.VerifyTestMain(m)
 }
 
