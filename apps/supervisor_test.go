@@ -40,8 +40,8 @@ func TestMain(m *testing.M) {
 // script is a small application: it records its env peers list, appends
 // "hup" and the peers file on SIGHUP, exits 3 on its first run when asked
 // to crash, and says hello on its output. The traps come first: the tests
-// signal it once it has written what it records, and a SIGHUP before the
-// trap is set ends sh (seen with two make test at once).
+// signal it once it has written what it records, and a SIGHUP that came
+// before its trap was set would end sh.
 const script = `#!/bin/sh
 dir=$(pwd)
 trap 'echo hup >> "$dir/hups"; cat peers.json >> "$dir/hups"' HUP

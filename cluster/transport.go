@@ -7,7 +7,6 @@ import (
 	"net"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -82,10 +81,10 @@ type transport struct {
 	packetCh chan *memberlist.Packet
 	streamCh chan net.Conn
 	wg       sync.WaitGroup
-	shutdown atomic.Bool
 	once     sync.Once
 	// opened is closed by open, closing by Shutdown: the readers wait for
-	// either before they take anything from the sockets.
+	// either before they take anything from the sockets, and a read that
+	// fails once closing is closed ends them.
 	opened, closing chan struct{}
 	openOnce        sync.Once
 }
@@ -113,6 +112,16 @@ func newTransport(ln Listeners, bindHost string, logger *log.Logger) *transport 
 // a re-exec they do: a key query that had waited in a handed-over socket
 // crashed the next image at start (seen in TestGossipKeyRotation).
 func (t *transport) open() { t.openOnce.Do(func() { close(t.opened) }) }
+
+// shuttingDown reports whether Shutdown has begun.
+func (t *transport) shuttingDown() bool {
+	select {
+	case <-t.closing:
+		return true
+	default:
+		return false
+	}
+}
 
 // waitOpen reports whether the transport was opened before it shut down.
 func (t *transport) waitOpen() bool {
@@ -184,7 +193,6 @@ func (t *transport) StreamCh() <-chan net.Conn { return t.streamCh }
 // handed to the next image (duplicates) keep the sockets open.
 func (t *transport) Shutdown() error {
 	t.once.Do(func() {
-		t.shutdown.Store(true)
 		close(t.closing)
 		t.ln.TCP.Close()
 		t.ln.UDP.Close()
@@ -203,7 +211,7 @@ func (t *transport) tcpListen() {
 	for {
 		conn, err := t.ln.TCP.AcceptTCP()
 		if err != nil {
-			if t.shutdown.Load() {
+			if t.shuttingDown() {
 				return
 			}
 			delay = min(max(2*delay, baseDelay), maxDelay)
@@ -226,7 +234,7 @@ func (t *transport) udpListen() {
 		n, addr, err := t.ln.UDP.ReadFrom(buf)
 		ts := time.Now()
 		if err != nil {
-			if t.shutdown.Load() {
+			if t.shuttingDown() {
 				return
 			}
 			t.logger.Printf("[ERR] memberlist: Error reading UDP packet: %v", err)
