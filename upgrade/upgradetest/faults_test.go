@@ -10,6 +10,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/peerd/peerd/upgrade"
 	"github.com/peerd/peerd/upgrade/plan"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -24,7 +25,7 @@ var (
 // schedule counts what the fault schedules did, across seeds, so the test
 // can show it saw the situations it claims to test.
 var schedule struct {
-	faults, duringOffline, concurrent, refused, late atomic.Int64
+	faults, targeted, duringOffline, concurrent, refused, late atomic.Int64
 }
 
 // TestFaultSchedules runs seeded fault schedules: a rollout of a fleet of
@@ -55,8 +56,8 @@ func TestFaultSchedules(t *testing.T) {
 	if t.Failed() || n < 20 {
 		return
 	}
-	t.Logf("%d faults, %d while a node was offline; %d concurrent triggers (%d refused); %d late joiners",
-		schedule.faults.Load(), schedule.duringOffline.Load(), schedule.concurrent.Load(), schedule.refused.Load(), schedule.late.Load())
+	t.Logf("%d faults (%d aimed at a node going offline), %d while a node was offline; %d concurrent triggers (%d refused); %d late joiners",
+		schedule.faults.Load(), schedule.targeted.Load(), schedule.duringOffline.Load(), schedule.concurrent.Load(), schedule.refused.Load(), schedule.late.Load())
 	assert.Positive(t, schedule.duringOffline.Load(), "faults struck while nodes were offline")
 	assert.Positive(t, schedule.concurrent.Load(), "some schedules triggered twice at once")
 	assert.Positive(t, schedule.late.Load(), "some schedules had late joiners")
@@ -153,6 +154,47 @@ func runSchedule(t *testing.T, seed uint64) {
 			do()
 			time.Sleep(hold)
 			undo()
+		}()
+	}
+	// Faults at random instants rarely land in a wave's offline window,
+	// which is short: every other schedule also strikes the first node
+	// (not the origin, not already a victim) the instant it goes offline,
+	// killing or pausing it in the middle of its restart.
+	if seed%2 == 0 {
+		kill, hold := rng.IntN(2) == 0, time.Duration(1+rng.IntN(10))*time.Second
+		offline := make(chan string, 1)
+		h.Rec.OnChange(func(node string, st upgrade.NodeState) {
+			if st.PlanID != "" && st.Phase.Offline() && !busy[node] {
+				select {
+				case offline <- node:
+				default:
+				}
+			}
+		})
+		faults.Add(1)
+		go func() {
+			defer faults.Done()
+			var victim string
+			select {
+			case victim = <-offline:
+			case <-time.After(10 * time.Minute):
+				return // no node went offline: the completion check below says why
+			}
+			h.Rec.OnChange(nil)
+			schedule.faults.Add(1)
+			schedule.targeted.Add(1)
+			if h.Rec.OfflineNow() > 0 {
+				schedule.duringOffline.Add(1)
+			}
+			if kill {
+				h.Kill(victim)
+				time.Sleep(hold)
+				h.Restart(victim)
+			} else {
+				h.Pause(victim)
+				time.Sleep(hold)
+				h.Resume(victim)
+			}
 		}()
 	}
 	faults.Wait()
