@@ -20,6 +20,9 @@ HEALTH_FAULT ?=
 # the reading of PEERD_TEST_HOOK_DIR (a pause at a rollout step). Release
 # builds leave it empty: they read no PEERD_TEST_* variable.
 TAGS         ?=
+# urfave_cli_no_docs leaves out urfave/cli's Markdown and man generators
+# (md2man, blackfriday: 0.26 MB); `peerd man` writes its page itself.
+BUILD_TAGS   := urfave_cli_no_docs $(TAGS)
 GOFLAGS_BUILD ?= -trimpath
 
 LDFLAGS := -s -w \
@@ -47,7 +50,7 @@ help: ## list the targets
 build: ## build OUT (bin/peerd) at VERSION with PROTOCOL_MIN..PROTOCOL_MAX
 	@case "$(PROTOCOL_MIN)$(PROTOCOL_MAX)" in *[!0-9]*|"") echo "PROTOCOL_MIN and PROTOCOL_MAX must be whole numbers" >&2; exit 2;; esac
 	@test $(PROTOCOL_MIN) -ge 1 -a $(PROTOCOL_MAX) -ge $(PROTOCOL_MIN) || { echo "want 1 <= PROTOCOL_MIN <= PROTOCOL_MAX" >&2; exit 2; }
-	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(OUT) ./cmd/peerd
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -tags "$(BUILD_TAGS)" -ldflags "$(LDFLAGS)" -o $(OUT) ./cmd/peerd
 
 test: lint ## vet, staticcheck, every test (integration included) under the race detector, then 200 seeded fault schedules
 	$(GO) test -race -count=1 -timeout 30m ./...
