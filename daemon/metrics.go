@@ -3,6 +3,7 @@ package daemon
 import (
 	"bufio"
 	"cmp"
+	"maps"
 	"math"
 	"net/http"
 	"slices"
@@ -43,15 +44,10 @@ func (a *Agent) writeMetrics(p *promWriter) {
 	if a.cluster != nil {
 		type key struct{ status, version string }
 		counts := map[key]int{}
-		var order []key
 		for _, m := range a.cluster.Members() {
-			k := key{m.Status, m.Version}
-			if counts[k] == 0 {
-				order = append(order, k)
-			}
-			counts[k]++
+			counts[key{m.Status, m.Version}]++
 		}
-		slices.SortFunc(order, func(x, y key) int {
+		order := slices.SortedFunc(maps.Keys(counts), func(x, y key) int {
 			return cmp.Or(cmp.Compare(x.status, y.status), cmp.Compare(x.version, y.version))
 		})
 		p.family("peerd_members", "gauge", "Members this node knows of, by status (alive, leaving, left, failed) and peerd version.")
