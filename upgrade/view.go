@@ -27,6 +27,9 @@ type view struct {
 	tallies []*tally        // oldest first, at most maxTallies
 	changed map[string]bool // members changed since the machine last looked
 	kick    chan struct{}   // wakes the machine (buffered, 1)
+	// next is closed, and replaced, at every change: any number of
+	// waiters (lease votes) wake on it, where kick wakes one machine.
+	next chan struct{}
 }
 
 // maxTallies bounds the plans tallied at once: the node's own plan and
@@ -48,6 +51,7 @@ func newView(tagKey string) *view {
 		members: map[string]memberView{},
 		changed: map[string]bool{},
 		kick:    make(chan struct{}, 1),
+		next:    make(chan struct{}),
 	}
 }
 
@@ -187,6 +191,15 @@ func (v *view) kickLocked() {
 	case v.kick <- struct{}{}:
 	default:
 	}
+	close(v.next)
+	v.next = make(chan struct{})
+}
+
+// changes is closed at the next change of the view after the call.
+func (v *view) changes() <-chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.next
 }
 
 // takeChanged returns the members changed since the last call.
