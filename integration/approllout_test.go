@@ -128,6 +128,20 @@ func appCLI(t testing.TB, n *kvNode, args ...string) string {
 	return string(out)
 }
 
+// notDone names the nodes of st not done, each with its phase, Serf
+// status and reason.
+func notDone(st upgrade.Status) string {
+	var out []string
+	for _, w := range st.Waves {
+		for _, n := range w.Nodes {
+			if n.Phase != upgrade.PhaseDone {
+				out = append(out, fmt.Sprintf("%s (wave %d: %s, %s, %q)", n.Name, w.Index+1, n.Phase, n.Member, n.Reason))
+			}
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
 func kvStatus(t testing.TB, n *kvNode) upgrade.Status {
 	t.Helper()
 	st, err := n.client().ForTarget("kv").RolloutStatus(context.Background())
@@ -320,7 +334,7 @@ func TestManagedAppInstallAndRollingUpgrade(t *testing.T) {
 	appCLI(t, nodes[1], "upgrade", "kv", "resume")
 	eventually(t, 2*time.Minute, func() error {
 		if st := kvStatus(t, nodes[1]); st.State != upgrade.StateComplete {
-			return fmt.Errorf("rollout %s, %d/%d done", st.State, st.Done, st.Total)
+			return fmt.Errorf("rollout %s, %d/%d done; not done: %s", st.State, st.Done, st.Total, notDone(st))
 		}
 		return nil
 	})

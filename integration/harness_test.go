@@ -147,8 +147,21 @@ func newAgent(t testing.TB, name, binary string, args ...string) *agent {
 			_ = os.WriteFile(filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+"-"+a.name+".log"), b, 0o644)
 		}
 		if t.Failed() {
+			// The agent's own lines apart from a managed app's output,
+			// which can crowd out the rollout's in the tail.
 			b, _ := os.ReadFile(a.logPath)
-			t.Logf("---- log of %s ----\n%s", a.name, tail(string(b), 60))
+			var own, app []string
+			for _, l := range strings.Split(string(b), "\n") {
+				if strings.Contains(l, "component=app ") && strings.Contains(l, "stream=") {
+					app = append(app, l)
+				} else {
+					own = append(own, l)
+				}
+			}
+			t.Logf("---- log of %s ----\n%s", a.name, tail(strings.Join(own, "\n"), 60))
+			if len(app) > 0 {
+				t.Logf("---- its app output ----\n%s", tail(strings.Join(app, "\n"), 10))
+			}
 		}
 	})
 	return a
