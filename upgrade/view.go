@@ -29,7 +29,10 @@ type view struct {
 	kick    chan struct{}   // wakes the machine (buffered, 1)
 	// next is closed, and replaced, at every change: any number of
 	// waiters (lease votes) wake on it, where kick wakes one machine.
-	next chan struct{}
+	// fresh says the update under way changed a member (changed also
+	// holds the members the machine has not looked at yet).
+	next  chan struct{}
+	fresh bool
 }
 
 // maxTallies bounds the plans tallied at once: the node's own plan and
@@ -181,6 +184,7 @@ func (v *view) setLocked(name string, mv memberView) {
 		v.members[name] = mv
 	}
 	v.changed[name] = true
+	v.fresh = true
 }
 
 func (v *view) kickLocked() {
@@ -191,8 +195,11 @@ func (v *view) kickLocked() {
 	case v.kick <- struct{}{}:
 	default:
 	}
-	close(v.next)
-	v.next = make(chan struct{})
+	if v.fresh {
+		v.fresh = false
+		close(v.next)
+		v.next = make(chan struct{})
+	}
 }
 
 // changes is closed at the next change of the view after the call.
